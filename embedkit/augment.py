@@ -1,0 +1,151 @@
+"""SimCLR-style augmentations that run on whole batches of tensors on the training device.
+
+The parameters follow lightly's ``SimCLRTransform`` (random resized crop with scale
+(0.08, 1), horizontal flip 0.5, colour jitter 0.8 of strength 0.8/0.8/0.8/0.2, random
+grayscale 0.2, Gaussian blur 0.5 with sigma in (0.1, 2) at 224 px), but nothing is done
+per image in Python: crops and flips are one ``grid_sample`` with per-sample affine grids,
+jitter and blur are per-sample tensor arithmetic. Blur sigmas scale with image size, so a
+28 px image is blurred as its 224 px original would be.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths; defaults are lightly's SimCLRTransform defaults."""
+
+    min_scale: float = 0.08
+    hflip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=g, device=device)
+
+
+def _bernoulli(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) < p
+
+
+def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, g) -> torch.Tensor:
+    """Crop a random area (scale, ratio 3/4..4/3) of each image, flip it, resize to ``size``."""
+    n, device = x.shape[0], x.device
+    area = _uniform(n, cfg.min_scale, 1.0, g, device)
+    log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), g, device)
+    ratio = torch.exp(log_ratio)
+    width = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the image side
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (1 - width) * (2 * torch.rand(n, generator=g, device=device) - 1)
+    cy = (1 - height) * (2 * torch.rand(n, generator=g, device=device) - 1)
+    flip = torch.where(_bernoulli(n, cfg.hflip_prob, g, device), -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0] = width * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
+    return (x * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by ``angle`` (radians, per sample) in YIQ space."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                           [0.211, -0.523, 0.312]], device=x.device, dtype=x.dtype)  # fmt: skip
+    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
+    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq)
+
+
+def color_jitter(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue jitter, applied to a random subset."""
+    n, device = x.shape[0], x.device
+    apply = _bernoulli(n, cfg.jitter_prob, g, device).view(-1, 1, 1, 1)
+
+    def factor(strength: float) -> torch.Tensor:
+        return _uniform(n, max(0.0, 1 - strength), 1 + strength, g, device).view(-1, 1, 1, 1)
+
+    out = x * factor(cfg.brightness)
+    mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * factor(cfg.contrast) + mean
+    if x.shape[1] == 3:
+        gray = _gray(out)
+        out = (out - gray) * factor(cfg.saturation) + gray
+        angle = _uniform(n, -cfg.hue, cfg.hue, g, device) * 2 * math.pi
+        out = _rotate_hue(out.clamp(0, 1), angle)
+    return torch.where(apply, out.clamp(0, 1), x)
+
+
+def random_grayscale(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    apply = _bernoulli(x.shape[0], cfg.grayscale_prob, g, x.device).view(-1, 1, 1, 1)
+    return torch.where(apply, _gray(x).expand_as(x), x)
+
+
+def gaussian_blur(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
+    """Blur a random subset with per-sample sigma (separable, one grouped convolution)."""
+    n, c, h, w = x.shape
+    scale = h / 224
+    low, high = cfg.blur_sigma[0] * scale, cfg.blur_sigma[1] * scale
+    sigma = _uniform(n, low, high, g, x.device)
+    apply = _bernoulli(n, cfg.blur_prob, g, x.device)
+    radius = max(1, math.ceil(3 * high))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    identity = (offsets == 0).to(x.dtype).expand_as(kernel)
+    kernel = torch.where(apply.view(-1, 1), kernel, identity).repeat_interleave(c, dim=0)
+    flat = F.pad(x.reshape(1, n * c, h, w), [radius] * 4, mode="reflect")
+    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
+    return flat.view(n, c, h, w)
+
+
+class BatchAugment(torch.nn.Module):
+    """One random view of every image in a batch.
+
+    Args:
+        size: output side in pixels.
+        config: augmentation strengths.
+    """
+
+    def __init__(self, size: int, config: AugmentConfig | None = None) -> None:
+        super().__init__()
+        self.size = size
+        self.config = config or AugmentConfig()
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment float images in [0, 1] of shape ``(B, C, H, W)``."""
+        cfg = self.config
+        x = random_resized_crop(images, self.size, cfg, generator)
+        x = color_jitter(x, cfg, generator)
+        x = random_grayscale(x, cfg, generator)
+        return gaussian_blur(x, cfg, generator)
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W, C)`` uint8 to ``(B, C, H, W)`` float in [0, 1], on the input's device."""
+    return images_uint8.permute(0, 3, 1, 2).float().div_(255.0)

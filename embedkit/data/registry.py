@@ -1,0 +1,148 @@
+"""The dataset registry: the 12 MedMNIST 2D datasets and embedkit's built-in demo family.
+
+Entries are built from ``medmnist.INFO`` (task, channels, class names, split sizes, download
+addresses and checksums), so the registry cannot drift from the MedMNIST release it reads.
+The registry key is the CLI value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from medmnist import INFO
+
+from ..errors import ConfigError, UnknownNameError
+
+Task = Literal["multi-class", "binary", "multi-label", "ordinal"]
+Family = Literal["medmnist", "demo"]
+
+SIZES: tuple[int, ...] = (28, 64, 128, 224)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+MEDMNIST_2D: tuple[str, ...] = (
+    "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+    "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
+)  # fmt: skip
+
+_TASKS: dict[str, Task] = {
+    "multi-class": "multi-class",
+    "binary-class": "binary",
+    "multi-label, binary-class": "multi-label",
+    "ordinal-regression": "ordinal",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What embedkit knows about one dataset before reading it.
+
+    Attributes:
+        name: registry key, CLI value and file stem (``pathmnist``, ``demo-med``).
+        task: ``multi-class``, ``binary``, ``multi-label`` or ``ordinal``.
+        n_channels: 1 (grayscale) or 3 (RGB).
+        class_names: one name per class, or per label for multi-label datasets.
+        n_samples: official number of images per split.
+        family: ``medmnist`` or ``demo``.
+        urls: download address per image size (empty for the demo family).
+        md5: official file checksum per image size (empty for the demo family).
+    """
+
+    name: str
+    task: Task
+    n_channels: int
+    class_names: tuple[str, ...]
+    n_samples: Mapping[str, int]
+    family: Family
+    urls: Mapping[int, str] = field(default_factory=dict)
+    md5: Mapping[int, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (multi-class, binary, ordinal) or labels (multi-label)."""
+        return len(self.class_names)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi-label"
+
+
+def _from_medmnist(name: str) -> DatasetInfo:
+    info = INFO[name]
+    urls = {s: info["url" if s == 28 else f"url_{s}"] for s in SIZES}
+    md5 = {s: info["MD5" if s == 28 else f"MD5_{s}"] for s in SIZES}
+    labels = info["label"]
+    return DatasetInfo(
+        name=name,
+        task=_TASKS[info["task"]],
+        n_channels=int(info["n_channels"]),
+        class_names=tuple(labels[str(i)] for i in range(len(labels))),
+        n_samples=MappingProxyType(dict(info["n_samples"])),
+        family="medmnist",
+        urls=MappingProxyType(urls),
+        md5=MappingProxyType(md5),
+        description=info["description"],
+    )
+
+
+DATASETS: dict[str, DatasetInfo] = {name: _from_medmnist(name) for name in MEDMNIST_2D}
+
+# Names that stand for several datasets at once on the command line.
+GROUPS: dict[str, tuple[str, ...]] = {"all": MEDMNIST_2D}
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Add a dataset to the registry (used by the demo family; available to plug-ins)."""
+    DATASETS[info.name] = info
+    return info
+
+
+def get_info(name: str) -> DatasetInfo:
+    """Look up one registered dataset, suggesting close names when it is unknown."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UnknownNameError("dataset", name, list(DATASETS) + list(GROUPS)) from None
+
+
+def check_size(size: int) -> int:
+    """Return ``size`` if MedMNIST publishes images of that size, else raise ConfigError."""
+    if size not in SIZES:
+        raise ConfigError(
+            f"unsupported image size {size}: choose one of {', '.join(map(str, SIZES))}"
+        )
+    return size
+
+
+def parse_dataset_spec(spec: str) -> list[str]:
+    """Expand a ``--dataset`` value into dataset entries.
+
+    ``spec`` is one name, a comma-separated list, a group (``all``, ``demo``) or a
+    multi-domain spec ``a+b+c``, which stays one entry whose parts are concatenated when
+    loaded. Every part is checked against the registry.
+
+    Returns:
+        The entries in order, without duplicates.
+    """
+    entries: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item in GROUPS:
+            expanded = list(GROUPS[item])
+        else:
+            for part in item.split("+"):
+                get_info(part)
+            expanded = [item]
+        entries.extend(e for e in expanded if e not in entries)
+    if not entries:
+        raise ConfigError("no dataset given: pass --dataset NAME (see `embedkit datasets`)")
+    return entries
+
+
+def components(entry: str) -> list[str]:
+    """The registered datasets an entry is made of (one, or several for ``a+b``)."""
+    return entry.split("+")

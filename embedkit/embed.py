@@ -1,0 +1,200 @@
+"""Extraction: run an encoder once over dataset splits and write an embedding store.
+
+The encoder is a pretraining run folder (``run``) or a registered timm backbone with
+``random`` / ``imagenet`` / file initialisation. Images go to the device as uint8 batches and
+become floats there; embeddings are written as whole chunks (see ``embedkit.store``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from .backbones import Encoder, create_encoder, state_sha256
+from .data import SPLITS, components, get_info, load_split, parse_dataset_spec
+from .data.loading import SplitData
+from .errors import ConfigError, RunError, StoreError
+from .pretrain import ENCODER_FILE
+from .store import FORMAT_VERSION, EmbeddingStore, chunk_rows
+from .utils import resolve_device, stamp, to_jsonable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """What to embed with which encoder.
+
+    Attributes:
+        dataset: a ``--dataset`` value; multi-domain entries are stored per component.
+        splits: the splits to embed.
+        size: image size in pixels (the encoder sees images at this size).
+        run: a pretraining run folder; when set, ``backbone`` and ``init`` come from it.
+        backbone: a registered backbone (without ``run``).
+        init: ``random``, ``imagenet`` or a weights file (without ``run``).
+        seed: seeds a random initialisation.
+        batch_size: images per forward pass.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        data_root: where the npz files are.
+        overwrite: replace splits already in the store, and allow another encoder's store.
+    """
+
+    dataset: str = "demo"
+    splits: tuple[str, ...] = SPLITS
+    size: int = 28
+    run: str | None = None
+    backbone: str = "resnet18"
+    init: str = "random"
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+    data_root: str | None = None
+    overwrite: bool = False
+
+
+def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
+    """Build the encoder and its identity record for the store's provenance."""
+    if config.run is None:
+        torch.manual_seed(config.seed)
+        encoder = create_encoder(config.backbone, config.init)
+        init = config.init if config.init in ("random", "imagenet") else "file"
+        identity = {"name": f"{init}/{config.backbone}", "kind": "backbone", "method": "none",
+                    "backbone": config.backbone, "init": config.init, "pretrain_dataset": None,
+                    "seed": config.seed if config.init == "random" else None}  # fmt: skip
+    else:
+        run = Path(config.run)
+        status = _read_json(run / "run.json", run)
+        if status.get("status") != "complete" or not (run / ENCODER_FILE).is_file():
+            raise RunError(f"run {run} is not finished (status {status.get('status')}): "
+                           f"resume it with `embedkit pretrain --resume --output {run}`")  # fmt: skip
+        pretrain = _read_json(run / "config.json", run)["pretrain"]
+        encoder = create_encoder(pretrain["backbone"], str(run / ENCODER_FILE))
+        identity = {"name": f"{pretrain['method']}/{pretrain['backbone']}", "kind": "run",
+                    "run": str(run.resolve()), "method": pretrain["method"],
+                    "backbone": pretrain["backbone"], "init": pretrain["init"],
+                    "pretrain_dataset": pretrain["dataset"], "epochs": pretrain["epochs"],
+                    "seed": pretrain["seed"]}  # fmt: skip
+    identity["weights_sha256"] = state_sha256(encoder.backbone)
+    identity["normalisation"] = encoder.normalisation
+    return encoder, identity
+
+
+def _read_json(path: Path, run: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RunError(f"{run} is not a pretraining run folder (no {path.name}): pass the "
+                       f"--output folder of `embedkit pretrain`")  # fmt: skip
+    return json.loads(path.read_text())
+
+
+@torch.inference_mode()
+def encode(encoder: Encoder, images: np.ndarray, batch_size: int, device: torch.device,
+           progress: bool = False, desc: str = ""):  # fmt: skip
+    """Yield ``(start, embeddings)`` for consecutive batches of uint8 ``(N, H, W, C)`` images."""
+    encoder.eval().to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.array(images[start : start + batch_size]))
+        batch = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        with autocast:
+            features = encoder(batch.contiguous(memory_format=torch.channels_last))
+        yield start, features.float().cpu().numpy()
+        bar.update(len(batch))
+    bar.close()
+
+
+def _open_root(path: Path, identity: dict[str, Any], overwrite: bool) -> zarr.Group:
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"store path {path} is a file: choose a folder name such as "
+                         f"{path.with_suffix('.zarr')}")  # fmt: skip
+    if path.exists() and (path / "zarr.json").is_file():
+        existing = EmbeddingStore(path).encoder
+        if existing["weights_sha256"] != identity["weights_sha256"] and not overwrite:
+            raise StoreError(f"store {path} was made by encoder {existing['name']} "
+                             f"(weights {existing['weights_sha256'][:12]}): choose another "
+                             f"--store, or pass --overwrite to replace it")  # fmt: skip
+        if existing["weights_sha256"] != identity["weights_sha256"]:
+            shutil.rmtree(path)
+    elif path.exists() and any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not an embedding store: choose another --store")
+    root = zarr.open_group(str(path), mode="a", zarr_format=3)
+    if "encoder" not in root.attrs:
+        root.attrs.update({"format": FORMAT_VERSION, "encoder": identity, **stamp()})
+    return root
+
+
+def _write_split(root: zarr.Group, data: SplitData, encoder: Encoder, identity: dict,
+                 config: EmbedConfig, device: torch.device, progress: bool) -> None:  # fmt: skip
+    dataset, split = data.dataset, data.split
+    staging = f"{dataset}/.{split}.partial"
+    if staging in root:
+        del root[staging]
+    group = root.require_group(staging)
+    n, dim = len(data), encoder.feature_dim
+    rows = chunk_rows(dim)
+    embeddings = group.create_array("embeddings", shape=(n, dim), chunks=(min(rows, max(n, 1)), dim),
+                                    dtype="float32", compressors=None)  # fmt: skip
+    group.create_array("labels", data=data.labels, chunks=data.labels.shape, compressors=None)
+    group.create_array("indices", data=data.indices, chunks=data.indices.shape, compressors=None)
+    buffer = np.empty((min(rows, n), dim), dtype=np.float32)
+    filled, written = 0, 0
+    for _, features in encode(encoder, data.images, config.batch_size, device, progress,
+                              desc=f"{dataset}/{split}"):  # fmt: skip
+        if not np.isfinite(features).all():
+            raise StoreError(f"the encoder produced NaN or inf embeddings on {dataset}/{split}: "
+                             f"the weights are broken; nothing of this split was kept")  # fmt: skip
+        while len(features):
+            take = min(len(features), len(buffer) - filled)
+            buffer[filled : filled + take] = features[:take]
+            features, filled = features[take:], filled + take
+            if filled == len(buffer) or written + filled == n:
+                embeddings[written : written + filled] = buffer[:filled]  # whole chunks
+                written, filled = written + filled, 0
+    group.attrs.update({
+        "complete": True, "n": n, "dim": dim, "size": config.size,
+        "data_file": to_jsonable(data.files[0]), "normalisation": identity["normalisation"],
+        **stamp(),
+    })  # fmt: skip
+    target = Path(root.store.root) / dataset / split
+    if target.exists():
+        shutil.rmtree(target)
+    (Path(root.store.root) / dataset / f".{split}.partial").rename(target)
+
+
+def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> EmbeddingStore:
+    """Embed every requested dataset split into ``store`` and return it opened for reading.
+
+    Splits already complete in the store are skipped unless ``config.overwrite``; a store
+    made by another encoder is refused unless ``config.overwrite``.
+    """
+    entries = parse_dataset_spec(config.dataset)
+    names = list(dict.fromkeys(name for entry in entries for name in components(entry)))
+    bad = [s for s in config.splits if s not in SPLITS]
+    if bad:
+        raise ConfigError(f"unknown split {', '.join(bad)}: choose from {', '.join(SPLITS)}")
+    # Open every input before writing anything, so bad input leaves no store behind.
+    splits = [load_split(name, split, config.size, config.data_root)
+              for name in names for split in config.splits]  # fmt: skip
+    encoder, identity = load_encoder(config)
+    device = resolve_device(config.device)
+    path = Path(store)
+    root = _open_root(path, identity, config.overwrite)
+    for data in splits:
+        if not config.overwrite and data.split in EmbeddingStore(path).splits(data.dataset):
+            log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)
+            continue
+        info = get_info(data.dataset)
+        dataset_group = root.require_group(data.dataset)
+        dataset_group.attrs.update({"task": info.task, "class_names": list(info.class_names),
+                                    "n_channels": info.n_channels, "family": info.family})  # fmt: skip
+        _write_split(root, data, encoder, identity, config, device, progress)
+    return EmbeddingStore(path)

@@ -1,0 +1,12 @@
+"""Evaluations that read only embedding stores: probes, kNN classification, OOD detection."""
+
+from .knn import KNNConfig, knn_classify
+from .metrics import classification_metrics, ood_metrics
+from .ood import OODConfig, evaluate_ood
+from .probe import ProbeConfig, probe, summarise_probe
+from .results import write_table
+
+__all__ = [
+    "KNNConfig", "OODConfig", "ProbeConfig", "classification_metrics", "evaluate_ood",
+    "knn_classify", "ood_metrics", "probe", "summarise_probe", "write_table",
+]  # fmt: skip

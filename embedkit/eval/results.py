@@ -1,0 +1,70 @@
+"""Result tables: encoder columns from store provenance, parquet plus a JSON of the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from ..errors import ConfigError, StoreError
+from ..store import EmbeddingStore
+from ..utils import stamp, write_json
+
+
+def encoder_columns(store: EmbeddingStore) -> dict[str, Any]:
+    """The columns that tell encoders apart in a table (from the store's provenance)."""
+    encoder = store.encoder
+    return {
+        "encoder": encoder["name"],
+        "method": encoder["method"],
+        "backbone": encoder["backbone"],
+        "init": encoder["init"],
+        "pretrain_dataset": encoder.get("pretrain_dataset") or "",
+    }
+
+
+def store_datasets(store: EmbeddingStore, datasets: tuple[str, ...] | None) -> list[str]:
+    """The requested datasets (checked against the store), or all of the store's datasets."""
+    if not datasets:
+        return store.datasets()
+    for dataset in datasets:
+        store.dataset_attrs(dataset)  # raises StoreError naming what the store has
+    return list(datasets)
+
+
+def check_dims(stores: list[EmbeddingStore]) -> None:
+    """Stores compared in one table must come from distinct encoders."""
+    names = [s.encoder_name for s in stores]
+    hashes = [s.encoder["weights_sha256"] for s in stores]
+    if len(set(hashes)) != len(hashes):
+        raise StoreError(f"the same encoder appears twice among the stores ({', '.join(names)})")
+
+
+def write_table(table: pl.DataFrame, out: str | Path, config: Any, stores: list) -> Path:
+    """Write ``table`` as parquet and, beside it, a JSON of the config and stores that made it."""
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise ConfigError(f"--out {out} must end in .parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.write_parquet(tmp)
+    tmp.replace(out)
+    provenance = {"config": config, "stores": [{"path": str(s.path), "encoder": s.encoder}
+                                               for s in stores], **stamp()}  # fmt: skip
+    write_json(out.with_suffix(".json"), provenance)
+    return out
+
+
+def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the Student-t confidence interval (0 for a single value)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
+    return float(values.mean()), float(half)

@@ -1,0 +1,53 @@
+"""What every pretraining method provides to the training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..backbones import Encoder
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of each method's hyperparameters (a frozen dataclass saved in the run config)."""
+
+
+class PretrainMethod(nn.Module):
+    """An encoder plus the heads and loss that train it.
+
+    Subclasses set ``name`` and ``Config`` and implement ``training_step``. The loop calls
+    ``training_step`` on float images in [0, 1] of shape ``(B, C, H, W)`` (labels are given
+    for the supervised baseline) and ``after_step`` after each optimiser step (for momentum
+    encoders and schedules).
+
+    Args:
+        encoder: the backbone being trained; exported at the end of the run.
+        config: the method's hyperparameters.
+        image_size: side of the training images in pixels.
+        n_classes: classes of the training data (used by the supervised baseline).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    min_batch_size: ClassVar[int] = 2
+
+    def __init__(self, encoder: Encoder, config: MethodConfig, image_size: int,
+                 n_classes: int) -> None:  # fmt: skip
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+        self.image_size = image_size
+        self.n_classes = n_classes
+
+    def training_step(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Return the loss of one batch."""
+        raise NotImplementedError
+
+    def after_step(self, progress: float) -> None:
+        """Hook after each optimiser step; ``progress`` runs from 0 to 1 over training."""

@@ -1,0 +1,161 @@
+"""The embedding store: one zarr v3 hierarchy per encoder, read by every evaluation.
+
+Layout::
+
+    STORE.zarr/                      attrs: format, encoder (identity and weights sha256),
+                                     created, embedkit_version
+      {dataset}/                     attrs: task, class_names, n_channels, family
+        {split}/                     attrs: complete, n, dim, size, data_file (path, md5,
+                                     origin), normalisation, created
+          embeddings   (N, D) float32, uncompressed, chunks of >= 1 MB
+          labels       (N, L) int64
+          indices      (N,)   int64: the row of each sample in the dataset file's split
+
+A split is written under ``{dataset}/.{split}.partial`` and renamed to ``{split}`` only once
+complete, so a reader never sees half of one. ``EmbeddingStore`` is the only code that reads
+zarr; evaluations and notebooks go through it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import zarr
+
+from .errors import StoreError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EmbeddingSplit:
+    """The cached embeddings of one dataset split.
+
+    Attributes:
+        dataset, split: where they come from.
+        embeddings: float array ``(N, D)``.
+        labels: int64 array ``(N, L)``.
+        indices: row of each sample in the dataset file's split.
+        attrs: the split's provenance.
+    """
+
+    dataset: str
+    split: str
+    embeddings: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    attrs: dict[str, Any]
+
+
+class EmbeddingStore:
+    """Read access to an embedding store.
+
+    Args:
+        path: the store folder (``*.zarr``).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"store {self.path} does not exist: create it with `embedkit embed`")
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(f"{self.path} is not an embedding store (no zarr.json)")
+        self._root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+        if "encoder" not in self._root.attrs:
+            raise StoreError(f"{self.path} is a zarr group but not an embedkit store")
+
+    def __repr__(self) -> str:
+        return f"EmbeddingStore({str(self.path)!r}, encoder={self.encoder_name!r})"
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._root.attrs)
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        """The encoder's identity: name, method, backbone, init, weights sha256, ..."""
+        return dict(self._root.attrs["encoder"])
+
+    @property
+    def encoder_name(self) -> str:
+        return self.encoder["name"]
+
+    def datasets(self) -> list[str]:
+        """Datasets with at least one complete split, sorted."""
+        return sorted(name for name in _children(self.path) if self.splits(name))
+
+    def splits(self, dataset: str) -> list[str]:
+        """Complete splits of a dataset, in train/val/test order."""
+        found = [s for s in _children(self.path / dataset) if _is_complete(self.path / dataset / s)]
+        order = {"train": 0, "val": 1, "test": 2}
+        return sorted(found, key=lambda s: (order.get(s, 3), s))
+
+    def dataset_attrs(self, dataset: str) -> dict[str, Any]:
+        """Task, class names and channels of a stored dataset."""
+        self._require(dataset)
+        return dict(self._root[dataset].attrs)
+
+    def _require(self, dataset: str, split: str | None = None) -> None:
+        available = self.datasets()
+        if dataset not in available:
+            raise StoreError(f"dataset '{dataset}' is not in store {self.path} (it has "
+                             f"{', '.join(available) or 'no complete dataset'}): embed it with "
+                             f"`embedkit embed --dataset {dataset}`")  # fmt: skip
+        if split is not None and split not in self.splits(dataset):
+            raise StoreError(f"split '{split}' of {dataset} is not in store {self.path} (it "
+                             f"has {', '.join(self.splits(dataset))})")  # fmt: skip
+
+    def get(self, dataset: str, split: str) -> EmbeddingSplit:
+        """Embeddings, labels and indices of one split, as numpy arrays."""
+        self._require(dataset, split)
+        group = self._root[f"{dataset}/{split}"]
+        return EmbeddingSplit(dataset, split, group["embeddings"][:], group["labels"][:],
+                              group["indices"][:], dict(group.attrs))  # fmt: skip
+
+    def catalog(self) -> pl.DataFrame:
+        """One row per complete split: sizes and provenance."""
+        rows = []
+        for dataset in self.datasets():
+            for split in self.splits(dataset):
+                attrs = self._root[f"{dataset}/{split}"].attrs
+                rows.append({
+                    "store": str(self.path), "encoder": self.encoder_name, "dataset": dataset,
+                    "split": split, "n": attrs["n"], "dim": attrs["dim"], "size": attrs["size"],
+                    "origin": attrs["data_file"]["origin"], "md5": attrs["data_file"]["md5"],
+                    "created": attrs["created"],
+                })  # fmt: skip
+        return pl.DataFrame(rows)
+
+
+def _children(path: Path) -> list[str]:
+    if not path.is_dir():
+        return []
+    return [p.name for p in path.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file()]  # fmt: skip
+
+
+def _is_complete(path: Path) -> bool:
+    import json
+
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("node_type") == "group" and meta.get("attributes", {}).get("complete") is True
+
+
+def open_stores(paths: list[str | os.PathLike]) -> list[EmbeddingStore]:
+    """Open several stores (an evaluation's ``--store`` options)."""
+    if not paths:
+        raise StoreError("no store given: pass --store PATH (made by `embedkit embed`)")
+    return [EmbeddingStore(p) for p in paths]
+
+
+def chunk_rows(dim: int, itemsize: int = 4, min_bytes: int = 1 << 20) -> int:
+    """Rows per chunk so that each chunk of a ``(N, dim)`` array holds at least ``min_bytes``."""
+    return max(1, -(-min_bytes // (dim * itemsize)))
