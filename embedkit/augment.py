@@ -22,6 +22,7 @@ class AugmentConfig:
     """Augmentation strengths; defaults are lightly's SimCLRTransform defaults."""
 
     min_scale: float = 0.08
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip_prob: float = 0.5
     jitter_prob: float = 0.8
     brightness: float = 0.8
@@ -42,10 +43,10 @@ def _bernoulli(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
 
 
 def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, g) -> torch.Tensor:
-    """Crop a random area (scale, ratio 3/4..4/3) of each image, flip it, resize to ``size``."""
+    """Crop a random area (scale, aspect ratio) of each image, flip it, resize to ``size``."""
     n, device = x.shape[0], x.device
     area = _uniform(n, cfg.min_scale, 1.0, g, device)
-    log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), g, device)
+    log_ratio = _uniform(n, math.log(cfg.ratio[0]), math.log(cfg.ratio[1]), g, device)
     ratio = torch.exp(log_ratio)
     width = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the image side
     height = torch.sqrt(area / ratio).clamp(max=1.0)
@@ -143,7 +144,7 @@ class BatchAugment(torch.nn.Module):
         x = random_resized_crop(images, self.size, cfg, generator)
         x = color_jitter(x, cfg, generator)
         x = random_grayscale(x, cfg, generator)
-        return gaussian_blur(x, cfg, generator)
+        return gaussian_blur(x, cfg, generator).clamp_(0.0, 1.0)  # rounding can step past 1
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

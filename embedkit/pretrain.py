@@ -107,22 +107,33 @@ def _check(config: PretrainConfig, n_train: int, min_batch: int) -> None:
                           f"images of {config.dataset}: use a smaller batch")  # fmt: skip
 
 
-def _prepare_folder(output: Path, config_json: dict, resume: bool) -> None:
-    run_file = output / "run.json"
-    if resume:
-        if not (output / "checkpoints" / "last.ckpt").is_file():
-            raise RunError(f"cannot resume {output}: it has no checkpoints/last.ckpt")
+def _prepare_folder(output: Path, config_json: dict, resume: bool) -> bool:
+    """Create or check the run folder; return whether a checkpoint is to be loaded."""
+    has_checkpoint = (output / "checkpoints" / "last.ckpt").is_file()
+    if output.exists() and not output.is_dir():
+        raise RunError(f"--output {output} is a file: choose a folder")
+    if output.exists() and any(output.iterdir()):
+        if not resume:
+            raise RunError(f"run folder {output} already exists: pass --resume to continue it "
+                           f"or choose another --output")  # fmt: skip
+        if not (output / "config.json").is_file():
+            raise RunError(f"cannot resume {output}: it is not a pretraining run folder")
         saved = json.loads((output / "config.json").read_text())["pretrain"]
         for key in ("method", "backbone", "dataset", "size"):
             if saved[key] != config_json["pretrain"][key]:
                 raise RunError(f"cannot resume {output}: it was trained with {key} "
                                f"'{saved[key]}', not '{config_json['pretrain'][key]}'")  # fmt: skip
-        return
-    if run_file.exists() or (output.exists() and any(output.iterdir())):
-        raise RunError(f"run folder {output} already exists: pass --resume to continue it "
-                       f"or choose another --output")  # fmt: skip
     (output / "checkpoints").mkdir(parents=True, exist_ok=True)
-    write_json(output / "config.json", config_json)
+    if not has_checkpoint:
+        write_json(output / "config.json", config_json)
+    return has_checkpoint
+
+
+def _run_state(output: Path) -> dict:
+    try:
+        return json.loads((output / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def pretrain(
@@ -133,7 +144,8 @@ def pretrain(
     Args:
         config: what to train.
         output: the run folder; must not exist yet unless ``resume``.
-        resume: continue an interrupted run from ``output/checkpoints/last.ckpt``.
+        resume: continue an interrupted run from ``output/checkpoints/last.ckpt`` (or start
+            it, if it stopped before its first checkpoint); a complete run is left as is.
         progress: show a progress bar.
 
     Returns:
@@ -142,6 +154,10 @@ def pretrain(
     from lightning_fabric import Fabric
 
     output = Path(output)
+    done = _run_state(output)
+    if resume and done.get("status") == "complete" and done.get("epochs_done") == config.epochs:
+        log.info("%s is already complete", output)
+        return output
     method_cls = get_method(config.method)
     method_config = _method_config(method_cls, config.method_params)
     train = load_split(config.dataset, "train", config.size, config.data_root)
@@ -158,7 +174,7 @@ def pretrain(
         "n_train": len(train),
         **stamp(),
     }
-    _prepare_folder(output, to_jsonable(config_json), resume)
+    load_checkpoint = _prepare_folder(output, to_jsonable(config_json), resume)
 
     fabric = Fabric(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda"
                     else 1, precision="bf16-mixed" if device.type == "cuda" else "32-true")  # fmt: skip
@@ -172,7 +188,7 @@ def pretrain(
     model, optimizer = fabric.setup(model, optimizer)
     start_epoch = 0
     checkpoint = output / "checkpoints" / "last.ckpt"
-    if resume:
+    if load_checkpoint:
         state = {"model": model, "optimizer": optimizer}
         rest = fabric.load(checkpoint, state, weights_only=True)
         scheduler.load_state_dict(rest["scheduler"])

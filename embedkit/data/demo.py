@@ -84,23 +84,30 @@ def _source_image(source: str, box: tuple[float, float, float, float]) -> np.nda
     return image[int(top * h) : int(bottom * h), int(left * w) : int(right * w)]
 
 
-def _regions(h: int, w: int) -> dict[str, tuple[int, int, int, int]]:
+def regions(h: int, w: int) -> dict[str, tuple[int, int, int, int]]:
     """Disjoint (top, bottom, left, right) regions per split."""
     cut = int(0.6 * w)
     return {"train": (0, h, 0, cut), "val": (0, h // 2, cut, w), "test": (h // 2, h, cut, w)}
 
 
-def _patches(image: np.ndarray, region, n: int, size: int, rng) -> np.ndarray:
-    from skimage.transform import resize
-
+def patch_boxes(image_shape: tuple[int, int], region, n: int, rng) -> np.ndarray:
+    """``n`` random square boxes (top, left, side) inside ``region`` of an image."""
     top, bottom, left, right = region
-    max_side = min(bottom - top, right - left, min(image.shape) // 4)
-    min_side = max(8, min(image.shape) // 10)
-    out = np.empty((n, size, size), dtype=np.uint8)
+    max_side = min(bottom - top, right - left, min(image_shape) // 4)
+    min_side = max(8, min(image_shape) // 10)
+    boxes = np.empty((n, 3), dtype=np.int64)
     for i in range(n):
         side = int(rng.integers(min_side, max_side + 1))
-        y = int(rng.integers(top, bottom - side + 1))
-        x = int(rng.integers(left, right - side + 1))
+        boxes[i] = (rng.integers(top, bottom - side + 1), rng.integers(left, right - side + 1),
+                    side)  # fmt: skip
+    return boxes
+
+
+def _patches(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    out = np.empty((len(boxes), size, size), dtype=np.uint8)
+    for i, (y, x, side) in enumerate(boxes):
         patch = resize(image[y : y + side, x : x + side], (size, size), anti_aliasing=True)
         out[i] = np.clip(np.rint(patch * 255.0), 0, 255).astype(np.uint8)
     return out
@@ -112,12 +119,12 @@ def make_demo(name: str, size: int) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     seed = [GENERATOR_VERSION, sorted(_SOURCES).index(name), size]
     rng = np.random.default_rng(seed)
+    sources = [_source_image(source, box) for source, box in _SOURCES[name].items()]
     for split, per_class in PER_CLASS.items():
         images, labels = [], []
-        for label, (source, box) in enumerate(_SOURCES[name].items()):
-            image = _source_image(source, box)
-            region = _regions(*image.shape)[split]
-            images.append(_patches(image, region, per_class, size, rng))
+        for label, image in enumerate(sources):
+            boxes = patch_boxes(image.shape, regions(*image.shape)[split], per_class, rng)
+            images.append(_patches(image, boxes, size))
             labels.append(np.full((per_class, 1), label, dtype=np.uint8))
         arrays[f"{split}_images"] = np.concatenate(images)
         arrays[f"{split}_labels"] = np.concatenate(labels)

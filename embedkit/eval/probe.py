@@ -105,7 +105,7 @@ def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> 
                                  "label_fraction": fraction, "seed": seed,
                                  "n_train": len(subset), "c": c,
                                  **classification_metrics(test.labels, proba, task)})  # fmt: skip
-                    log.info("probe %s %s fraction %g seed %d: %.3f", store.encoder_name,
+                    log.debug("probe %s %s fraction %g seed %d: %.3f", store.encoder_name,
                              dataset, fraction, seed, rows[-1]["accuracy"])  # fmt: skip
     return pl.DataFrame(rows)
 

@@ -1,0 +1,36 @@
+"""How the CLI prints tables and parses comma-separated options."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import polars as pl
+
+from embedkit.errors import ConfigError
+
+
+def show_table(table: pl.DataFrame, drop: Iterable[str] = ()) -> None:
+    """Print a whole table, floats to 3 decimals, without polars' shape and dtype lines."""
+    table = table.drop([c for c in drop if c in table.columns])
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=250,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                   float_precision=3, tbl_formatting="ASCII_MARKDOWN"):  # fmt: skip
+        print(table)
+
+
+def split_names(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def split_floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in split_names(value))
+    except ValueError:
+        raise ConfigError(f"'{value}' is not a comma-separated list of numbers") from None
+
+
+def split_ints(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in split_names(value))
+    except ValueError:
+        raise ConfigError(f"'{value}' is not a comma-separated list of integers") from None

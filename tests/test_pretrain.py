@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from embedkit.augment import AugmentConfig, BatchAugment
+from embedkit.backbones import BACKBONES, create_encoder, state_sha256
+from embedkit.errors import ConfigError, RunError, UnknownNameError
+from embedkit.methods import METHODS, get_method
+from embedkit.pretrain import PretrainConfig, pretrain
+
+
+def _batch(n=16, channels=1, size=28, seed=0):
+    return torch.rand(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_loss_is_finite_and_reaches_the_backbone(name):
+    torch.manual_seed(0)
+    cls = get_method(name)
+    method = cls(create_encoder("resnet18"), cls.Config(), 28, n_classes=3)
+    loss = method.training_step(_batch(), torch.zeros(16, 1, dtype=torch.long),
+                                torch.Generator().manual_seed(0))  # fmt: skip
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    stem = method.encoder.backbone.conv1.weight.grad
+    assert stem is not None and stem.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_backbone_features(name):
+    encoder = create_encoder(name).eval()
+    with torch.no_grad():
+        gray, rgb = encoder(_batch(2, 1)), encoder(_batch(2, 3))
+    assert gray.shape == rgb.shape == (2, encoder.feature_dim)
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(UnknownNameError, match="valid methods: simclr"):
+        get_method("simclrr")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batch_augment_is_seeded_and_per_sample(channels):
+    augment = BatchAugment(28, AugmentConfig())
+    images = _batch(8, channels)
+    a = augment(images, torch.Generator().manual_seed(1))
+    b = augment(images, torch.Generator().manual_seed(1))
+    c = augment(images, torch.Generator().manual_seed(2))
+    assert a.shape == images.shape and a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    same = augment(images[:1].expand(8, -1, -1, -1), torch.Generator().manual_seed(3))
+    assert (same - same[:1]).abs().flatten(1).amax(1)[1:].min() > 0.01  # each sample its own view
+
+
+def test_augment_identity_settings_keep_images():
+    identity = AugmentConfig(min_scale=1.0, ratio=(1.0, 1.0), hflip_prob=0.0, jitter_prob=0.0,
+                             grayscale_prob=0.0, blur_prob=0.0)  # fmt: skip
+    images = _batch(4, 3)
+    out = BatchAugment(28, identity)(images, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+    flipped = BatchAugment(28, AugmentConfig(**{**identity.__dict__, "hflip_prob": 1.0}))
+    torch.testing.assert_close(flipped(images, torch.Generator()), images.flip(-1), atol=1e-5,
+                               rtol=0)  # fmt: skip
+
+
+def test_run_folder(tiny_run):
+    run_state = json.loads((tiny_run / "run.json").read_text())
+    assert run_state["status"] == "complete" and run_state["epochs_done"] == 1
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["pretrain"]["method"] == "simclr"
+    assert config["method_config"]["temperature"] == 0.2
+    assert config["data_files"][0]["origin"] == "generated"
+    lines = (tiny_run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1200 // 64 and np.isfinite(json.loads(lines[-1])["loss"])
+    encoder = create_encoder("resnet18", str(tiny_run / "encoder.safetensors"))
+    assert state_sha256(encoder.backbone) == run_state["encoder_sha256"]
+    assert state_sha256(encoder.backbone) != state_sha256(create_encoder("resnet18").backbone)
+    assert set(load_file(tiny_run / "encoder.safetensors")) == set(encoder.backbone.state_dict())
+    checkpoint = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+
+
+def _config(data_root, **changes):
+    base = dict(dataset="demo-texture", size=28, epochs=2, batch_size=200, device="cpu",
+                data_root=str(data_root))  # fmt: skip
+    return PretrainConfig(**{**base, **changes})
+
+
+def test_resume_continues_exactly(tmp_path, data_root, monkeypatch):
+    import embedkit.pretrain as module
+
+    straight = pretrain(_config(data_root), tmp_path / "straight", progress=False)
+    real_write = module.write_json
+
+    def killed_after_first_checkpoint(path, value):
+        real_write(path, value)
+        if value.get("epochs_done") == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "write_json", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_config(data_root), tmp_path / "resumed", progress=False)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "running"
+    assert not (tmp_path / "resumed" / "encoder.safetensors").exists()
+    resumed = pretrain(_config(data_root), tmp_path / "resumed", resume=True, progress=False)
+    a = load_file(straight / "encoder.safetensors")
+    b = load_file(resumed / "encoder.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    steps = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(12))
+
+
+def test_bad_pretrain_input_writes_nothing(tmp_path, data_root):
+    with pytest.raises(ConfigError, match="exceeds the 1200 training images"):
+        pretrain(_config(data_root, batch_size=5000), tmp_path / "big", progress=False)
+    with pytest.raises(ConfigError, match="too small"):
+        pretrain(_config(data_root, batch_size=1), tmp_path / "small", progress=False)
+    with pytest.raises(UnknownNameError, match="resnet18"):
+        pretrain(_config(data_root, backbone="resnet19"), tmp_path / "bb", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_and_mismatched_runs_are_refused(tiny_run, data_root):
+    with pytest.raises(RunError, match="already exists"):
+        pretrain(_config(data_root), tiny_run, progress=False)
+    with pytest.raises(RunError, match="backbone 'resnet18', not 'resnet50'"):
+        pretrain(_config(data_root, backbone="resnet50"), tiny_run, resume=True, progress=False)

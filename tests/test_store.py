@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from embedkit.backbones import create_encoder
+from embedkit.embed import EmbedConfig, embed, encode
+from embedkit.data import load_split
+from embedkit.errors import RunError, StoreError
+from embedkit.store import EmbeddingStore, chunk_rows
+
+
+def test_store_round_trip(demo_store, data_root):
+    assert demo_store.datasets() == ["demo-med", "demo-natural", "demo-texture"]
+    assert demo_store.splits("demo-med") == ["train", "val", "test"]
+    split = demo_store.get("demo-med", "val")
+    source = load_split("demo-med", "val", 28, data_root)
+    np.testing.assert_array_equal(split.labels, source.labels)
+    np.testing.assert_array_equal(split.indices, np.arange(300))
+    torch.manual_seed(0)  # the store's encoder: random init with seed 0
+    encoder = create_encoder("resnet18")
+    direct = np.concatenate([f for _, f in encode(encoder, source.images, 64, torch.device("cpu"))])
+    np.testing.assert_allclose(split.embeddings, direct, rtol=1e-4, atol=1e-5)
+    assert split.embeddings.dtype == np.float32 and split.embeddings.shape == (300, 512)
+    assert split.attrs["data_file"]["md5"] == source.files[0].md5
+    assert split.attrs["size"] == 28 and split.attrs["normalisation"]["mean"][0] == 0.485
+    encoder_attrs = demo_store.encoder
+    assert encoder_attrs["name"] == "random/resnet18" and len(encoder_attrs["weights_sha256"]) == 64
+    assert demo_store.dataset_attrs("demo-med")["class_names"] == ["immunohistochemistry",
+                                                                   "retina", "cell"]  # fmt: skip
+    catalog = demo_store.catalog()
+    assert catalog.height == 9 and set(catalog["n"].to_list()) == {300, 500, 600, 1000, 1200, 2000}
+
+
+def test_chunks_hold_at_least_a_megabyte(demo_store):
+    array = zarr.open_array(str(demo_store.path / "demo-natural" / "train" / "embeddings"), mode="r")
+    assert array.chunks == (512, 512) and array.chunks[0] * 512 * 4 >= 1 << 20
+    assert chunk_rows(2048) == 128 and chunk_rows(384) == 683
+    assert array.compressors == ()
+
+
+def test_partial_split_is_invisible(demo_store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(demo_store.path, copy)
+    (copy / "demo-med" / "test").rename(copy / "demo-med" / ".test.partial")
+    store = EmbeddingStore(copy)
+    assert store.splits("demo-med") == ["train", "val"]
+    with pytest.raises(StoreError, match="split 'test' of demo-med is not in store"):
+        store.get("demo-med", "test")
+    meta = json.loads((copy / "demo-med" / "val" / "zarr.json").read_text())
+    meta["attributes"]["complete"] = False
+    (copy / "demo-med" / "val" / "zarr.json").write_text(json.dumps(meta))
+    assert EmbeddingStore(copy).splits("demo-med") == ["train"]
+
+
+def test_another_encoder_is_refused(demo_store, tiny_run, data_root):
+    config = EmbedConfig(dataset="demo-texture", splits=("test",), run=str(tiny_run),
+                         device="cpu", data_root=str(data_root))  # fmt: skip
+    with pytest.raises(StoreError, match="made by encoder random/resnet18"):
+        embed(config, demo_store.path, progress=False)
+
+
+def test_store_errors(tmp_path, data_root, demo_store):
+    with pytest.raises(StoreError, match="does not exist"):
+        EmbeddingStore(tmp_path / "missing.zarr")
+    (tmp_path / "file.zarr").write_text("x")
+    config = EmbedConfig(dataset="demo-texture", splits=("test",), device="cpu",
+                         data_root=str(data_root))  # fmt: skip
+    with pytest.raises(StoreError, match="is a file"):
+        embed(config, tmp_path / "file.zarr", progress=False)
+    with pytest.raises(StoreError, match="'pathmnist' is not in store"):
+        demo_store.get("pathmnist", "test")
+    unfinished = tmp_path / "run"
+    unfinished.mkdir()
+    (unfinished / "run.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(RunError, match="not finished"):
+        embed(EmbedConfig(run=str(unfinished), data_root=str(data_root)), tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_run_encoder_store(tiny_run, data_root, tmp_path):
+    config = EmbedConfig(dataset="demo-texture", splits=("val",), run=str(tiny_run),
+                         device="cpu", data_root=str(data_root))  # fmt: skip
+    store = embed(config, tmp_path / "simclr.zarr", progress=False)
+    assert store.encoder["name"] == "simclr/resnet18"
+    assert store.encoder["pretrain_dataset"] == "demo-texture"
+    run_state = json.loads((tiny_run / "run.json").read_text())
+    assert store.encoder["weights_sha256"] == run_state["encoder_sha256"]
+    before = store.get("demo-texture", "val").attrs["created"]
+    embed(config, tmp_path / "simclr.zarr", progress=False)  # complete splits are kept
+    assert store.get("demo-texture", "val").attrs["created"] == before
