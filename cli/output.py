@@ -12,9 +12,16 @@ from embedkit.errors import ConfigError
 def show_table(table: pl.DataFrame, drop: Iterable[str] = ()) -> None:
     """Print a whole table, floats to 3 decimals, without polars' shape and dtype lines."""
     table = table.drop([c for c in drop if c in table.columns])
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=250,
-                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
-                   float_precision=3, tbl_formatting="ASCII_MARKDOWN"):  # fmt: skip
+    with pl.Config(
+        tbl_rows=-1,
+        tbl_cols=-1,
+        fmt_str_lengths=80,
+        tbl_width_chars=250,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        float_precision=3,
+        tbl_formatting="ASCII_MARKDOWN",
+    ):
         print(table)
 
 

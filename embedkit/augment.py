@@ -71,8 +71,11 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotate hue by ``angle`` (radians, per sample) in YIQ space."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
-                           [0.211, -0.523, 0.312]], device=x.device, dtype=x.dtype)  # fmt: skip
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+        device=x.device,
+        dtype=x.dtype,
+    )
     yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
     cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
     i, q = yiq[:, 1], yiq[:, 2]

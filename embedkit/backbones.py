@@ -75,8 +75,10 @@ class Encoder(nn.Module):
 
     @property
     def normalisation(self) -> dict[str, list[float]]:
-        return {key: [round(v, 6) for v in getattr(self, key).flatten().tolist()]
-                for key in ("mean", "std")}  # fmt: skip
+        return {
+            key: [round(v, 6) for v in getattr(self, key).flatten().tolist()]
+            for key in ("mean", "std")
+        }
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] == 1:

@@ -45,6 +45,7 @@ class EmbedConfig:
         batch_size: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data_root: where the npz files are.
+        download: fetch missing MedMNIST files with medmnist's downloader.
         overwrite: replace splits already in the store, and allow another encoder's store.
     """
 
@@ -58,6 +59,7 @@ class EmbedConfig:
     batch_size: int = 256
     device: str = "auto"
     data_root: str | None = None
+    download: bool = False
     overwrite: bool = False
 
 
@@ -67,22 +69,36 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
         torch.manual_seed(config.seed)
         encoder = create_encoder(config.backbone, config.init)
         init = config.init if config.init in ("random", "imagenet") else "file"
-        identity = {"name": f"{init}/{config.backbone}", "kind": "backbone", "method": "none",
-                    "backbone": config.backbone, "init": config.init, "pretrain_dataset": None,
-                    "seed": config.seed if config.init == "random" else None}  # fmt: skip
+        identity = {
+            "name": f"{init}/{config.backbone}",
+            "kind": "backbone",
+            "method": "none",
+            "backbone": config.backbone,
+            "init": config.init,
+            "pretrain_dataset": None,
+            "seed": config.seed if config.init == "random" else None,
+        }
     else:
         run = Path(config.run)
         status = _read_json(run / "run.json", run)
         if status.get("status") != "complete" or not (run / ENCODER_FILE).is_file():
-            raise RunError(f"run {run} is not finished (status {status.get('status')}): "
-                           f"resume it with `embedkit pretrain --resume --output {run}`")  # fmt: skip
+            raise RunError(
+                f"run {run} is not finished (status {status.get('status')}): "
+                f"resume it with `embedkit pretrain --resume --output {run}`"
+            )
         pretrain = _read_json(run / "config.json", run)["pretrain"]
         encoder = create_encoder(pretrain["backbone"], str(run / ENCODER_FILE))
-        identity = {"name": f"{pretrain['method']}/{pretrain['backbone']}", "kind": "run",
-                    "run": str(run.resolve()), "method": pretrain["method"],
-                    "backbone": pretrain["backbone"], "init": pretrain["init"],
-                    "pretrain_dataset": pretrain["dataset"], "epochs": pretrain["epochs"],
-                    "seed": pretrain["seed"]}  # fmt: skip
+        identity = {
+            "name": f"{pretrain['method']}/{pretrain['backbone']}",
+            "kind": "run",
+            "run": str(run.resolve()),
+            "method": pretrain["method"],
+            "backbone": pretrain["backbone"],
+            "init": pretrain["init"],
+            "pretrain_dataset": pretrain["dataset"],
+            "epochs": pretrain["epochs"],
+            "seed": pretrain["seed"],
+        }
     identity["weights_sha256"] = state_sha256(encoder.backbone)
     identity["normalisation"] = encoder.normalisation
     return encoder, identity
@@ -90,18 +106,28 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
 
 def _read_json(path: Path, run: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise RunError(f"{run} is not a pretraining run folder (no {path.name}): pass the "
-                       f"--output folder of `embedkit pretrain`")  # fmt: skip
+        raise RunError(
+            f"{run} is not a pretraining run folder (no {path.name}): pass the "
+            f"--output folder of `embedkit pretrain`"
+        )
     return json.loads(path.read_text())
 
 
 @torch.inference_mode()
-def encode(encoder: Encoder, images: np.ndarray, batch_size: int, device: torch.device,
-           progress: bool = False, desc: str = ""):  # fmt: skip
+def encode(
+    encoder: Encoder,
+    images: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "",
+):
     """Yield ``(start, embeddings)`` for consecutive batches of uint8 ``(N, H, W, C)`` images."""
     encoder.eval().to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False
+    )
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start : start + batch_size]))
         batch = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
@@ -114,14 +140,17 @@ def encode(encoder: Encoder, images: np.ndarray, batch_size: int, device: torch.
 
 def _open_root(path: Path, identity: dict[str, Any], overwrite: bool) -> zarr.Group:
     if path.exists() and not path.is_dir():
-        raise StoreError(f"store path {path} is a file: choose a folder name such as "
-                         f"{path.with_suffix('.zarr')}")  # fmt: skip
+        raise StoreError(
+            f"store path {path} is a file: choose a folder name such as {path.with_suffix('.zarr')}"
+        )
     if path.exists() and (path / "zarr.json").is_file():
         existing = EmbeddingStore(path).encoder
         if existing["weights_sha256"] != identity["weights_sha256"] and not overwrite:
-            raise StoreError(f"store {path} was made by encoder {existing['name']} "
-                             f"(weights {existing['weights_sha256'][:12]}): choose another "
-                             f"--store, or pass --overwrite to replace it")  # fmt: skip
+            raise StoreError(
+                f"store {path} was made by encoder {existing['name']} "
+                f"(weights {existing['weights_sha256'][:12]}): choose another "
+                f"--store, or pass --overwrite to replace it"
+            )
         if existing["weights_sha256"] != identity["weights_sha256"]:
             shutil.rmtree(path)
     elif path.exists() and any(path.iterdir()):
@@ -132,8 +161,15 @@ def _open_root(path: Path, identity: dict[str, Any], overwrite: bool) -> zarr.Gr
     return root
 
 
-def _write_split(root: zarr.Group, data: SplitData, encoder: Encoder, identity: dict,
-                 config: EmbedConfig, device: torch.device, progress: bool) -> None:  # fmt: skip
+def _write_split(
+    root: zarr.Group,
+    data: SplitData,
+    encoder: Encoder,
+    identity: dict,
+    config: EmbedConfig,
+    device: torch.device,
+    progress: bool,
+) -> None:
     dataset, split = data.dataset, data.split
     staging = f"{dataset}/.{split}.partial"
     if staging in root:
@@ -141,17 +177,25 @@ def _write_split(root: zarr.Group, data: SplitData, encoder: Encoder, identity: 
     group = root.require_group(staging)
     n, dim = len(data), encoder.feature_dim
     rows = chunk_rows(dim)
-    embeddings = group.create_array("embeddings", shape=(n, dim), chunks=(min(rows, max(n, 1)), dim),
-                                    dtype="float32", compressors=None)  # fmt: skip
+    embeddings = group.create_array(
+        "embeddings",
+        shape=(n, dim),
+        chunks=(min(rows, max(n, 1)), dim),
+        dtype="float32",
+        compressors=None,
+    )
     group.create_array("labels", data=data.labels, chunks=data.labels.shape, compressors=None)
     group.create_array("indices", data=data.indices, chunks=data.indices.shape, compressors=None)
     buffer = np.empty((min(rows, n), dim), dtype=np.float32)
     filled, written = 0, 0
-    for _, features in encode(encoder, data.images, config.batch_size, device, progress,
-                              desc=f"{dataset}/{split}"):  # fmt: skip
+    for _, features in encode(
+        encoder, data.images, config.batch_size, device, progress, desc=f"{dataset}/{split}"
+    ):
         if not np.isfinite(features).all():
-            raise StoreError(f"the encoder produced NaN or inf embeddings on {dataset}/{split}: "
-                             f"the weights are broken; nothing of this split was kept")  # fmt: skip
+            raise StoreError(
+                f"the encoder produced NaN or inf embeddings on {dataset}/{split}: "
+                f"the weights are broken; nothing of this split was kept"
+            )
         while len(features):
             take = min(len(features), len(buffer) - filled)
             buffer[filled : filled + take] = features[:take]
@@ -159,11 +203,17 @@ def _write_split(root: zarr.Group, data: SplitData, encoder: Encoder, identity: 
             if filled == len(buffer) or written + filled == n:
                 embeddings[written : written + filled] = buffer[:filled]  # whole chunks
                 written, filled = written + filled, 0
-    group.attrs.update({
-        "complete": True, "n": n, "dim": dim, "size": config.size,
-        "data_file": to_jsonable(data.files[0]), "normalisation": identity["normalisation"],
-        **stamp(),
-    })  # fmt: skip
+    group.attrs.update(
+        {
+            "complete": True,
+            "n": n,
+            "dim": dim,
+            "size": config.size,
+            "data_file": to_jsonable(data.files[0]),
+            "normalisation": identity["normalisation"],
+            **stamp(),
+        }
+    )
     target = Path(root.store.root) / dataset / split
     if target.exists():
         shutil.rmtree(target)
@@ -182,8 +232,11 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     if bad:
         raise ConfigError(f"unknown split {', '.join(bad)}: choose from {', '.join(SPLITS)}")
     # Open every input before writing anything, so bad input leaves no store behind.
-    splits = [load_split(name, split, config.size, config.data_root)
-              for name in names for split in config.splits]  # fmt: skip
+    splits = [
+        load_split(name, split, config.size, config.data_root, config.download)
+        for name in names
+        for split in config.splits
+    ]
     encoder, identity = load_encoder(config)
     device = resolve_device(config.device)
     path = Path(store)
@@ -194,7 +247,13 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
             continue
         info = get_info(data.dataset)
         dataset_group = root.require_group(data.dataset)
-        dataset_group.attrs.update({"task": info.task, "class_names": list(info.class_names),
-                                    "n_channels": info.n_channels, "family": info.family})  # fmt: skip
+        dataset_group.attrs.update(
+            {
+                "task": info.task,
+                "class_names": list(info.class_names),
+                "n_channels": info.n_channels,
+                "family": info.family,
+            }
+        )
         _write_split(root, data, encoder, identity, config, device, progress)
     return EmbeddingStore(path)

@@ -57,6 +57,7 @@ class PretrainConfig:
         seed: seeds initialisation, sampling order and augmentations.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data_root: where the npz files are (see ``embedkit.data.data_root``).
+        download: fetch missing MedMNIST files with medmnist's downloader.
         checkpoint_every: save a checkpoint every this many epochs (and at the end).
         method_params: overrides of the method's ``Config`` fields.
     """
@@ -74,6 +75,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     data_root: str | None = None
+    download: bool = False
     checkpoint_every: int = 1
     method_params: Mapping[str, Any] = field(default_factory=dict)
 
@@ -82,8 +84,10 @@ def _method_config(method_cls: type[PretrainMethod], params: Mapping[str, Any]):
     names = {f.name for f in dataclasses.fields(method_cls.Config)}
     unknown = sorted(set(params) - names)
     if unknown:
-        raise ConfigError(f"{method_cls.name} has no parameter {', '.join(unknown)}: "
-                          f"valid ones are {', '.join(sorted(names))}")  # fmt: skip
+        raise ConfigError(
+            f"{method_cls.name} has no parameter {', '.join(unknown)}: "
+            f"valid ones are {', '.join(sorted(names))}"
+        )
     return method_cls.Config(**params)
 
 
@@ -100,11 +104,15 @@ def _check(config: PretrainConfig, n_train: int, min_batch: int) -> None:
     if config.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, not {config.epochs}")
     if config.batch_size < min_batch:
-        raise ConfigError(f"--batch-size {config.batch_size} is too small for {config.method}: "
-                          f"use at least {min_batch}")  # fmt: skip
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is too small for {config.method}: "
+            f"use at least {min_batch}"
+        )
     if config.batch_size > n_train:
-        raise ConfigError(f"--batch-size {config.batch_size} exceeds the {n_train} training "
-                          f"images of {config.dataset}: use a smaller batch")  # fmt: skip
+        raise ConfigError(
+            f"--batch-size {config.batch_size} exceeds the {n_train} training "
+            f"images of {config.dataset}: use a smaller batch"
+        )
 
 
 def _prepare_folder(output: Path, config_json: dict, resume: bool) -> bool:
@@ -114,15 +122,19 @@ def _prepare_folder(output: Path, config_json: dict, resume: bool) -> bool:
         raise RunError(f"--output {output} is a file: choose a folder")
     if output.exists() and any(output.iterdir()):
         if not resume:
-            raise RunError(f"run folder {output} already exists: pass --resume to continue it "
-                           f"or choose another --output")  # fmt: skip
+            raise RunError(
+                f"run folder {output} already exists: pass --resume to continue it "
+                f"or choose another --output"
+            )
         if not (output / "config.json").is_file():
             raise RunError(f"cannot resume {output}: it is not a pretraining run folder")
         saved = json.loads((output / "config.json").read_text())["pretrain"]
         for key in ("method", "backbone", "dataset", "size"):
             if saved[key] != config_json["pretrain"][key]:
-                raise RunError(f"cannot resume {output}: it was trained with {key} "
-                               f"'{saved[key]}', not '{config_json['pretrain'][key]}'")  # fmt: skip
+                raise RunError(
+                    f"cannot resume {output}: it was trained with {key} "
+                    f"'{saved[key]}', not '{config_json['pretrain'][key]}'"
+                )
     (output / "checkpoints").mkdir(parents=True, exist_ok=True)
     if not has_checkpoint:
         write_json(output / "config.json", config_json)
@@ -160,7 +172,7 @@ def pretrain(
         return output
     method_cls = get_method(config.method)
     method_config = _method_config(method_cls, config.method_params)
-    train = load_split(config.dataset, "train", config.size, config.data_root)
+    train = load_split(config.dataset, "train", config.size, config.data_root, config.download)
     _check(config, len(train), method_cls.min_batch_size)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -176,9 +188,14 @@ def pretrain(
     }
     load_checkpoint = _prepare_folder(output, to_jsonable(config_json), resume)
 
-    fabric = Fabric(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda"
-                    else 1, precision="bf16-mixed" if device.type == "cuda" else "32-true")  # fmt: skip
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    fabric = Fabric(
+        accelerator=device.type,
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     steps_per_epoch = len(train) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_fraction * total_steps)
@@ -205,18 +222,25 @@ def pretrain(
             generator = torch.Generator(device=fabric.device).manual_seed(
                 config.seed * 1_000_003 + epoch
             )
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False, unit="step")  # fmt: skip
+            bar = tqdm(
+                range(steps_per_epoch),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=None if progress else True,
+                leave=False,
+                unit="step",
+            )
             for step_in_epoch in bar:
                 start = time.perf_counter()
-                batch_idx = np.sort(order[step_in_epoch * config.batch_size:][: config.batch_size])
+                batch_idx = np.sort(order[step_in_epoch * config.batch_size :][: config.batch_size])
                 batch = torch.from_numpy(np.array(images[batch_idx]))
                 batch = batch.to(fabric.device, non_blocking=True).permute(0, 3, 1, 2)
                 batch = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
                 loss = model.training_step(batch, labels[batch_idx].to(fabric.device), generator)
                 if not torch.isfinite(loss):
-                    raise RunError(f"the loss became {loss.item()} at epoch {epoch + 1}: "
-                                   f"lower --lr or raise --batch-size")  # fmt: skip
+                    raise RunError(
+                        f"the loss became {loss.item()} at epoch {epoch + 1}: "
+                        f"lower --lr or raise --batch-size"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 optimizer.step()
@@ -224,18 +248,28 @@ def pretrain(
                 global_step = epoch * steps_per_epoch + step_in_epoch
                 model.after_step((global_step + 1) / total_steps)
                 rate = len(batch_idx) / (time.perf_counter() - start)
-                record = {"epoch": epoch, "step": global_step, "loss": loss.item(),
-                          "lr": scheduler.get_last_lr()[0], "images_per_s": rate}  # fmt: skip
+                record = {
+                    "epoch": epoch,
+                    "step": global_step,
+                    "loss": loss.item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    "images_per_s": rate,
+                }
                 metrics.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{rate:.0f}")
             metrics.flush()
             done = epoch + 1
             if done % config.checkpoint_every == 0 or done == config.epochs:
-                state = {"model": model, "optimizer": optimizer,
-                         "scheduler": scheduler.state_dict(), "epoch": done}  # fmt: skip
+                state = {
+                    "model": model,
+                    "optimizer": optimizer,
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": done,
+                }
                 fabric.save(checkpoint, state)
-                write_json(output / "run.json",
-                           {"status": "running", "epochs_done": done, **stamp()})  # fmt: skip
+                write_json(
+                    output / "run.json", {"status": "running", "epochs_done": done, **stamp()}
+                )
             log.info("epoch %d/%d loss %.4f", done, config.epochs, record["loss"])
     if fabric.is_global_zero:
         _export(encoder, output, config.epochs)
@@ -256,7 +290,13 @@ def _export(encoder, output: Path, epochs: int) -> None:
     tmp = output / f".{ENCODER_FILE}.tmp"
     save_file(state, str(tmp))
     tmp.replace(output / ENCODER_FILE)
-    write_json(output / "run.json", {"status": "complete", "epochs_done": epochs,
-                                     "encoder_file": ENCODER_FILE,
-                                     "encoder_sha256": state_sha256(encoder.backbone),
-                                     **stamp()})  # fmt: skip
+    write_json(
+        output / "run.json",
+        {
+            "status": "complete",
+            "epochs_done": epochs,
+            "encoder_file": ENCODER_FILE,
+            "encoder_sha256": state_sha256(encoder.backbone),
+            **stamp(),
+        },
+    )

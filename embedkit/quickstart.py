@@ -27,7 +27,7 @@ OOD_DATASETS = ("demo-natural", "demo-texture")
 
 @dataclass(frozen=True)
 class QuickstartConfig:
-    """The quickstart's settings; defaults finish in about 3 minutes on 2 CPU cores.
+    """The quickstart's settings; defaults finish in about 2 minutes on 2 CPU cores.
 
     Attributes:
         size, backbone, epochs, batch_size, seed, device, data_root: as for ``pretrain``.
@@ -36,7 +36,7 @@ class QuickstartConfig:
 
     size: int = 28
     backbone: str = "resnet18"
-    epochs: int = 15
+    epochs: int = 30
     batch_size: int = 128
     seed: int = 0
     device: str = "auto"
@@ -55,44 +55,65 @@ class QuickstartResult:
     tables: dict[str, Path]
 
 
-def quickstart(config: QuickstartConfig, output: str | Path, progress: bool = True) -> QuickstartResult:
+def quickstart(
+    config: QuickstartConfig, output: str | Path, progress: bool = True
+) -> QuickstartResult:
     """Run the chain into ``output`` and return a one-row-per-encoder summary."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     run = output / "simclr-run"
     pretrain_config = PretrainConfig(
-        dataset=ID_DATASET, size=config.size, method="simclr", backbone=config.backbone,
-        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-        device=config.device, data_root=config.data_root,
-    )  # fmt: skip
+        dataset=ID_DATASET,
+        size=config.size,
+        method="simclr",
+        backbone=config.backbone,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=config.device,
+        data_root=config.data_root,
+    )
     pretrain(pretrain_config, run, resume=True, progress=progress)
-    base = EmbedConfig(dataset="demo", size=config.size, backbone=config.backbone,
-                       seed=config.seed, device=config.device,
-                       data_root=config.data_root)  # fmt: skip
+    base = EmbedConfig(
+        dataset="demo",
+        size=config.size,
+        backbone=config.backbone,
+        seed=config.seed,
+        device=config.device,
+        data_root=config.data_root,
+    )
     stores = (
         embed(replace(base, run=str(run)), output / "simclr.zarr", progress=progress),
         embed(replace(base, init="random"), output / "random.zarr", progress=progress),
     )
-    probe_config = ProbeConfig(datasets=(ID_DATASET,), label_fractions=config.label_fractions,
-                               seeds=config.seeds)  # fmt: skip
+    probe_config = ProbeConfig(
+        datasets=(ID_DATASET,), label_fractions=config.label_fractions, seeds=config.seeds
+    )
     knn_config = KNNConfig(datasets=(ID_DATASET,))
     ood_config = OODConfig(id_datasets=(ID_DATASET,), ood_datasets=OOD_DATASETS)
     tables = {
-        "probe": write_table(probe(list(stores), probe_config), output / "probe.parquet",
-                             probe_config, list(stores)),
-        "knn": write_table(knn_classify(list(stores), knn_config), output / "knn.parquet",
-                           knn_config, list(stores)),
-        "ood": write_table(evaluate_ood(list(stores), ood_config), output / "ood.parquet",
-                           ood_config, list(stores)),
-    }  # fmt: skip
-    summary = summarise(pl.read_parquet(tables["probe"]), pl.read_parquet(tables["knn"]),
-                        pl.read_parquet(tables["ood"]))  # fmt: skip
+        "probe": write_table(
+            probe(list(stores), probe_config), output / "probe.parquet", probe_config, list(stores)
+        ),
+        "knn": write_table(
+            knn_classify(list(stores), knn_config), output / "knn.parquet", knn_config, list(stores)
+        ),
+        "ood": write_table(
+            evaluate_ood(list(stores), ood_config), output / "ood.parquet", ood_config, list(stores)
+        ),
+    }
+    summary = summarise(
+        pl.read_parquet(tables["probe"]),
+        pl.read_parquet(tables["knn"]),
+        pl.read_parquet(tables["ood"]),
+    )
     tables["summary"] = write_table(summary, output / "summary.parquet", config, list(stores))
     return QuickstartResult(summary, run, tuple(s.path for s in stores), tables)
 
 
-def summarise(probe_table: pl.DataFrame, knn_table: pl.DataFrame,
-              ood_table: pl.DataFrame) -> pl.DataFrame:  # fmt: skip
+def summarise(
+    probe_table: pl.DataFrame, knn_table: pl.DataFrame, ood_table: pl.DataFrame
+) -> pl.DataFrame:
     """One row per encoder: probe accuracy per label fraction, kNN accuracy, OOD AUROC/FPR95."""
     columns: dict[str, dict[str, float]] = {}
     for row in summarise_probe(probe_table).iter_rows(named=True):

@@ -103,19 +103,29 @@ class EmbeddingStore:
     def _require(self, dataset: str, split: str | None = None) -> None:
         available = self.datasets()
         if dataset not in available:
-            raise StoreError(f"dataset '{dataset}' is not in store {self.path} (it has "
-                             f"{', '.join(available) or 'no complete dataset'}): embed it with "
-                             f"`embedkit embed --dataset {dataset}`")  # fmt: skip
+            raise StoreError(
+                f"dataset '{dataset}' is not in store {self.path} (it has "
+                f"{', '.join(available) or 'no complete dataset'}): embed it with "
+                f"`embedkit embed --dataset {dataset}`"
+            )
         if split is not None and split not in self.splits(dataset):
-            raise StoreError(f"split '{split}' of {dataset} is not in store {self.path} (it "
-                             f"has {', '.join(self.splits(dataset))})")  # fmt: skip
+            raise StoreError(
+                f"split '{split}' of {dataset} is not in store {self.path} (it "
+                f"has {', '.join(self.splits(dataset))})"
+            )
 
     def get(self, dataset: str, split: str) -> EmbeddingSplit:
         """Embeddings, labels and indices of one split, as numpy arrays."""
         self._require(dataset, split)
         group = self._root[f"{dataset}/{split}"]
-        return EmbeddingSplit(dataset, split, group["embeddings"][:], group["labels"][:],
-                              group["indices"][:], dict(group.attrs))  # fmt: skip
+        return EmbeddingSplit(
+            dataset,
+            split,
+            group["embeddings"][:],
+            group["labels"][:],
+            group["indices"][:],
+            dict(group.attrs),
+        )
 
     def catalog(self) -> pl.DataFrame:
         """One row per complete split: sizes and provenance."""
@@ -123,20 +133,31 @@ class EmbeddingStore:
         for dataset in self.datasets():
             for split in self.splits(dataset):
                 attrs = self._root[f"{dataset}/{split}"].attrs
-                rows.append({
-                    "store": str(self.path), "encoder": self.encoder_name, "dataset": dataset,
-                    "split": split, "n": attrs["n"], "dim": attrs["dim"], "size": attrs["size"],
-                    "origin": attrs["data_file"]["origin"], "md5": attrs["data_file"]["md5"],
-                    "created": attrs["created"],
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "store": str(self.path),
+                        "encoder": self.encoder_name,
+                        "dataset": dataset,
+                        "split": split,
+                        "n": attrs["n"],
+                        "dim": attrs["dim"],
+                        "size": attrs["size"],
+                        "origin": attrs["data_file"]["origin"],
+                        "md5": attrs["data_file"]["md5"],
+                        "created": attrs["created"],
+                    }
+                )
         return pl.DataFrame(rows)
 
 
 def _children(path: Path) -> list[str]:
     if not path.is_dir():
         return []
-    return [p.name for p in path.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file()]  # fmt: skip
+    return [
+        p.name
+        for p in path.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file()
+    ]
 
 
 def _is_complete(path: Path) -> bool:

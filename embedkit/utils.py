@@ -23,7 +23,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' asked for but no CUDA GPU is visible: use --device cpu")
+        raise ConfigError(
+            f"device '{device}' asked for but no CUDA GPU is visible: use --device cpu"
+        )
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device '{device}' does not exist: {torch.cuda.device_count()} GPU(s) "
+            f"visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
     return resolved
 
 

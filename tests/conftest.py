@@ -35,8 +35,14 @@ def tiny_run(tmp_path_factory, data_root) -> Path:
     """A one-epoch SimCLR run on demo-texture (small batches: seconds on CPU)."""
     from embedkit.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(dataset="demo-texture", size=28, epochs=1, batch_size=64,
-                            device="cpu", data_root=str(data_root))  # fmt: skip
+    config = PretrainConfig(
+        dataset="demo-texture",
+        size=28,
+        epochs=1,
+        batch_size=64,
+        device="cpu",
+        data_root=str(data_root),
+    )
     return pretrain(config, tmp_path_factory.mktemp("runs") / "simclr", progress=False)
 
 
@@ -45,6 +51,7 @@ def demo_store(tmp_path_factory, data_root):
     """A store of the demo family (all splits) embedded by a random-init resnet18."""
     from embedkit.embed import EmbedConfig, embed
 
-    config = EmbedConfig(dataset="demo", size=28, init="random", device="cpu",
-                         data_root=str(data_root))  # fmt: skip
+    config = EmbedConfig(
+        dataset="demo", size=28, init="random", device="cpu", data_root=str(data_root)
+    )
     return embed(config, tmp_path_factory.mktemp("stores") / "random.zarr", progress=False)

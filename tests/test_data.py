@@ -5,13 +5,22 @@ import pytest
 from medmnist import INFO
 
 from embedkit.data import (
-    DATASETS, MEDMNIST_2D, dataset_classes, get_info, load_split, parse_dataset_spec,
-)  # fmt: skip
-from embedkit.data import npz
+    DATASETS,
+    MEDMNIST_2D,
+    dataset_classes,
+    get_info,
+    load_split,
+    npz,
+    parse_dataset_spec,
+)
 from embedkit.data.demo import PER_CLASS, make_demo, patch_boxes, regions
 from embedkit.errors import (
-    ConfigError, DataNotFoundError, InvalidDataError, NonOfficialDataWarning, UnknownNameError,
-)  # fmt: skip
+    ConfigError,
+    DataNotFoundError,
+    InvalidDataError,
+    NonOfficialDataWarning,
+    UnknownNameError,
+)
 
 
 @pytest.mark.parametrize("name", MEDMNIST_2D)

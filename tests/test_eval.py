@@ -59,8 +59,9 @@ def test_weighted_knn_matches_brute_force():
 
 def test_evaluations_on_demo_store(demo_store):
     stores = [demo_store]
-    table = probe(stores, ProbeConfig(datasets=("demo-med",), label_fractions=(0.1, 1.0),
-                                      seeds=(0, 1)))  # fmt: skip
+    table = probe(
+        stores, ProbeConfig(datasets=("demo-med",), label_fractions=(0.1, 1.0), seeds=(0, 1))
+    )
     assert table.height == 3  # two seeds at 10 %, one at 100 %
     assert table.filter(table["label_fraction"] == 0.1)["n_train"].to_list() == [120, 120]
     summary = summarise_probe(table)
@@ -73,6 +74,8 @@ def test_evaluations_on_demo_store(demo_store):
     assert ood["n_id"].to_list() == [600, 600] and sorted(ood["n_ood"].to_list()) == [600, 1000]
     assert ((ood["auroc"] >= 0) & (ood["auroc"] <= 1)).all()
     assert ood["encoder"].to_list() == ["random/resnet18"] * 2
-    everything = evaluate_ood(stores, OODConfig(id_datasets=("demo-texture",),
-                                                ood_datasets=("demo-med",), ood_splits="all"))  # fmt: skip
+    everything = evaluate_ood(
+        stores,
+        OODConfig(id_datasets=("demo-texture",), ood_datasets=("demo-med",), ood_splits="all"),
+    )
     assert everything["n_ood"].to_list() == [1200 + 300 + 600]

@@ -13,8 +13,12 @@ def _openood_reference(id_scores, ood_scores):
     fpr, tpr, _ = skm.roc_curve(ood, -conf)
     p_in, r_in, _ = skm.precision_recall_curve(1 - ood, conf)
     p_out, r_out, _ = skm.precision_recall_curve(ood, -conf)
-    return {"auroc": skm.auc(fpr, tpr), "fpr95": fpr[np.argmax(tpr >= 0.95)],
-            "aupr_in": skm.auc(r_in, p_in), "aupr_out": skm.auc(r_out, p_out)}  # fmt: skip
+    return {
+        "auroc": skm.auc(fpr, tpr),
+        "fpr95": fpr[np.argmax(tpr >= 0.95)],
+        "aupr_in": skm.auc(r_in, p_in),
+        "aupr_out": skm.auc(r_out, p_out),
+    }
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -50,9 +54,12 @@ def test_classification_metrics_multiclass():
     proba = rng.dirichlet(np.ones(4), 200)
     result = classification_metrics(labels, proba, "multi-class")
     assert result["accuracy"] == pytest.approx((proba.argmax(1) == labels.ravel()).mean())
-    assert result["auc"] == pytest.approx(skm.roc_auc_score(labels.ravel(), proba, multi_class="ovr"))
+    assert result["auc"] == pytest.approx(
+        skm.roc_auc_score(labels.ravel(), proba, multi_class="ovr")
+    )
     assert result["balanced_accuracy"] == pytest.approx(
-        skm.balanced_accuracy_score(labels.ravel(), proba.argmax(1)))
+        skm.balanced_accuracy_score(labels.ravel(), proba.argmax(1))
+    )
 
 
 def test_classification_metrics_binary_and_multilabel():

@@ -21,8 +21,9 @@ def test_method_loss_is_finite_and_reaches_the_backbone(name):
     torch.manual_seed(0)
     cls = get_method(name)
     method = cls(create_encoder("resnet18"), cls.Config(), 28, n_classes=3)
-    loss = method.training_step(_batch(), torch.zeros(16, 1, dtype=torch.long),
-                                torch.Generator().manual_seed(0))  # fmt: skip
+    loss = method.training_step(
+        _batch(), torch.zeros(16, 1, dtype=torch.long), torch.Generator().manual_seed(0)
+    )
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     stem = method.encoder.backbone.conv1.weight.grad
@@ -57,14 +58,21 @@ def test_batch_augment_is_seeded_and_per_sample(channels):
 
 
 def test_augment_identity_settings_keep_images():
-    identity = AugmentConfig(min_scale=1.0, ratio=(1.0, 1.0), hflip_prob=0.0, jitter_prob=0.0,
-                             grayscale_prob=0.0, blur_prob=0.0)  # fmt: skip
+    identity = AugmentConfig(
+        min_scale=1.0,
+        ratio=(1.0, 1.0),
+        hflip_prob=0.0,
+        jitter_prob=0.0,
+        grayscale_prob=0.0,
+        blur_prob=0.0,
+    )
     images = _batch(4, 3)
     out = BatchAugment(28, identity)(images, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
     flipped = BatchAugment(28, AugmentConfig(**{**identity.__dict__, "hflip_prob": 1.0}))
-    torch.testing.assert_close(flipped(images, torch.Generator()), images.flip(-1), atol=1e-5,
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        flipped(images, torch.Generator()), images.flip(-1), atol=1e-5, rtol=0
+    )
 
 
 def test_run_folder(tiny_run):
@@ -85,8 +93,14 @@ def test_run_folder(tiny_run):
 
 
 def _config(data_root, **changes):
-    base = dict(dataset="demo-texture", size=28, epochs=2, batch_size=200, device="cpu",
-                data_root=str(data_root))  # fmt: skip
+    base = dict(
+        dataset="demo-texture",
+        size=28,
+        epochs=2,
+        batch_size=200,
+        device="cpu",
+        data_root=str(data_root),
+    )
     return PretrainConfig(**{**base, **changes})
 
 

@@ -6,8 +6,8 @@ import torch
 import zarr
 
 from embedkit.backbones import create_encoder
-from embedkit.embed import EmbedConfig, embed, encode
 from embedkit.data import load_split
+from embedkit.embed import EmbedConfig, embed, encode
 from embedkit.errors import RunError, StoreError
 from embedkit.store import EmbeddingStore, chunk_rows
 
@@ -28,14 +28,19 @@ def test_store_round_trip(demo_store, data_root):
     assert split.attrs["size"] == 28 and split.attrs["normalisation"]["mean"][0] == 0.485
     encoder_attrs = demo_store.encoder
     assert encoder_attrs["name"] == "random/resnet18" and len(encoder_attrs["weights_sha256"]) == 64
-    assert demo_store.dataset_attrs("demo-med")["class_names"] == ["immunohistochemistry",
-                                                                   "retina", "cell"]  # fmt: skip
+    assert demo_store.dataset_attrs("demo-med")["class_names"] == [
+        "immunohistochemistry",
+        "retina",
+        "cell",
+    ]
     catalog = demo_store.catalog()
     assert catalog.height == 9 and set(catalog["n"].to_list()) == {300, 500, 600, 1000, 1200, 2000}
 
 
 def test_chunks_hold_at_least_a_megabyte(demo_store):
-    array = zarr.open_array(str(demo_store.path / "demo-natural" / "train" / "embeddings"), mode="r")
+    array = zarr.open_array(
+        str(demo_store.path / "demo-natural" / "train" / "embeddings"), mode="r"
+    )
     assert array.chunks == (512, 512) and array.chunks[0] * 512 * 4 >= 1 << 20
     assert chunk_rows(2048) == 128 and chunk_rows(384) == 683
     assert array.compressors == ()
@@ -58,8 +63,13 @@ def test_partial_split_is_invisible(demo_store, tmp_path):
 
 
 def test_another_encoder_is_refused(demo_store, tiny_run, data_root):
-    config = EmbedConfig(dataset="demo-texture", splits=("test",), run=str(tiny_run),
-                         device="cpu", data_root=str(data_root))  # fmt: skip
+    config = EmbedConfig(
+        dataset="demo-texture",
+        splits=("test",),
+        run=str(tiny_run),
+        device="cpu",
+        data_root=str(data_root),
+    )
     with pytest.raises(StoreError, match="made by encoder random/resnet18"):
         embed(config, demo_store.path, progress=False)
 
@@ -68,8 +78,9 @@ def test_store_errors(tmp_path, data_root, demo_store):
     with pytest.raises(StoreError, match="does not exist"):
         EmbeddingStore(tmp_path / "missing.zarr")
     (tmp_path / "file.zarr").write_text("x")
-    config = EmbedConfig(dataset="demo-texture", splits=("test",), device="cpu",
-                         data_root=str(data_root))  # fmt: skip
+    config = EmbedConfig(
+        dataset="demo-texture", splits=("test",), device="cpu", data_root=str(data_root)
+    )
     with pytest.raises(StoreError, match="is a file"):
         embed(config, tmp_path / "file.zarr", progress=False)
     with pytest.raises(StoreError, match="'pathmnist' is not in store"):
@@ -83,8 +94,13 @@ def test_store_errors(tmp_path, data_root, demo_store):
 
 
 def test_run_encoder_store(tiny_run, data_root, tmp_path):
-    config = EmbedConfig(dataset="demo-texture", splits=("val",), run=str(tiny_run),
-                         device="cpu", data_root=str(data_root))  # fmt: skip
+    config = EmbedConfig(
+        dataset="demo-texture",
+        splits=("val",),
+        run=str(tiny_run),
+        device="cpu",
+        data_root=str(data_root),
+    )
     store = embed(config, tmp_path / "simclr.zarr", progress=False)
     assert store.encoder["name"] == "simclr/resnet18"
     assert store.encoder["pretrain_dataset"] == "demo-texture"

@@ -17,7 +17,21 @@ from .registry import (
 from .sampler import label_fraction_indices
 
 __all__ = [
-    "DATASETS", "GROUPS", "MEDMNIST_2D", "SIZES", "SPLITS", "DataFile", "DatasetInfo",
-    "SplitData", "check_size", "components", "data_root", "dataset_classes", "dataset_task",
-    "get_info", "label_fraction_indices", "load_split", "parse_dataset_spec",
-]  # fmt: skip
+    "DATASETS",
+    "GROUPS",
+    "MEDMNIST_2D",
+    "SIZES",
+    "SPLITS",
+    "DataFile",
+    "DatasetInfo",
+    "SplitData",
+    "check_size",
+    "components",
+    "data_root",
+    "dataset_classes",
+    "dataset_task",
+    "get_info",
+    "label_fraction_indices",
+    "load_split",
+    "parse_dataset_spec",
+]

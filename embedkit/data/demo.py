@@ -59,9 +59,15 @@ _DESCRIPTIONS = {
 def _info(name: str) -> DatasetInfo:
     classes = tuple(_SOURCES[name])
     n_samples = {split: n * len(classes) for split, n in PER_CLASS.items()}
-    return DatasetInfo(name=name, task="multi-class", n_channels=1, class_names=classes,
-                       n_samples=MappingProxyType(n_samples), family="demo",
-                       description=_DESCRIPTIONS[name])  # fmt: skip
+    return DatasetInfo(
+        name=name,
+        task="multi-class",
+        n_channels=1,
+        class_names=classes,
+        n_samples=MappingProxyType(n_samples),
+        family="demo",
+        description=_DESCRIPTIONS[name],
+    )
 
 
 for _name in _SOURCES:
@@ -98,8 +104,11 @@ def patch_boxes(image_shape: tuple[int, int], region, n: int, rng) -> np.ndarray
     boxes = np.empty((n, 3), dtype=np.int64)
     for i in range(n):
         side = int(rng.integers(min_side, max_side + 1))
-        boxes[i] = (rng.integers(top, bottom - side + 1), rng.integers(left, right - side + 1),
-                    side)  # fmt: skip
+        boxes[i] = (
+            rng.integers(top, bottom - side + 1),
+            rng.integers(left, right - side + 1),
+            side,
+        )
     return boxes
 
 

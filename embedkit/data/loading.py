@@ -141,7 +141,9 @@ def _read_split(info: DatasetInfo, split: str, size: int, path: Path, origin: st
             f"(expected {', '.join(f'{s}_images, {s}_labels' for s in SPLITS)})"
         ) from None
     except (OSError, ValueError) as exc:
-        raise InvalidDataError(f"{path} cannot be read ({exc}): delete it and fetch it again")
+        raise InvalidDataError(
+            f"{path} cannot be read ({exc}): delete it and fetch it again"
+        ) from None
     expected_ndim = 3 if info.n_channels == 1 else 4
     shape_ok = images.ndim == expected_ndim and images.shape[1:3] == (size, size)
     if images.ndim == 4:
@@ -153,11 +155,18 @@ def _read_split(info: DatasetInfo, split: str, size: int, path: Path, origin: st
             f"with {info.n_channels} channel(s) and one label row per image"
         )
     if origin == "official" and len(images) != info.n_samples[split]:
-        raise InvalidDataError(f"{path}: {split} has {len(images)} images, not "
-                               f"{info.n_samples[split]}: the file is damaged, fetch it again")
+        raise InvalidDataError(
+            f"{path}: {split} has {len(images)} images, not "
+            f"{info.n_samples[split]}: the file is damaged, fetch it again"
+        )
     if origin == "non-official" and len(images) != info.n_samples[split]:
-        log.warning("%s: %s has %d images (official release: %d)", path, split,
-                    len(images), info.n_samples[split])  # fmt: skip
+        log.warning(
+            "%s: %s has %d images (official release: %d)",
+            path,
+            split,
+            len(images),
+            info.n_samples[split],
+        )
     if images.ndim == 3:
         images = images[..., None]
     labels = np.asarray(labels, dtype=np.int64).reshape(len(labels), -1)
@@ -196,8 +205,16 @@ def load_split(
     if len(parts) == 1:
         info, data_file, images, labels = parts[0]
         n = len(images)
-        return SplitData(dataset, split, images, labels, np.arange(n), np.zeros(n, np.int64),
-                         (info.name,), (data_file,))  # fmt: skip
+        return SplitData(
+            dataset,
+            split,
+            images,
+            labels,
+            np.arange(n),
+            np.zeros(n, np.int64),
+            (info.name,),
+            (data_file,),
+        )
     return _concatenate(dataset, split, parts)
 
 
@@ -209,20 +226,29 @@ def _concatenate(dataset: str, split: str, parts: list) -> SplitData:
     shared_labels = len({info.class_names for info in infos}) == 1
     offsets = np.cumsum([0] + [info.n_classes for info in infos[:-1]])
     images, labels, indices, domains = [], [], [], []
-    for domain, ((info, _, part_images, part_labels), offset) in enumerate(zip(parts, offsets)):
+    for domain, ((_, _, part_images, part_labels), offset) in enumerate(
+        zip(parts, offsets, strict=True)
+    ):
         if part_images.shape[-1] != channels:
             part_images = np.repeat(part_images, channels, axis=-1)
         images.append(np.asarray(part_images))
         labels.append(part_labels + (0 if shared_labels else offset))
         indices.append(np.arange(len(part_images)))
         domains.append(np.full(len(part_images), domain))
-    return SplitData(dataset, split, np.concatenate(images), np.concatenate(labels),
-                     np.concatenate(indices), np.concatenate(domains),
-                     tuple(info.name for info in infos), tuple(p[1] for p in parts))  # fmt: skip
+    return SplitData(
+        dataset,
+        split,
+        np.concatenate(images),
+        np.concatenate(labels),
+        np.concatenate(indices),
+        np.concatenate(domains),
+        tuple(info.name for info in infos),
+        tuple(p[1] for p in parts),
+    )
 
 
 def dataset_classes(dataset: str) -> tuple[str, ...]:
-    """Class names of an entry, with ``domain/`` prefixes where a multi-domain entry offsets them."""
+    """Class names of an entry; ``domain/class`` where a multi-domain entry offsets labels."""
     infos = [get_info(name) for name in components(dataset)]
     if len({info.class_names for info in infos}) == 1:
         return infos[0].class_names

@@ -35,16 +35,20 @@ def read_member(path: Path, key: str) -> np.ndarray:
         name_len, extra_len = header[-2], header[-1]
         f.seek(name_len + extra_len, os.SEEK_CUR)
         version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)  # fmt: skip
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read_header(f)
         offset = f.tell()
     if dtype.hasobject:
         raise ValueError(f"{key} in {path} holds Python objects")
     if int(np.prod(shape)) == 0:
         return np.empty(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                     order="F" if fortran else "C")  # fmt: skip
+    return np.memmap(
+        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+    )
 
 
 def member_names(path: Path) -> list[str]:

@@ -23,9 +23,19 @@ SIZES: tuple[int, ...] = (28, 64, 128, 224)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 MEDMNIST_2D: tuple[str, ...] = (
-    "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
-    "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
-)  # fmt: skip
+    "pathmnist",
+    "chestmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+)
 
 _TASKS: dict[str, Task] = {
     "multi-class": "multi-class",

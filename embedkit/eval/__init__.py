@@ -7,6 +7,14 @@ from .probe import ProbeConfig, probe, summarise_probe
 from .results import write_table
 
 __all__ = [
-    "KNNConfig", "OODConfig", "ProbeConfig", "classification_metrics", "evaluate_ood",
-    "knn_classify", "ood_metrics", "probe", "summarise_probe", "write_table",
-]  # fmt: skip
+    "KNNConfig",
+    "OODConfig",
+    "ProbeConfig",
+    "classification_metrics",
+    "evaluate_ood",
+    "knn_classify",
+    "ood_metrics",
+    "probe",
+    "summarise_probe",
+    "write_table",
+]

@@ -41,7 +41,9 @@ class KNNConfig:
 def knn_predict(bank_x, bank_y, queries, n_classes: int, task: str, config: KNNConfig):
     """Class (or label) probabilities of ``queries`` from their neighbours in the bank."""
     if config.weighting not in WEIGHTINGS:
-        raise ConfigError(f"unknown kNN weighting '{config.weighting}': use {' or '.join(WEIGHTINGS)}")
+        raise ConfigError(
+            f"unknown kNN weighting '{config.weighting}': use {' or '.join(WEIGHTINGS)}"
+        )
     if config.k < 1:
         raise ConfigError(f"k must be at least 1, not {config.k}")
     index = NeighborIndex(l2_normalise(bank_x), metric="ip")
@@ -71,9 +73,22 @@ def knn_classify(stores: list[EmbeddingStore], config: KNNConfig = KNNConfig()) 
         for dataset in store_datasets(store, config.datasets):
             attrs = store.dataset_attrs(dataset)
             train, test = store.get(dataset, "train"), store.get(dataset, "test")
-            proba = knn_predict(train.embeddings, train.labels, test.embeddings,
-                                len(attrs["class_names"]), attrs["task"], config)  # fmt: skip
-            rows.append({**encoder_columns(store), "dataset": dataset, "k": config.k,
-                         "weighting": config.weighting, "temperature": config.temperature,
-                         **classification_metrics(test.labels, proba, attrs["task"])})  # fmt: skip
+            proba = knn_predict(
+                train.embeddings,
+                train.labels,
+                test.embeddings,
+                len(attrs["class_names"]),
+                attrs["task"],
+                config,
+            )
+            rows.append(
+                {
+                    **encoder_columns(store),
+                    "dataset": dataset,
+                    "k": config.k,
+                    "weighting": config.weighting,
+                    "temperature": config.temperature,
+                    **classification_metrics(test.labels, proba, attrs["task"]),
+                }
+            )
     return pl.DataFrame(rows)

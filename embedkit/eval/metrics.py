@@ -82,12 +82,24 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, task: 
     if task == "multi-label":
         predicted = probabilities > 0.5
         accuracy = float((predicted == labels.astype(bool)).mean())
-        aucs = [roc_auc_score(labels[:, j], probabilities[:, j])
-                for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]  # fmt: skip
-        balanced = float(np.mean([balanced_accuracy_score(labels[:, j], predicted[:, j])
-                                  for j in range(labels.shape[1])]))  # fmt: skip
-        return {"accuracy": accuracy, "auc": float(np.mean(aucs)) if aucs else float("nan"),
-                "balanced_accuracy": balanced}  # fmt: skip
+        aucs = [
+            roc_auc_score(labels[:, j], probabilities[:, j])
+            for j in range(labels.shape[1])
+            if 0 < labels[:, j].sum() < len(labels)
+        ]
+        balanced = float(
+            np.mean(
+                [
+                    balanced_accuracy_score(labels[:, j], predicted[:, j])
+                    for j in range(labels.shape[1])
+                ]
+            )
+        )
+        return {
+            "accuracy": accuracy,
+            "auc": float(np.mean(aucs)) if aucs else float("nan"),
+            "balanced_accuracy": balanced,
+        }
     y = labels.reshape(-1)
     predicted = probabilities.argmax(axis=1)
     present = np.unique(y)
@@ -99,5 +111,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, task: 
         # Renormalise over the classes present, so a test split missing a class still scores.
         p = probabilities[:, present] / probabilities[:, present].sum(axis=1, keepdims=True)
         auc = roc_auc_score(y, p, multi_class="ovr", average="macro", labels=present)
-    return {"accuracy": float((predicted == y).mean()), "auc": float(auc),
-            "balanced_accuracy": float(balanced_accuracy_score(y, predicted))}  # fmt: skip
+    return {
+        "accuracy": float((predicted == y).mean()),
+        "auc": float(auc),
+        "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
+    }

@@ -60,22 +60,36 @@ def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) 
     for store in stores:
         id_datasets = store_datasets(store, config.id_datasets)
         for id_dataset in id_datasets:
-            ood_datasets = [d for d in store_datasets(store, config.ood_datasets) if d != id_dataset]
+            ood_datasets = [
+                d for d in store_datasets(store, config.ood_datasets) if d != id_dataset
+            ]
             if not ood_datasets:
-                raise ConfigError(f"no OOD dataset for {id_dataset}: the store holds no other "
-                                  f"dataset; embed one, or name it with --ood")  # fmt: skip
+                raise ConfigError(
+                    f"no OOD dataset for {id_dataset}: the store holds no other "
+                    f"dataset; embed one, or name it with --ood"
+                )
             train = store.get(id_dataset, "train")
             id_test = store.get(id_dataset, "test").embeddings
             for name, cls in scorer_classes.items():
-                scorer = cls(**config.scorer_params.get(name, {})).fit(train.embeddings,
-                                                                       train.labels)  # fmt: skip
+                scorer = cls(**config.scorer_params.get(name, {})).fit(
+                    train.embeddings, train.labels
+                )
                 id_scores = scorer.score_samples(id_test)
                 params = json.dumps(scorer.get_params(), sort_keys=True)
                 for ood_dataset in ood_datasets:
                     ood_scores = scorer.score_samples(
-                        _ood_embeddings(store, ood_dataset, config.ood_splits))
-                    rows.append({**encoder_columns(store), "id_dataset": id_dataset,
-                                 "ood_dataset": ood_dataset, "scorer": name, "params": params,
-                                 **ood_metrics(id_scores, ood_scores),
-                                 "n_id": len(id_scores), "n_ood": len(ood_scores)})  # fmt: skip
+                        _ood_embeddings(store, ood_dataset, config.ood_splits)
+                    )
+                    rows.append(
+                        {
+                            **encoder_columns(store),
+                            "id_dataset": id_dataset,
+                            "ood_dataset": ood_dataset,
+                            "scorer": name,
+                            "params": params,
+                            **ood_metrics(id_scores, ood_scores),
+                            "n_id": len(id_scores),
+                            "n_ood": len(ood_scores),
+                        }
+                    )
     return pl.DataFrame(rows)

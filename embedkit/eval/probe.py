@@ -93,20 +93,40 @@ def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> 
             train, val, test = (store.get(dataset, s) for s in ("train", "val", "test"))
             for fraction in config.label_fractions:
                 for seed in config.seeds[:1] if fraction == 1.0 else config.seeds:
-                    subset = label_fraction_indices(train.labels, fraction, seed,
-                                                    multi_label=task == "multi-label")  # fmt: skip
+                    subset = label_fraction_indices(
+                        train.labels, fraction, seed, multi_label=task == "multi-label"
+                    )
                     model, scaler, c = fit_probe(
-                        train.embeddings[subset], train.labels[subset], val.embeddings,
-                        val.labels, task, n_classes, config,
-                    )  # fmt: skip
-                    proba = _probabilities(model, scaler.transform(test.embeddings), n_classes,
-                                           task)  # fmt: skip
-                    rows.append({**encoder_columns(store), "dataset": dataset,
-                                 "label_fraction": fraction, "seed": seed,
-                                 "n_train": len(subset), "c": c,
-                                 **classification_metrics(test.labels, proba, task)})  # fmt: skip
-                    log.debug("probe %s %s fraction %g seed %d: %.3f", store.encoder_name,
-                             dataset, fraction, seed, rows[-1]["accuracy"])  # fmt: skip
+                        train.embeddings[subset],
+                        train.labels[subset],
+                        val.embeddings,
+                        val.labels,
+                        task,
+                        n_classes,
+                        config,
+                    )
+                    proba = _probabilities(
+                        model, scaler.transform(test.embeddings), n_classes, task
+                    )
+                    rows.append(
+                        {
+                            **encoder_columns(store),
+                            "dataset": dataset,
+                            "label_fraction": fraction,
+                            "seed": seed,
+                            "n_train": len(subset),
+                            "c": c,
+                            **classification_metrics(test.labels, proba, task),
+                        }
+                    )
+                    log.debug(
+                        "probe %s %s fraction %g seed %d: %.3f",
+                        store.encoder_name,
+                        dataset,
+                        fraction,
+                        seed,
+                        rows[-1]["accuracy"],
+                    )
     return pl.DataFrame(rows)
 
 
@@ -115,7 +135,7 @@ def summarise_probe(table: pl.DataFrame) -> pl.DataFrame:
     keys = ["encoder", "dataset", "label_fraction"]
     rows = []
     for key, group in table.group_by(keys, maintain_order=True):
-        row = dict(zip(keys, key))
+        row = dict(zip(keys, key, strict=True))
         row["seeds"] = group.height
         for metric in ("accuracy", "auc", "balanced_accuracy"):
             row[metric], row[f"{metric}_ci95"] = mean_ci(group[metric].to_numpy())

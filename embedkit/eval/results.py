@@ -52,8 +52,11 @@ def write_table(table: pl.DataFrame, out: str | Path, config: Any, stores: list)
     tmp = out.with_name(f".{out.name}.tmp")
     table.write_parquet(tmp)
     tmp.replace(out)
-    provenance = {"config": config, "stores": [{"path": str(s.path), "encoder": s.encoder}
-                                               for s in stores], **stamp()}  # fmt: skip
+    provenance = {
+        "config": config,
+        "stores": [{"path": str(s.path), "encoder": s.encoder} for s in stores],
+        **stamp(),
+    }
     write_json(out.with_suffix(".json"), provenance)
     return out
 

@@ -35,8 +35,9 @@ class PretrainMethod(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     min_batch_size: ClassVar[int] = 2
 
-    def __init__(self, encoder: Encoder, config: MethodConfig, image_size: int,
-                 n_classes: int) -> None:  # fmt: skip
+    def __init__(
+        self, encoder: Encoder, config: MethodConfig, image_size: int, n_classes: int
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.config = config

@@ -42,12 +42,14 @@ class SimCLR(PretrainMethod):
     Config = SimCLRConfig
     min_batch_size = 2  # the loss needs at least one negative pair
 
-    def __init__(self, encoder: Encoder, config: SimCLRConfig, image_size: int,
-                 n_classes: int) -> None:  # fmt: skip
+    def __init__(
+        self, encoder: Encoder, config: SimCLRConfig, image_size: int, n_classes: int
+    ) -> None:
         super().__init__(encoder, config, image_size, n_classes)
         hidden = config.hidden_dim or encoder.feature_dim
-        self.projection_head = SimCLRProjectionHead(encoder.feature_dim, hidden,
-                                                    config.projection_dim)  # fmt: skip
+        self.projection_head = SimCLRProjectionHead(
+            encoder.feature_dim, hidden, config.projection_dim
+        )
         self.criterion = NTXentLoss(temperature=config.temperature, gather_distributed=True)
         self.augment = BatchAugment(image_size, config.augment)
 

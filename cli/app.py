@@ -1,0 +1,85 @@
+"""The typer app, the options every command shares, and the error boundary.
+
+Each command parses options, builds the library's frozen config, calls one library function
+and prints a table. ``EmbedkitError`` becomes one line on stderr and exit code 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from embedkit.backbones import BACKBONES
+from embedkit.data import SIZES
+from embedkit.errors import EmbedkitError
+from embedkit.methods import METHODS
+
+from .output import split_names
+
+app = typer.Typer(
+    name="embedkit",
+    help="SSL benchmarks on MedMNIST over cached embedding stores: pretrain → embed → evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+_sizes = ", ".join(map(str, SIZES))
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        "--dataset",
+        help="A dataset, a comma-separated list, "
+        "an a+b multi-domain spec, 'all' (the 12 MedMNIST 2D) or 'demo'.",
+    ),
+]
+SizeOpt = Annotated[int, typer.Option("--size", help=f"Image size in pixels: {_sizes}.")]
+DataRootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data-root", help="Folder of the npz files (default: $EMBEDKIT_DATA, else ~/.medmnist)."
+    ),
+]
+MethodOpt = Annotated[str, typer.Option("--method", help=f"One of: {', '.join(METHODS)}.")]
+BackboneOpt = Annotated[str, typer.Option("--backbone", help=f"One of: {', '.join(BACKBONES)}.")]
+InitOpt = Annotated[str, typer.Option("--init", help="random, imagenet, or a weights file.")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", help="Passes over the training split.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per step.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+StoresOpt = Annotated[
+    list[Path], typer.Option("--store", metavar="PATH", help="An embedding store (repeatable).")
+]
+DownloadOpt = Annotated[
+    bool, typer.Option("--download", help="Fetch missing MedMNIST files (needs network).")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
+
+
+def run_command(debug: bool, action):
+    """Call ``action``; turn EmbedkitError into one line and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="embedkit: %(message)s", stream=sys.stderr)
+    for noisy in ("lightning_fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.showwarning = lambda message, category, *_: print(
+        f"warning: {message}", file=sys.stderr
+    )
+    try:
+        return action()
+    except EmbedkitError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+def store_datasets(value: str) -> tuple[str, ...]:
+    return () if value.strip() == "all" else split_names(value)

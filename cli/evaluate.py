@@ -1,0 +1,123 @@
+"""Commands that read only embedding stores: probe, knn and ood."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from embedkit.ood import SCORERS
+
+from .app import DebugOpt, StoresOpt, app, run_command, store_datasets
+from .output import show_table, split_floats, split_ints, split_names
+
+
+@app.command()
+def probe(
+    store: StoresOpt,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset", help="Datasets to probe (comma-separated); 'all' = every one in the store."
+        ),
+    ] = "all",
+    label_fraction: Annotated[
+        str, typer.Option("--label-fraction", help="Label fractions in (0, 1], comma-separated.")
+    ] = "0.01,0.1,1",
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = "0,1,2,3,4",
+    out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
+        "probe.parquet"
+    ),
+    debug: DebugOpt = False,
+) -> None:
+    """Linear probes at label fractions over cached embeddings."""
+    from embedkit.eval import ProbeConfig, summarise_probe, write_table
+    from embedkit.eval import probe as run_probe
+    from embedkit.store import open_stores
+
+    def action():
+        stores = open_stores(store)
+        config = ProbeConfig(
+            datasets=store_datasets(dataset),
+            label_fractions=split_floats(label_fraction),
+            seeds=split_ints(seeds),
+        )
+        table = run_probe(stores, config)
+        show_table(summarise_probe(table))
+        print(f"wrote {write_table(table, out, config, stores)}")
+
+    run_command(debug, action)
+
+
+@app.command()
+def knn(
+    store: StoresOpt,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            help="Datasets to classify (comma-separated); 'all' = every one in the store.",
+        ),
+    ] = "all",
+    k: Annotated[int, typer.Option("--k", help="Neighbours.")] = 20,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.07,
+    weighting: Annotated[
+        str, typer.Option("--weighting", help="weighted or majority.")
+    ] = "weighted",
+    out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
+        "knn.parquet"
+    ),
+    debug: DebugOpt = False,
+) -> None:
+    """kNN classification of each test split from its training split (FAISS)."""
+    from embedkit.eval import KNNConfig, knn_classify, write_table
+    from embedkit.store import open_stores
+
+    def action():
+        stores = open_stores(store)
+        config = KNNConfig(
+            datasets=store_datasets(dataset), k=k, temperature=temperature, weighting=weighting
+        )
+        table = knn_classify(stores, config)
+        show_table(table, drop=("method", "backbone", "init", "pretrain_dataset"))
+        print(f"wrote {write_table(table, out, config, stores)}")
+
+    run_command(debug, action)
+
+
+@app.command()
+def ood(
+    store: StoresOpt,
+    id_dataset: Annotated[
+        str, typer.Option("--id", help="In-distribution datasets; 'all' = every one in the store.")
+    ] = "all",
+    ood_dataset: Annotated[
+        str, typer.Option("--ood", help="OOD datasets; 'all' = every other one in the store.")
+    ] = "all",
+    scorer: Annotated[
+        str, typer.Option("--scorer", help=f"Scorers, comma-separated: {', '.join(SCORERS)}.")
+    ] = "knn",
+    ood_splits: Annotated[str, typer.Option("--ood-splits", help="test or all.")] = "test",
+    out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
+        "ood.parquet"
+    ),
+    debug: DebugOpt = False,
+) -> None:
+    """OOD detection: every scorer on every ID × OOD pair (OpenOOD metrics, OOD positive)."""
+    from embedkit.eval import OODConfig, evaluate_ood, write_table
+    from embedkit.store import open_stores
+
+    def action():
+        stores = open_stores(store)
+        config = OODConfig(
+            id_datasets=store_datasets(id_dataset),
+            ood_datasets=store_datasets(ood_dataset),
+            scorers=split_names(scorer),
+            ood_splits=ood_splits,
+        )
+        table = evaluate_ood(stores, config)
+        show_table(table, drop=("method", "backbone", "init", "pretrain_dataset", "params"))
+        print(f"wrote {write_table(table, out, config, stores)}")
+
+    run_command(debug, action)

@@ -1,0 +1,169 @@
+"""Commands that read images: datasets, pretrain, embed and quickstart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import (
+    BackboneOpt,
+    BatchOpt,
+    DataRootOpt,
+    DatasetOpt,
+    DebugOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EpochsOpt,
+    InitOpt,
+    MethodOpt,
+    ProgressOpt,
+    SeedOpt,
+    SizeOpt,
+    app,
+    run_command,
+)
+from .output import show_table, split_names
+
+
+@app.command()
+def datasets(
+    data_root: DataRootOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """List the registered datasets and which of them the data root holds at each size."""
+    from embedkit.data.listing import dataset_table
+
+    run_command(debug, lambda: show_table(dataset_table(data_root)))
+
+
+@app.command()
+def pretrain(
+    output: Annotated[Path, typer.Option("--output", help="The run folder to create.")],
+    dataset: DatasetOpt = "demo-med",
+    size: SizeOpt = 28,
+    method: MethodOpt = "simclr",
+    backbone: BackboneOpt = "resnet18",
+    init: InitOpt = "random",
+    epochs: EpochsOpt = 100,
+    batch_size: BatchOpt = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-4,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.05,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
+    progress: ProgressOpt = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Pretrain an encoder with a self-supervised method; writes a run folder."""
+    from embedkit.pretrain import PretrainConfig
+    from embedkit.pretrain import pretrain as run_pretrain
+
+    def action():
+        config = PretrainConfig(
+            dataset=dataset,
+            size=size,
+            method=method,
+            backbone=backbone,
+            init=init,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+            device=device,
+            data_root=data_root,
+            download=download,
+        )
+        run = run_pretrain(config, output, resume=resume, progress=progress)
+        print(f"encoder written to {run}; embed it with `embedkit embed --run {run}`")
+
+    run_command(debug, action)
+
+
+@app.command()
+def embed(
+    store: Annotated[Path, typer.Option("--store", help="The store to write (a *.zarr folder).")],
+    dataset: DatasetOpt = "demo",
+    size: SizeOpt = 28,
+    run: Annotated[Path | None, typer.Option("--run", help="A pretraining run folder.")] = None,
+    backbone: BackboneOpt = "resnet18",
+    init: InitOpt = "random",
+    split: Annotated[
+        str, typer.Option("--split", help="Splits, comma-separated.")
+    ] = "train,val,test",
+    batch_size: BatchOpt = 256,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing splits.")
+    ] = False,
+    progress: ProgressOpt = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Embed dataset splits with an encoder (a run, or a backbone) into a zarr store."""
+    from embedkit.embed import EmbedConfig
+    from embedkit.embed import embed as run_embed
+
+    def action():
+        config = EmbedConfig(
+            dataset=dataset,
+            splits=split_names(split),
+            size=size,
+            run=None if run is None else str(run),
+            backbone=backbone,
+            init=init,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            data_root=data_root,
+            download=download,
+            overwrite=overwrite,
+        )
+        show_table(
+            run_embed(config, store, progress=progress).catalog(), drop=("store", "md5", "created")
+        )
+
+    run_command(debug, action)
+
+
+@app.command()
+def quickstart(
+    output: Annotated[Path, typer.Option("--output", help="Folder for every artefact.")] = Path(
+        "embedkit-quickstart"
+    ),
+    size: SizeOpt = 28,
+    backbone: BackboneOpt = "resnet18",
+    epochs: EpochsOpt = 30,
+    batch_size: BatchOpt = 128,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    data_root: DataRootOpt = None,
+    progress: ProgressOpt = True,
+    debug: DebugOpt = False,
+) -> None:
+    """The whole chain on the built-in demo data, SimCLR against random weights."""
+    from embedkit.quickstart import QuickstartConfig
+    from embedkit.quickstart import quickstart as run_quickstart
+
+    def action():
+        config = QuickstartConfig(
+            size=size,
+            backbone=backbone,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            data_root=data_root,
+        )
+        result = run_quickstart(config, output, progress=progress)
+        print("\nSimCLR against random weights on demo-med (ID); OOD: demo-natural, demo-texture")
+        show_table(result.summary)
+        print(f"artefacts in {output}: run, stores, probe/knn/ood/summary tables (parquet + json)")
+
+    run_command(debug, action)

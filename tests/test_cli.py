@@ -1,0 +1,129 @@
+"""The CLI end to end on tiny data, and its handling of bad input."""
+
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from embedkit.cli.main import app
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_pretrain_embed_evaluate(tmp_path, data_root):
+    run = tmp_path / "run"
+    result = _invoke(
+        "pretrain",
+        "--output",
+        run,
+        "--dataset",
+        "demo-texture",
+        "--epochs",
+        1,
+        "--batch-size",
+        100,
+        "--device",
+        "cpu",
+        "--data-root",
+        data_root,
+        "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    assert "embedkit embed --run" in result.output
+    store = tmp_path / "s.zarr"
+    result = _invoke(
+        "embed",
+        "--run",
+        run,
+        "--store",
+        store,
+        "--dataset",
+        "demo-texture,demo-med",
+        "--data-root",
+        data_root,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    assert "demo-med" in result.output and "simclr/resnet18" in result.output
+    result = _invoke(
+        "probe",
+        "--store",
+        store,
+        "--dataset",
+        "demo-med",
+        "--label-fraction",
+        "0.1,1",
+        "--seeds",
+        "0,1",
+        "--out",
+        tmp_path / "p.parquet",
+    )
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(tmp_path / "p.parquet")
+    assert table["label_fraction"].to_list() == [0.1, 0.1, 1.0]
+    assert (tmp_path / "p.json").is_file()
+    result = _invoke("knn", "--store", store, "--out", tmp_path / "k.parquet")
+    assert result.exit_code == 0, result.output
+    assert sorted(pl.read_parquet(tmp_path / "k.parquet")["dataset"]) == [
+        "demo-med",
+        "demo-texture",
+    ]
+    result = _invoke("ood", "--store", store, "--id", "demo-med", "--out", tmp_path / "o.parquet")
+    assert result.exit_code == 0, result.output
+    ood = pl.read_parquet(tmp_path / "o.parquet")
+    assert ood.select("id_dataset", "ood_dataset", "scorer").rows() == [
+        ("demo-med", "demo-texture", "knn")
+    ]
+    assert {"auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "params"} <= set(ood.columns)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["embed", "--store", "{tmp}/s.zarr", "--dataset", "pathmnst"], "did you mean pathmnist"),
+        (
+            ["embed", "--store", "{tmp}/s.zarr", "--dataset", "dermamnist", "--data-root", "{tmp}"],
+            "dermamnist.npz or dermamnist_28.npz not found",
+        ),
+        (["embed", "--store", "{tmp}/s.zarr", "--size", "32"], "unsupported image size 32"),
+        (["pretrain", "--output", "{tmp}/r", "--method", "simsiam"], "unknown method 'simsiam'"),
+        (["probe", "--store", "{tmp}/none.zarr"], "does not exist"),
+        (["probe", "--store", "{store}", "--label-fraction", "1.5"], "outside (0, 1]"),
+        (["probe", "--store", "{store}", "--label-fraction", "0"], "outside (0, 1]"),
+        (["probe", "--store", "{store}", "--dataset", "pathmnist"], "'pathmnist' is not in store"),
+        (["ood", "--store", "{store}", "--scorer", "knn,odin"], "unknown scorer 'odin'"),
+        pytest.param(
+            ["embed", "--store", "{tmp}/s.zarr", "--device", "cuda:7"],
+            "no CUDA GPU is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here"),
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, demo_store, args, message):
+    args = [a.format(tmp=tmp_path, store=demo_store.path) for a in args]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+    assert "Traceback" not in result.output + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = runner.invoke(app, ["probe", "--store", str(tmp_path / "none.zarr"), "--debug"])
+    assert result.exit_code != 0 and result.exc_info is not None
+    assert type(result.exception).__name__ == "StoreError"
+
+
+def test_help_lists_registry_choices():
+    result = _invoke("pretrain", "--help")
+    assert "simclr" in result.output and "resnet50" in result.output
+    assert "28, 64, 128, 224" in result.output
+    assert "knn" in _invoke("ood", "--help").output
