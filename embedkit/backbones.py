@@ -17,7 +17,8 @@ import timm
 import torch
 from torch import nn
 
-from .errors import UnknownNameError, WeightsUnavailableError
+from .errors import WeightsUnavailableError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -37,23 +38,17 @@ class BackboneSpec:
     description: str
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("resnet18", "resnet18", "a1_in1k", "ResNet-18, 512-d features; CPU-friendly"),
-        BackboneSpec("resnet50", "resnet50", "a1_in1k", "ResNet-50, 2048-d features"),
-    )
-}
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+for _spec in (
+    BackboneSpec("resnet18", "resnet18", "a1_in1k", "ResNet-18, 512-d features; CPU-friendly"),
+    BackboneSpec("resnet50", "resnet50", "a1_in1k", "ResNet-50, 2048-d features"),
+):
+    BACKBONES[_spec.name] = _spec
 
 INITS = ("random", "imagenet")
 
 
-def get_backbone(name: str) -> BackboneSpec:
-    """Look up a registered backbone."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise UnknownNameError("backbone", name, BACKBONES) from None
+get_backbone = BACKBONES.__getitem__
 
 
 class Encoder(nn.Module):

@@ -60,8 +60,7 @@ def quickstart(
 ) -> QuickstartResult:
     """Run the chain into ``output`` and return a one-row-per-encoder summary."""
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    run = output / "simclr-run"
+    run = output / "simclr-run"  # pretrain creates the folders once its input checks pass
     pretrain_config = PretrainConfig(
         dataset=ID_DATASET,
         size=config.size,

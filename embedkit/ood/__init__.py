@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ..errors import UnknownNameError
+from ..registry import Registry
 from .base import NotFittedError, OODScorer
 
-SCORERS: dict[str, type[OODScorer]] = {}
-
-
-def register_scorer(name: str) -> Callable[[type[OODScorer]], type[OODScorer]]:
-    """Class decorator that adds a scorer under ``name`` (its file name and CLI value)."""
-
-    def add(cls: type[OODScorer]) -> type[OODScorer]:
-        cls.name = name
-        SCORERS[name] = cls
-        return cls
-
-    return add
-
-
-def get_scorer(name: str) -> type[OODScorer]:
-    """Look up a registered scorer."""
-    try:
-        return SCORERS[name]
-    except KeyError:
-        raise UnknownNameError("scorer", name, SCORERS) from None
-
+SCORERS: Registry[type[OODScorer]] = Registry("scorer")
+register_scorer = SCORERS.register
+get_scorer = SCORERS.__getitem__
 
 from . import knn  # noqa: E402,F401  (registers)
 
