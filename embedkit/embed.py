@@ -7,7 +7,6 @@ become floats there; embeddings are written as whole chunks (see ``embedkit.stor
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from tqdm.auto import tqdm
 from .backbones import Encoder, create_encoder, state_sha256
 from .data import SPLITS, components, get_info, load_split, parse_dataset_spec
 from .data.loading import SplitData
-from .errors import ConfigError, RunError, StoreError
-from .pretrain import ENCODER_FILE
+from .errors import ConfigError, StoreError
+from .runs import ENCODER_FILE, read_finished_run
 from .store import FORMAT_VERSION, EmbeddingStore, chunk_rows
 from .utils import resolve_device, stamp, to_jsonable
 
@@ -80,13 +79,7 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
         }
     else:
         run = Path(config.run)
-        status = _read_json(run / "run.json", run)
-        if status.get("status") != "complete" or not (run / ENCODER_FILE).is_file():
-            raise RunError(
-                f"run {run} is not finished (status {status.get('status')}): "
-                f"resume it with `embedkit pretrain --resume --output {run}`"
-            )
-        pretrain = _read_json(run / "config.json", run)["pretrain"]
+        pretrain = read_finished_run(run)["pretrain"]
         encoder = create_encoder(pretrain["backbone"], str(run / ENCODER_FILE))
         identity = {
             "name": f"{pretrain['method']}/{pretrain['backbone']}",
@@ -102,15 +95,6 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
     identity["weights_sha256"] = state_sha256(encoder.backbone)
     identity["normalisation"] = encoder.normalisation
     return encoder, identity
-
-
-def _read_json(path: Path, run: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise RunError(
-            f"{run} is not a pretraining run folder (no {path.name}): pass the "
-            f"--output folder of `embedkit pretrain`"
-        )
-    return json.loads(path.read_text())
 
 
 @torch.inference_mode()

@@ -27,16 +27,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import create_encoder, get_backbone, state_sha256
+from .backbones import create_encoder, get_backbone
 from .data import check_size, dataset_classes, load_split
 from .errors import ConfigError, RunError
 from .methods import get_method
 from .methods.base import PretrainMethod
-from .utils import resolve_device, stamp, to_jsonable, write_json
+from .runs import (
+    CHECKPOINT,
+    export_encoder,
+    mark_progress,
+    prepare_run,
+    run_state,
+    truncate_metrics,
+)
+from .utils import resolve_device, stamp, to_jsonable
 
 log = logging.getLogger(__name__)
-
-ENCODER_FILE = "encoder.safetensors"
 
 
 @dataclass(frozen=True)
@@ -115,39 +121,6 @@ def _check(config: PretrainConfig, n_train: int, min_batch: int) -> None:
         )
 
 
-def _prepare_folder(output: Path, config_json: dict, resume: bool) -> bool:
-    """Create or check the run folder; return whether a checkpoint is to be loaded."""
-    has_checkpoint = (output / "checkpoints" / "last.ckpt").is_file()
-    if output.exists() and not output.is_dir():
-        raise RunError(f"--output {output} is a file: choose a folder")
-    if output.exists() and any(output.iterdir()):
-        if not resume:
-            raise RunError(
-                f"run folder {output} already exists: pass --resume to continue it "
-                f"or choose another --output"
-            )
-        if not (output / "config.json").is_file():
-            raise RunError(f"cannot resume {output}: it is not a pretraining run folder")
-        saved = json.loads((output / "config.json").read_text())["pretrain"]
-        for key in ("method", "backbone", "dataset", "size"):
-            if saved[key] != config_json["pretrain"][key]:
-                raise RunError(
-                    f"cannot resume {output}: it was trained with {key} "
-                    f"'{saved[key]}', not '{config_json['pretrain'][key]}'"
-                )
-    (output / "checkpoints").mkdir(parents=True, exist_ok=True)
-    if not has_checkpoint:
-        write_json(output / "config.json", config_json)
-    return has_checkpoint
-
-
-def _run_state(output: Path) -> dict:
-    try:
-        return json.loads((output / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def pretrain(
     config: PretrainConfig, output: str | Path, resume: bool = False, progress: bool = True
 ) -> Path:
@@ -166,8 +139,8 @@ def pretrain(
     from lightning_fabric import Fabric
 
     output = Path(output)
-    done = _run_state(output)
-    if resume and done.get("status") == "complete" and done.get("epochs_done") == config.epochs:
+    state = run_state(output)
+    if resume and state.get("status") == "complete" and state.get("epochs_done") == config.epochs:
         log.info("%s is already complete", output)
         return output
     method_cls = get_method(config.method)
@@ -186,7 +159,7 @@ def pretrain(
         "n_train": len(train),
         **stamp(),
     }
-    load_checkpoint = _prepare_folder(output, to_jsonable(config_json), resume)
+    load_checkpoint = prepare_run(output, to_jsonable(config_json), resume)
 
     fabric = Fabric(
         accelerator=device.type,
@@ -204,15 +177,15 @@ def pretrain(
     )
     model, optimizer = fabric.setup(model, optimizer)
     start_epoch = 0
-    checkpoint = output / "checkpoints" / "last.ckpt"
+    checkpoint = output / CHECKPOINT
     if load_checkpoint:
         state = {"model": model, "optimizer": optimizer}
         rest = fabric.load(checkpoint, state, weights_only=True)
         scheduler.load_state_dict(rest["scheduler"])
         start_epoch = int(rest["epoch"])
-        _truncate_metrics(output / "metrics.jsonl", start_epoch * steps_per_epoch)
+        truncate_metrics(output / "metrics.jsonl", start_epoch * steps_per_epoch)
         log.info("resuming %s after epoch %d", output, start_epoch)
-    write_json(output / "run.json", {"status": "running", "epochs_done": start_epoch, **stamp()})
+    mark_progress(output, start_epoch)
 
     images, labels = train.images, torch.from_numpy(train.labels)
     with open(output / "metrics.jsonl", "a") as metrics:
@@ -267,36 +240,8 @@ def pretrain(
                     "epoch": done,
                 }
                 fabric.save(checkpoint, state)
-                write_json(
-                    output / "run.json", {"status": "running", "epochs_done": done, **stamp()}
-                )
+                mark_progress(output, done)
             log.info("epoch %d/%d loss %.4f", done, config.epochs, record["loss"])
     if fabric.is_global_zero:
-        _export(encoder, output, config.epochs)
+        export_encoder(encoder, output, config.epochs)
     return output
-
-
-def _truncate_metrics(path: Path, steps: int) -> None:
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < steps]
-    path.write_text("".join(line + "\n" for line in lines))
-
-
-def _export(encoder, output: Path, epochs: int) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
-    tmp = output / f".{ENCODER_FILE}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(output / ENCODER_FILE)
-    write_json(
-        output / "run.json",
-        {
-            "status": "complete",
-            "epochs_done": epochs,
-            "encoder_file": ENCODER_FILE,
-            "encoder_sha256": state_sha256(encoder.backbone),
-            **stamp(),
-        },
-    )

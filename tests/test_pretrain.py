@@ -108,14 +108,14 @@ def test_resume_continues_exactly(tmp_path, data_root, monkeypatch):
     import embedkit.pretrain as module
 
     straight = pretrain(_config(data_root), tmp_path / "straight", progress=False)
-    real_write = module.write_json
+    real_mark = module.mark_progress
 
-    def killed_after_first_checkpoint(path, value):
-        real_write(path, value)
-        if value.get("epochs_done") == 1:
+    def killed_after_first_checkpoint(output, epochs_done):
+        real_mark(output, epochs_done)
+        if epochs_done == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(module, "write_json", killed_after_first_checkpoint)
+    monkeypatch.setattr(module, "mark_progress", killed_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         pretrain(_config(data_root), tmp_path / "resumed", progress=False)
     monkeypatch.undo()

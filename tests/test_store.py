@@ -88,8 +88,11 @@ def test_store_errors(tmp_path, data_root, demo_store):
     unfinished = tmp_path / "run"
     unfinished.mkdir()
     (unfinished / "run.json").write_text(json.dumps({"status": "running"}))
+    (unfinished / "config.json").write_text(json.dumps({"pretrain": {}}))
     with pytest.raises(RunError, match="not finished"):
         embed(EmbedConfig(run=str(unfinished), data_root=str(data_root)), tmp_path / "s.zarr")
+    with pytest.raises(RunError, match="not a pretraining run folder"):
+        embed(EmbedConfig(run=str(tmp_path), data_root=str(data_root)), tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
 
 

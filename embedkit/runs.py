@@ -1,0 +1,103 @@
+"""Pretraining run folders: creation and resumption checks, progress, the exported encoder.
+
+Layout (see ``embedkit.pretrain``): ``config.json``, ``run.json``, ``metrics.jsonl``,
+``checkpoints/last.ckpt`` and, written last, ``encoder.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .backbones import Encoder, state_sha256
+from .errors import RunError
+from .utils import stamp, write_json
+
+ENCODER_FILE = "encoder.safetensors"
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+RESUME_KEYS = ("method", "backbone", "dataset", "size")
+
+
+def run_state(run: Path) -> dict[str, Any]:
+    """The content of ``run.json`` (empty when there is none)."""
+    try:
+        return json.loads((Path(run) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def prepare_run(output: Path, config_json: dict[str, Any], resume: bool) -> bool:
+    """Create or check a run folder; return whether a checkpoint is to be loaded."""
+    has_checkpoint = (output / CHECKPOINT).is_file()
+    if output.exists() and not output.is_dir():
+        raise RunError(f"--output {output} is a file: choose a folder")
+    if output.exists() and any(output.iterdir()):
+        if not resume:
+            raise RunError(
+                f"run folder {output} already exists: pass --resume to continue it "
+                f"or choose another --output"
+            )
+        if not (output / "config.json").is_file():
+            raise RunError(f"cannot resume {output}: it is not a pretraining run folder")
+        saved = json.loads((output / "config.json").read_text())["pretrain"]
+        for key in RESUME_KEYS:
+            if saved[key] != config_json["pretrain"][key]:
+                raise RunError(
+                    f"cannot resume {output}: it was trained with {key} "
+                    f"'{saved[key]}', not '{config_json['pretrain'][key]}'"
+                )
+    (output / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+    if not has_checkpoint:
+        write_json(output / "config.json", config_json)
+    return has_checkpoint
+
+
+def mark_progress(output: Path, epochs_done: int) -> None:
+    """Record in ``run.json`` that training is under way after ``epochs_done`` epochs."""
+    write_json(output / "run.json", {"status": "running", "epochs_done": epochs_done, **stamp()})
+
+
+def truncate_metrics(path: Path, steps: int) -> None:
+    """Drop metric lines of steps at or after ``steps`` (logged after the last checkpoint)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < steps]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def export_encoder(encoder: Encoder, output: Path, epochs: int) -> None:
+    """Write ``encoder.safetensors`` atomically, then mark the run complete."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
+    tmp = output / f".{ENCODER_FILE}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(output / ENCODER_FILE)
+    write_json(
+        output / "run.json",
+        {
+            "status": "complete",
+            "epochs_done": epochs,
+            "encoder_file": ENCODER_FILE,
+            "encoder_sha256": state_sha256(encoder.backbone),
+            **stamp(),
+        },
+    )
+
+
+def read_finished_run(run: Path) -> dict[str, Any]:
+    """The ``config.json`` of a complete run; RunError for anything else."""
+    run = Path(run)
+    if not (run / "run.json").is_file() or not (run / "config.json").is_file():
+        raise RunError(
+            f"{run} is not a pretraining run folder (no run.json / config.json): pass the "
+            f"--output folder of `embedkit pretrain`"
+        )
+    status = run_state(run).get("status")
+    if status != "complete" or not (run / ENCODER_FILE).is_file():
+        raise RunError(
+            f"run {run} is not finished (status {status}): "
+            f"resume it with `embedkit pretrain --resume --output {run}`"
+        )
+    return json.loads((run / "config.json").read_text())
