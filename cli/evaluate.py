@@ -9,8 +9,8 @@ import typer
 
 from embedkit.ood import SCORERS
 
-from .app import DebugOpt, StoresOpt, app, run_command, store_datasets
-from .output import show_table, split_floats, split_ints, split_names
+from .app import DebugOpt, DeviceOpt, StoresOpt, app, run_command, store_datasets
+from .output import parse_params, show_table, split_floats, split_ints, split_names
 
 
 @app.command()
@@ -26,6 +26,14 @@ def probe(
         str, typer.Option("--label-fraction", help="Label fractions in (0, 1], comma-separated.")
     ] = "0.01,0.1,1",
     seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = "0,1,2,3,4",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="lbfgs (full batch) or sgd (100 epochs of mini-batches, as the paper).",
+        ),
+    ] = "lbfgs",
+    device: DeviceOpt = "auto",
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "probe.parquet"
     ),
@@ -42,6 +50,8 @@ def probe(
             datasets=store_datasets(dataset),
             label_fractions=split_floats(label_fraction),
             seeds=split_ints(seeds),
+            protocol=protocol,
+            device=device,
         )
         table = run_probe(stores, config)
         show_table(summarise_probe(table))
@@ -65,6 +75,7 @@ def knn(
     weighting: Annotated[
         str, typer.Option("--weighting", help="weighted or majority.")
     ] = "weighted",
+    metric: Annotated[str, typer.Option("--metric", help="cosine or l2.")] = "cosine",
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "knn.parquet"
     ),
@@ -77,7 +88,11 @@ def knn(
     def action():
         stores = open_stores(store)
         config = KNNConfig(
-            datasets=store_datasets(dataset), k=k, temperature=temperature, weighting=weighting
+            datasets=store_datasets(dataset),
+            k=k,
+            temperature=temperature,
+            weighting=weighting,
+            metric=metric,
         )
         table = knn_classify(stores, config)
         show_table(table, drop=("method", "backbone", "init", "pretrain_dataset"))
@@ -96,9 +111,23 @@ def ood(
         str, typer.Option("--ood", help="OOD datasets; 'all' = every other one in the store.")
     ] = "all",
     scorer: Annotated[
-        str, typer.Option("--scorer", help=f"Scorers, comma-separated: {', '.join(SCORERS)}.")
+        str,
+        typer.Option(
+            "--scorer",
+            help=f"Scorers, comma-separated: {', '.join(SCORERS)}, or path/to/file.py:ClassName.",
+        ),
     ] = "knn",
     ood_splits: Annotated[str, typer.Option("--ood-splits", help="test or all.")] = "test",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", metavar="SCORER.NAME=VALUE", help="A scorer parameter, e.g. knn.k=20."
+        ),
+    ] = None,
+    save_scores: Annotated[
+        Path | None,
+        typer.Option("--save-scores", help="Folder for per-sample scores (parquet)."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "ood.parquet"
     ),
@@ -114,7 +143,9 @@ def ood(
             id_datasets=store_datasets(id_dataset),
             ood_datasets=store_datasets(ood_dataset),
             scorers=split_names(scorer),
+            scorer_params=parse_params(param or []),
             ood_splits=ood_splits,
+            save_scores=None if save_scores is None else str(save_scores),
         )
         table = evaluate_ood(stores, config)
         show_table(table, drop=("method", "backbone", "init", "pretrain_dataset", "params"))

@@ -41,3 +41,22 @@ def split_ints(value: str) -> tuple[int, ...]:
         return tuple(int(part) for part in split_names(value))
     except ValueError:
         raise ConfigError(f"'{value}' is not a comma-separated list of integers") from None
+
+
+def parse_params(items: list[str]) -> dict[str, dict[str, object]]:
+    """``["knn.k=20", "vim.dim=256"]`` to ``{"knn": {"k": 20}, "vim": {"dim": 256}}``."""
+    params: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        scorer, dot, name = key.partition(".")
+        if not (sep and dot and scorer and name):
+            raise ConfigError(f"--param '{item}' is not of the form SCORER.NAME=VALUE (knn.k=20)")
+        value: object = text
+        for cast in (int, float):
+            try:
+                value = cast(text)
+                break
+            except ValueError:
+                continue
+        params.setdefault(scorer, {})[name] = value
+    return params

@@ -118,13 +118,14 @@ class EmbeddingStore:
         """Embeddings, labels and indices of one split, as numpy arrays."""
         self._require(dataset, split)
         group = self._root[f"{dataset}/{split}"]
+        embeddings = group["embeddings"][:]
+        if not np.isfinite(embeddings).all():
+            raise StoreError(
+                f"{dataset}/{split} in store {self.path} holds NaN or inf embeddings: "
+                f"re-embed it with `embedkit embed --overwrite`"
+            )
         return EmbeddingSplit(
-            dataset,
-            split,
-            group["embeddings"][:],
-            group["labels"][:],
-            group["indices"][:],
-            dict(group.attrs),
+            dataset, split, embeddings, group["labels"][:], group["indices"][:], dict(group.attrs)
         )
 
     def catalog(self) -> pl.DataFrame:

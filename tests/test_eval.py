@@ -1,11 +1,20 @@
+import re
+
 import numpy as np
+import polars as pl
 import pytest
 
+from embedkit.errors import ConfigError, StoreError
 from embedkit.eval import KNNConfig, OODConfig, ProbeConfig, evaluate_ood, knn_classify, probe
 from embedkit.eval.knn import knn_predict
+from embedkit.eval.metrics import ood_metrics
 from embedkit.eval.probe import summarise_probe
 from embedkit.ood import SCORERS, NotFittedError, get_scorer
 from embedkit.ood.knn import KNNScorer
+from embedkit.ood.mahalanobis import MahalanobisScorer
+from embedkit.ood.relative_mahalanobis import RelativeMahalanobisScorer
+from embedkit.ood.vim import ViMScorer
+from embedkit.store import EmbeddingStore
 
 
 def _blobs(n=300, dim=16, seed=0):
@@ -25,8 +34,9 @@ def test_scorer_contract(name):
     assert scorer.fit(x, y) is scorer
     id_scores = scorer.score_samples(x[:50])
     assert id_scores.shape == (50,) and np.isfinite(id_scores).all()
-    far = np.random.default_rng(1).normal(0, 1, (50, x.shape[1])) * 0.1
-    far[:, 0] -= 10  # far from every ID cluster, in direction as well as distance
+    # Near the origin: away from every cluster in distance and (normalised) in direction,
+    # and where a linear head's logits are small, so every family of score must rank it lower.
+    far = np.random.default_rng(1).normal(0, 0.3, (50, x.shape[1]))
     assert np.median(id_scores) > np.median(scorer.score_samples(far))
     assert set(scorer.get_params()) <= set(scorer.__dict__)
 
@@ -79,3 +89,119 @@ def test_evaluations_on_demo_store(demo_store):
         OODConfig(id_datasets=("demo-texture",), ood_datasets=("demo-med",), ood_splits="all"),
     )
     assert everything["n_ood"].to_list() == [1200 + 300 + 600]
+
+
+def _mahalanobis_reference(x, means, covariance, queries):
+    precision = np.linalg.pinv(covariance)
+    return np.stack(
+        [np.einsum("nd,de,ne->n", queries - m, precision, queries - m) for m in means], 1
+    )
+
+
+def test_mahalanobis_matches_direct_formula():
+    x, y = _blobs(500, 6)
+    queries = np.random.default_rng(3).normal(0, 3, (40, 6))
+    means = np.stack([x[y[:, 0] == c].mean(0) for c in range(3)])
+    centred = x - means[y[:, 0]]
+    shared = centred.T @ centred / len(x)
+    expected = -_mahalanobis_reference(x, means, shared, queries).min(1)
+    np.testing.assert_allclose(
+        MahalanobisScorer().fit(x, y).score_samples(queries), expected, rtol=1e-7
+    )
+    background = np.cov(x, rowvar=False, bias=True)
+    relative = (
+        _mahalanobis_reference(x, means, shared, queries).min(1)
+        - _mahalanobis_reference(x, x.mean(0, keepdims=True), background, queries)[:, 0]
+    )
+    np.testing.assert_allclose(
+        RelativeMahalanobisScorer().fit(x, y).score_samples(queries), -relative, rtol=1e-6
+    )
+
+
+def test_vim_matches_direct_formula():
+    x, y = _blobs(400, 12)
+    queries = np.random.default_rng(4).normal(0, 2, (30, 12))
+    scorer = ViMScorer(dim=4).fit(x, y)
+    w, b = scorer.head_.weight, scorer.head_.bias
+    origin = -np.linalg.pinv(w) @ b
+    eigenvalues, eigenvectors = np.linalg.eigh((x - origin).T @ (x - origin))
+    residual_basis = eigenvectors[:, np.argsort(eigenvalues)[::-1][4:]]
+    logits = x @ w.T + b
+    alpha = logits.max(1).sum() / np.linalg.norm((x - origin) @ residual_basis, axis=1).sum()
+    q_logits = queries @ w.T + b
+    energy = np.log(np.exp(q_logits).sum(1))
+    expected = energy - alpha * np.linalg.norm((queries - origin) @ residual_basis, axis=1)
+    np.testing.assert_allclose(scorer.score_samples(queries), expected, rtol=1e-6)
+    with pytest.raises(ConfigError, match="principal dimension 12"):
+        ViMScorer(dim=12).fit(x, y)
+
+
+PLUGIN = """
+import numpy as np
+
+class NormScore:
+    \"\"\"Embedding norm: a toy score, higher = more in-distribution.\"\"\"
+    def fit(self, X, y=None):
+        self.scale_ = float(np.linalg.norm(X, axis=1).mean())
+        return self
+    def score_samples(self, X):
+        return np.linalg.norm(X, axis=1) / self.scale_
+
+class NoScore:
+    def fit(self, X, y=None):
+        return self
+"""
+
+
+def test_plugin_scorer_over_every_pair(demo_store, tmp_path):
+    plugin = tmp_path / "my_scores.py"
+    plugin.write_text(PLUGIN)
+    table = evaluate_ood(
+        [demo_store],
+        OODConfig(scorers=(f"{plugin}:NormScore", "knn"), save_scores=str(tmp_path / "scores")),
+    )
+    assert table.height == 3 * 2 * 2  # 3 ID datasets x 2 OOD datasets x 2 scorers
+    assert set(table["scorer"]) == {"NormScore", "knn"}
+    saved = pl.read_parquet(tmp_path / "scores" / "random-resnet18__demo-med__NormScore.parquet")
+    assert saved.group_by("dataset", "is_ood").len().sort("dataset").rows() == [
+        ("demo-med", False, 600),
+        ("demo-natural", True, 1000),
+        ("demo-texture", True, 600),
+    ]
+    row = table.filter(
+        (pl.col("id_dataset") == "demo-med")
+        & (pl.col("scorer") == "NormScore")
+        & (pl.col("ood_dataset") == "demo-natural")
+    )
+    id_scores = saved.filter(~pl.col("is_ood"))["score"].to_numpy()
+    ood_scores = saved.filter(pl.col("dataset") == "demo-natural")["score"].to_numpy()
+    assert row["auroc"][0] == pytest.approx(ood_metrics(id_scores, ood_scores)["auroc"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("{tmp}/my_scores.py:Missing", "has no class 'Missing' (it defines: NoScore, NormScore)"),
+        ("{tmp}/my_scores.py:NoScore", "has no score_samples"),
+        ("{tmp}/absent.py:NormScore", "does not exist"),
+        ("mahalanobiss", "did you mean mahalanobis"),
+    ],
+)
+def test_bad_plugin(demo_store, tmp_path, spec, message):
+    (tmp_path / "my_scores.py").write_text(PLUGIN)
+    with pytest.raises(ConfigError if "py:" in spec else KeyError, match=re.escape(message)):
+        evaluate_ood([demo_store], OODConfig(scorers=(spec.format(tmp=tmp_path),)))
+
+
+def test_nan_embeddings_are_refused_on_read(demo_store, tmp_path):
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "nan.zarr"
+    shutil.copytree(demo_store.path, copy)
+    array = zarr.open_array(str(copy / "demo-med" / "test" / "embeddings"), mode="r+")
+    array[3, 5] = np.nan
+    store = EmbeddingStore(copy)
+    with pytest.raises(StoreError, match="NaN or inf embeddings"):
+        evaluate_ood([store], OODConfig(id_datasets=("demo-med",)))

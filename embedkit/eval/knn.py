@@ -2,7 +2,9 @@
 
 ``weighted`` (default) follows solo-learn / Wu et al. 2018: cosine similarity on normalised
 embeddings, k = 20 neighbours, each voting ``exp(similarity / temperature)`` with T = 0.07.
-``majority`` is a plain vote among k neighbours (MedMNIST+ uses k = 11).
+``majority`` is a plain vote among k neighbours (MedMNIST+ uses k = 11). ``metric`` is
+``cosine`` (default) or ``l2`` (Euclidean on raw embeddings; a neighbour's similarity is then
+minus its distance).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from ..errors import ConfigError
 from ..store import EmbeddingStore
 from .metrics import classification_metrics
 from .neighbors import NeighborIndex, l2_normalise
-from .results import check_dims, encoder_columns, store_datasets
+from .results import check_stores, encoder_columns, store_datasets
 
 WEIGHTINGS = ("weighted", "majority")
+METRICS = ("cosine", "l2")
 
 
 @dataclass(frozen=True)
@@ -30,12 +33,14 @@ class KNNConfig:
         k: neighbours.
         temperature: softness of the weighted vote.
         weighting: ``weighted`` or ``majority``.
+        metric: ``cosine`` or ``l2``.
     """
 
     datasets: tuple[str, ...] = ()
     k: int = 20
     temperature: float = 0.07
     weighting: str = "weighted"
+    metric: str = "cosine"
 
 
 def knn_predict(bank_x, bank_y, queries, n_classes: int, task: str, config: KNNConfig):
@@ -44,10 +49,16 @@ def knn_predict(bank_x, bank_y, queries, n_classes: int, task: str, config: KNNC
         raise ConfigError(
             f"unknown kNN weighting '{config.weighting}': use {' or '.join(WEIGHTINGS)}"
         )
+    if config.metric not in METRICS:
+        raise ConfigError(f"unknown kNN metric '{config.metric}': use {' or '.join(METRICS)}")
     if config.k < 1:
         raise ConfigError(f"k must be at least 1, not {config.k}")
-    index = NeighborIndex(l2_normalise(bank_x), metric="ip")
-    similarity, neighbours = index.search(l2_normalise(queries), config.k)
+    if config.metric == "cosine":
+        index = NeighborIndex(l2_normalise(bank_x), metric="ip")
+        similarity, neighbours = index.search(l2_normalise(queries), config.k)
+    else:
+        squared, neighbours = NeighborIndex(bank_x, metric="l2").search(queries, config.k)
+        similarity = -np.sqrt(np.maximum(squared, 0.0))
     if config.weighting == "weighted":
         weights = np.exp((similarity - similarity.max(axis=1, keepdims=True)) / config.temperature)
     else:
@@ -67,9 +78,9 @@ def knn_classify(stores: list[EmbeddingStore], config: KNNConfig = KNNConfig()) 
         Columns: the encoder columns, ``dataset, k, weighting, temperature, accuracy, auc,
         balanced_accuracy``.
     """
-    check_dims(stores)
+    check_stores(stores)
     rows = []
-    for store in stores:
+    for store, columns in zip(stores, encoder_columns(stores), strict=True):
         for dataset in store_datasets(store, config.datasets):
             attrs = store.dataset_attrs(dataset)
             train, test = store.get(dataset, "train"), store.get(dataset, "test")
@@ -83,10 +94,11 @@ def knn_classify(stores: list[EmbeddingStore], config: KNNConfig = KNNConfig()) 
             )
             rows.append(
                 {
-                    **encoder_columns(store),
+                    **columns,
                     "dataset": dataset,
                     "k": config.k,
                     "weighting": config.weighting,
+                    "metric": config.metric,
                     "temperature": config.temperature,
                     **classification_metrics(test.labels, proba, attrs["task"]),
                 }

@@ -7,17 +7,21 @@ split and the OOD datasets' splits are scored; metrics follow OpenOOD (OOD posit
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from ..errors import ConfigError
-from ..ood import get_scorer
+from ..ood.plugins import resolve_scorer
 from ..store import EmbeddingStore
 from .metrics import ood_metrics
-from .results import check_dims, encoder_columns, store_datasets
+from .results import check_stores, encoder_columns, store_datasets
+
+OOD_SPLITS = ("test", "all")
 
 
 @dataclass(frozen=True)
@@ -27,24 +31,37 @@ class OODConfig:
     Attributes:
         id_datasets: in-distribution datasets; empty means every dataset in the store.
         ood_datasets: OOD datasets; empty means every other dataset in the store.
-        scorers: registered scorer names.
+        scorers: registry names, ``path/to/file.py:ClassName`` plug-ins, or scorer classes.
         scorer_params: keyword arguments per scorer name, e.g. ``{"knn": {"k": 50}}``.
         ood_splits: ``test`` (the test split of each OOD dataset) or ``all`` (every split).
+        save_scores: a folder for the per-sample scores (one parquet per encoder, ID dataset
+            and scorer: dataset, split, index, score, is_ood), or None.
     """
 
     id_datasets: tuple[str, ...] = ()
     ood_datasets: tuple[str, ...] = ()
-    scorers: tuple[str, ...] = ("knn",)
+    scorers: tuple[Any, ...] = ("knn",)
     scorer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     ood_splits: str = "test"
+    save_scores: str | None = None
 
 
-def _ood_embeddings(store: EmbeddingStore, dataset: str, ood_splits: str) -> np.ndarray:
-    if ood_splits == "test":
-        return store.get(dataset, "test").embeddings
-    if ood_splits == "all":
-        return np.concatenate([store.get(dataset, s).embeddings for s in store.splits(dataset)])
-    raise ConfigError(f"--ood-splits must be 'test' or 'all', not '{ood_splits}'")
+@dataclass(frozen=True)
+class _Samples:
+    dataset: str
+    embeddings: np.ndarray
+    splits: np.ndarray
+    indices: np.ndarray
+
+
+def _samples(store: EmbeddingStore, dataset: str, splits: list[str]) -> _Samples:
+    parts = [store.get(dataset, split) for split in splits]
+    return _Samples(
+        dataset,
+        np.concatenate([p.embeddings for p in parts]),
+        np.concatenate([np.full(len(p.indices), p.split) for p in parts]),
+        np.concatenate([p.indices for p in parts]),
+    )
 
 
 def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) -> pl.DataFrame:
@@ -54,42 +71,99 @@ def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) 
         One row per (encoder, id_dataset, ood_dataset, scorer) with ``params, auroc,
         fpr95, aupr_in, aupr_out, n_id, n_ood``; metrics are fractions in [0, 1].
     """
-    scorer_classes = {name: get_scorer(name) for name in config.scorers}
-    check_dims(stores)
+    if config.ood_splits not in OOD_SPLITS:
+        raise ConfigError(f"--ood-splits must be 'test' or 'all', not '{config.ood_splits}'")
+    scorers = [resolve_scorer(spec) for spec in config.scorers]
+    check_stores(stores)
     rows = []
-    for store in stores:
-        id_datasets = store_datasets(store, config.id_datasets)
-        for id_dataset in id_datasets:
-            ood_datasets = [
-                d for d in store_datasets(store, config.ood_datasets) if d != id_dataset
-            ]
-            if not ood_datasets:
-                raise ConfigError(
-                    f"no OOD dataset for {id_dataset}: the store holds no other "
-                    f"dataset; embed one, or name it with --ood"
-                )
-            train = store.get(id_dataset, "train")
-            id_test = store.get(id_dataset, "test").embeddings
-            for name, cls in scorer_classes.items():
-                scorer = cls(**config.scorer_params.get(name, {})).fit(
-                    train.embeddings, train.labels
-                )
-                id_scores = scorer.score_samples(id_test)
-                params = json.dumps(scorer.get_params(), sort_keys=True)
-                for ood_dataset in ood_datasets:
-                    ood_scores = scorer.score_samples(
-                        _ood_embeddings(store, ood_dataset, config.ood_splits)
-                    )
-                    rows.append(
-                        {
-                            **encoder_columns(store),
-                            "id_dataset": id_dataset,
-                            "ood_dataset": ood_dataset,
-                            "scorer": name,
-                            "params": params,
-                            **ood_metrics(id_scores, ood_scores),
-                            "n_id": len(id_scores),
-                            "n_ood": len(ood_scores),
-                        }
-                    )
+    for store, columns in zip(stores, encoder_columns(stores), strict=True):
+        rows.extend(_evaluate_store(store, columns, scorers, config))
     return pl.DataFrame(rows)
+
+
+def _evaluate_store(
+    store: EmbeddingStore, columns: dict, scorers: list[tuple[str, type]], config: OODConfig
+) -> list[dict[str, Any]]:
+    """The rows of one store; each OOD dataset's embeddings are read once."""
+    rows = []
+    cache: dict[str, _Samples] = {}
+
+    def ood_samples(dataset: str) -> _Samples:
+        if dataset not in cache:
+            splits = ["test"] if config.ood_splits == "test" else store.splits(dataset)
+            cache[dataset] = _samples(store, dataset, splits)
+        return cache[dataset]
+
+    for id_dataset in store_datasets(store, config.id_datasets):
+        ood_datasets = [d for d in store_datasets(store, config.ood_datasets) if d != id_dataset]
+        if not ood_datasets:
+            raise ConfigError(
+                f"no OOD dataset for {id_dataset}: the store holds no other dataset; "
+                f"embed one, or name it with --ood"
+            )
+        train = store.get(id_dataset, "train")
+        id_test = _samples(store, id_dataset, ["test"])
+        for name, cls in scorers:
+            scorer = cls(**config.scorer_params.get(name, {})).fit(train.embeddings, train.labels)
+            id_scores = _scores(scorer, id_test.embeddings, name)
+            params = getattr(scorer, "get_params", dict)()
+            saved = [(id_test, id_scores, False)]
+            for ood_dataset in ood_datasets:
+                ood = ood_samples(ood_dataset)
+                ood_scores = _scores(scorer, ood.embeddings, name)
+                saved.append((ood, ood_scores, True))
+                rows.append(
+                    {
+                        **columns,
+                        "id_dataset": id_dataset,
+                        "ood_dataset": ood_dataset,
+                        "scorer": name,
+                        "params": json.dumps(params, sort_keys=True, default=str),
+                        **ood_metrics(id_scores, ood_scores),
+                        "n_id": len(id_scores),
+                        "n_ood": len(ood_scores),
+                    }
+                )
+            if config.save_scores:
+                _save_scores(Path(config.save_scores), columns["encoder"], id_dataset, name, saved)
+    return rows
+
+
+def _scores(scorer, embeddings: np.ndarray, name: str) -> np.ndarray:
+    scores = np.asarray(scorer.score_samples(embeddings), dtype=np.float64)
+    if scores.shape != (len(embeddings),):
+        raise ConfigError(
+            f"scorer {name} returned shape {scores.shape} for {len(embeddings)} "
+            f"rows: score_samples must return one score per row"
+        )
+    return scores
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-")
+
+
+def _save_scores(folder: Path, encoder: str, id_dataset: str, scorer: str, saved) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    "encoder": encoder,
+                    "id_dataset": id_dataset,
+                    "scorer": scorer,
+                    "dataset": samples.dataset,
+                    "split": samples.splits,
+                    "index": samples.indices,
+                    "score": scores,
+                    "is_ood": is_ood,
+                }
+            )
+            for samples, scores, is_ood in saved
+        ]
+    )
+    path = folder / f"{_slug(encoder)}__{_slug(id_dataset)}__{_slug(scorer)}.parquet"
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.write_parquet(tmp)
+    tmp.replace(path)
+    return path

@@ -1,27 +1,26 @@
 """Linear probes on cached embeddings at label fractions, hyperparameters chosen on val.
 
 For each label fraction and seed, a stratified subset of the training split (see
-``embedkit.data.label_fraction_indices``) trains a logistic regression on standardised
-embeddings; the inverse regularisation ``C`` is chosen by validation accuracy and the chosen
-model is scored on the test split.
+``embedkit.data.label_fraction_indices``) trains a linear head (``embedkit.eval.linear``)
+for each L2 strength (and, for the ``sgd`` protocol, each learning rate); the setting with
+the best validation accuracy is scored on the test split.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from sklearn.linear_model import LogisticRegression
-from sklearn.multiclass import OneVsRestClassifier
-from sklearn.preprocessing import StandardScaler
 
 from ..data.sampler import check_fraction, label_fraction_indices
 from ..errors import ConfigError
 from ..store import EmbeddingStore
+from .linear import PROTOCOLS, LinearHead, fit_linear
 from .metrics import classification_metrics
-from .results import check_dims, encoder_columns, mean_ci, store_datasets
+from .results import check_stores, encoder_columns, mean_ci, store_datasets
 
 log = logging.getLogger(__name__)
 
@@ -34,69 +33,88 @@ class ProbeConfig:
         datasets: datasets to probe; empty means every dataset in the store.
         label_fractions: shares of the training labels, each in (0, 1].
         seeds: one subset per seed (fraction 1.0 uses the whole split, so one seed).
-        c_grid: inverse L2 regularisation strengths tried on the validation split.
-        max_iter: L-BFGS iterations.
+        protocol: ``lbfgs`` (full batch, default) or ``sgd`` (100 epochs of mini-batches).
+        l2_grid: L2 strengths (weight decay for ``sgd``) tried on the validation split.
+        lr_grid: learning rates tried with ``sgd``.
+        epochs: epochs of the ``sgd`` protocol.
+        device: ``auto``, ``cpu`` or ``cuda``.
     """
 
     datasets: tuple[str, ...] = ()
     label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-    max_iter: int = 1000
+    protocol: str = "lbfgs"
+    l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    lr_grid: tuple[float, ...] = (0.01, 0.1)
+    epochs: int = 100
+    device: str = "auto"
 
 
-def _model(c: float, task: str, max_iter: int):
-    model = LogisticRegression(C=c, max_iter=max_iter)
-    return OneVsRestClassifier(model) if task == "multi-label" else model
-
-
-def _probabilities(model, x: np.ndarray, n_classes: int, task: str) -> np.ndarray:
-    proba = model.predict_proba(x)
-    if task == "multi-label":
-        return proba
-    full = np.zeros((len(x), n_classes))
-    full[:, model.classes_] = proba  # classes absent from a tiny subset get probability 0
-    return full
-
-
-def fit_probe(train_x, train_y, val_x, val_y, task: str, n_classes: int, config: ProbeConfig):
-    """Fit one probe per C, keep the best on val; returns (model, scaler, C)."""
-    targets = train_y if task == "multi-label" else train_y.ravel()
-    if task != "multi-label" and len(np.unique(targets)) < 2:
+def fit_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    task: str,
+    n_classes: int,
+    config: ProbeConfig,
+    seed: int = 0,
+) -> tuple[LinearHead, dict[str, float]]:
+    """Fit one head per setting of the grid; return the best on val and its setting."""
+    multi_label = task == "multi-label"
+    if not multi_label and len(np.unique(train_y)) < 2:
         raise ConfigError("the label subset holds a single class: raise the label fraction")
-    scaler = StandardScaler().fit(train_x)
-    train_x, val_x = scaler.transform(train_x), scaler.transform(val_x)
+    grid = (
+        [{"l2": l2} for l2 in config.l2_grid]
+        if config.protocol == "lbfgs"
+        else [{"l2": l2, "lr": lr} for l2, lr in itertools.product(config.l2_grid, config.lr_grid)]
+    )
     best = None
-    for c in config.c_grid:
-        model = _model(c, task, config.max_iter).fit(train_x, targets)
-        val = classification_metrics(val_y, _probabilities(model, val_x, n_classes, task), task)
-        if best is None or val["accuracy"] > best[0]:
-            best = (val["accuracy"], model, c)
-    return best[1], scaler, best[2]
+    for setting in grid:
+        head = fit_linear(
+            train_x,
+            train_y,
+            n_classes,
+            multi_label,
+            protocol=config.protocol,
+            epochs=config.epochs,
+            seed=seed,
+            device=config.device,
+            **setting,
+        )
+        accuracy = classification_metrics(val_y, head.probabilities(val_x), task)["accuracy"]
+        if best is None or accuracy > best[0]:
+            best = (accuracy, head, setting)
+    return best[1], best[2]
 
 
 def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> pl.DataFrame:
     """Linear-probe every dataset of every store; one row per fraction and seed.
 
     Returns:
-        Columns: the encoder columns, ``dataset, label_fraction, seed, n_train, c,
-        accuracy, auc, balanced_accuracy``.
+        Columns: the encoder columns, ``dataset, label_fraction, seed, n_train, protocol,
+        l2, accuracy, auc, balanced_accuracy``.
     """
     for fraction in config.label_fractions:
         check_fraction(fraction)
-    check_dims(stores)
+    if config.protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"unknown probe protocol '{config.protocol}': use {' or '.join(PROTOCOLS)}"
+        )
+    check_stores(stores)
     rows = []
-    for store in stores:
+    for store, columns in zip(stores, encoder_columns(stores), strict=True):
         for dataset in store_datasets(store, config.datasets):
             attrs = store.dataset_attrs(dataset)
             task, n_classes = attrs["task"], len(attrs["class_names"])
             train, val, test = (store.get(dataset, s) for s in ("train", "val", "test"))
+            _check_classes(train.labels, test.labels, task, dataset)
             for fraction in config.label_fractions:
                 for seed in config.seeds[:1] if fraction == 1.0 else config.seeds:
                     subset = label_fraction_indices(
                         train.labels, fraction, seed, multi_label=task == "multi-label"
                     )
-                    model, scaler, c = fit_probe(
+                    head, setting = fit_probe(
                         train.embeddings[subset],
                         train.labels[subset],
                         val.embeddings,
@@ -104,30 +122,43 @@ def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> 
                         task,
                         n_classes,
                         config,
+                        seed,
                     )
-                    proba = _probabilities(
-                        model, scaler.transform(test.embeddings), n_classes, task
+                    metrics = classification_metrics(
+                        test.labels, head.probabilities(test.embeddings), task
                     )
                     rows.append(
                         {
-                            **encoder_columns(store),
+                            **columns,
                             "dataset": dataset,
                             "label_fraction": fraction,
                             "seed": seed,
                             "n_train": len(subset),
-                            "c": c,
-                            **classification_metrics(test.labels, proba, task),
+                            "protocol": config.protocol,
+                            "l2": setting["l2"],
+                            **metrics,
                         }
                     )
                     log.debug(
-                        "probe %s %s fraction %g seed %d: %.3f",
+                        "probe %s %s %g/%d: %.3f",
                         store.encoder_name,
                         dataset,
                         fraction,
                         seed,
-                        rows[-1]["accuracy"],
+                        metrics["accuracy"],
                     )
     return pl.DataFrame(rows)
+
+
+def _check_classes(train_labels, test_labels, task: str, dataset: str) -> None:
+    if task == "multi-label":
+        return
+    missing = sorted(set(np.unique(test_labels)) - set(np.unique(train_labels)))
+    if missing:
+        raise ConfigError(
+            f"{dataset}: classes {missing} appear in test but not in the training "
+            f"split, so no label fraction can include them"
+        )
 
 
 def summarise_probe(table: pl.DataFrame) -> pl.DataFrame:

@@ -14,16 +14,26 @@ from ..store import EmbeddingStore
 from ..utils import stamp, write_json
 
 
-def encoder_columns(store: EmbeddingStore) -> dict[str, Any]:
-    """The columns that tell encoders apart in a table (from the store's provenance)."""
-    encoder = store.encoder
-    return {
-        "encoder": encoder["name"],
-        "method": encoder["method"],
-        "backbone": encoder["backbone"],
-        "init": encoder["init"],
-        "pretrain_dataset": encoder.get("pretrain_dataset") or "",
-    }
+def encoder_columns(stores: list[EmbeddingStore]) -> list[dict[str, Any]]:
+    """Per store, the columns that tell encoders apart in a table (from provenance).
+
+    ``encoder`` is the store's encoder name; where two stores share a name (the same method
+    pretrained twice), the store's folder name is added so that every row stays traceable.
+    """
+    names = [s.encoder_name for s in stores]
+    columns = []
+    for store, name in zip(stores, names, strict=True):
+        encoder = store.encoder
+        columns.append(
+            {
+                "encoder": name if names.count(name) == 1 else f"{name} ({store.path.stem})",
+                "method": encoder["method"],
+                "backbone": encoder["backbone"],
+                "init": encoder["init"],
+                "pretrain_dataset": encoder.get("pretrain_dataset") or "",
+            }
+        )
+    return columns
 
 
 def store_datasets(store: EmbeddingStore, datasets: tuple[str, ...] | None) -> list[str]:
@@ -35,7 +45,7 @@ def store_datasets(store: EmbeddingStore, datasets: tuple[str, ...] | None) -> l
     return list(datasets)
 
 
-def check_dims(stores: list[EmbeddingStore]) -> None:
+def check_stores(stores: list[EmbeddingStore]) -> None:
     """Stores compared in one table must come from distinct encoders."""
     names = [s.encoder_name for s in stores]
     hashes = [s.encoder["weights_sha256"] for s in stores]

@@ -9,6 +9,15 @@ SCORERS: Registry[type[OODScorer]] = Registry("scorer")
 register_scorer = SCORERS.register
 get_scorer = SCORERS.__getitem__
 
-from . import knn  # noqa: E402,F401  (registers)
+from . import (  # noqa: E402,F401  (each registers itself)
+    energy,
+    knn,
+    mahalanobis,
+    maxlogit,
+    msp,
+    relative_mahalanobis,
+    residual,
+    vim,
+)
 
 __all__ = ["SCORERS", "NotFittedError", "OODScorer", "get_scorer", "register_scorer"]

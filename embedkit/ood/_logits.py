@@ -1,0 +1,68 @@
+"""Scorers that read a linear classifier fitted on the ID training split (not a scorer)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..eval.linear import fit_linear
+from .base import OODScorer
+
+
+class LogitScorer(OODScorer):
+    """Base of logit-based scorers: ``fit`` trains a linear head on ``(X, y)``.
+
+    The head is a full-batch L2-regularised softmax regression (per-label sigmoid for
+    multi-label targets) on the ID training embeddings: the embedding store holds no
+    classifier, so the probe stands in for the network's own last layer.
+    """
+
+    l2: float
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LogitScorer:
+        if y is None:
+            raise ConfigError(f"the {self.name} scorer needs the ID training labels")
+        y = np.asarray(y).reshape(len(X), -1)
+        multi_label = y.shape[1] > 1
+        n_outputs = y.shape[1] if multi_label else int(y.max()) + 1
+        self.head_ = fit_linear(X, y, n_outputs, multi_label, l2=self.l2)
+        return self
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted("head_")
+        return self.head_.logits(X)
+
+
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    top = z.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def principal_dim(feature_dim: int, dim: int | None) -> int:
+    """ViM's principal dimension: ``dim``, or the paper's choice for the feature size."""
+    if dim is None:
+        dim = 1000 if feature_dim >= 2048 else 512 if feature_dim >= 768 else feature_dim // 2
+    if not 0 < dim < feature_dim:
+        raise ConfigError(
+            f"principal dimension {dim} must lie between 0 and the feature size {feature_dim}"
+        )
+    return dim
+
+
+class ResidualSpace:
+    """The space orthogonal to the principal subspace of ``X - origin`` (Wang et al. 2022).
+
+    The origin is ``-pinv(W) b`` of the linear head, where every logit is zero; the principal
+    subspace holds the ``dim`` largest eigenvectors of the uncentred covariance about it.
+    """
+
+    def __init__(self, X: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int) -> None:
+        self.origin = -np.linalg.pinv(weight) @ bias
+        shifted = np.asarray(X, dtype=np.float64) - self.origin
+        eigenvalues, eigenvectors = np.linalg.eigh(shifted.T @ shifted / len(shifted))
+        order = np.argsort(eigenvalues)[::-1]
+        self.basis = np.ascontiguousarray(eigenvectors[:, order[dim:]])
+
+    def norm(self, X: np.ndarray) -> np.ndarray:
+        """Length of each row's component outside the principal subspace."""
+        return np.linalg.norm((np.asarray(X, dtype=np.float64) - self.origin) @ self.basis, axis=1)
