@@ -1,4 +1,4 @@
-"""Commands that read only embedding stores: probe, knn and ood."""
+"""Commands that read only embedding stores: probe, knn, ood and transfer."""
 
 from __future__ import annotations
 
@@ -149,6 +149,50 @@ def ood(
         )
         table = evaluate_ood(stores, config)
         show_table(table, drop=("method", "backbone", "init", "pretrain_dataset", "params"))
+        print(f"wrote {write_table(table, out, config, stores)}")
+
+    run_command(debug, action)
+
+
+@app.command()
+def transfer(
+    store: StoresOpt,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset", help="Target datasets (comma-separated); 'all' = those all stores share."
+        ),
+    ] = "all",
+    label_fraction: Annotated[
+        str, typer.Option("--label-fraction", help="Label fractions in (0, 1], comma-separated.")
+    ] = "1",
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = "0",
+    metric: Annotated[
+        str, typer.Option("--metric", help="accuracy, auc or balanced_accuracy.")
+    ] = "accuracy",
+    device: DeviceOpt = "auto",
+    out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
+        "transfer.parquet"
+    ),
+    debug: DebugOpt = False,
+) -> None:
+    """Cross-dataset transfer: every encoder probed on every target, as a matrix."""
+    from embedkit.errors import ConfigError
+    from embedkit.eval import ProbeConfig, write_table
+    from embedkit.eval.transfer import METRICS, TransferConfig, transfer_matrix
+    from embedkit.eval.transfer import transfer as run_transfer
+    from embedkit.store import open_stores
+
+    def action():
+        if metric not in METRICS:
+            raise ConfigError(f"unknown metric '{metric}': use {', '.join(METRICS)}")
+        stores = open_stores(store)
+        probe_config = ProbeConfig(
+            label_fractions=split_floats(label_fraction), seeds=split_ints(seeds), device=device
+        )
+        config = TransferConfig(datasets=store_datasets(dataset), probe=probe_config)
+        table = run_transfer(stores, config)
+        show_table(transfer_matrix(table, metric))
         print(f"wrote {write_table(table, out, config, stores)}")
 
     run_command(debug, action)

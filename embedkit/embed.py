@@ -8,23 +8,21 @@ become floats there; embeddings are written as whole chunks (see ``embedkit.stor
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from tqdm.auto import tqdm
 
 from .backbones import Encoder, create_encoder, state_sha256
 from .data import SPLITS, components, get_info, load_split, parse_dataset_spec
-from .data.loading import SplitData
-from .errors import ConfigError, StoreError
+from .errors import ConfigError
 from .runs import ENCODER_FILE, read_finished_run
-from .store import FORMAT_VERSION, EmbeddingStore, chunk_rows
-from .utils import resolve_device, stamp, to_jsonable
+from .store import EmbeddingStore
+from .store_writer import StoreWriter
+from .utils import resolve_device, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -122,88 +120,6 @@ def encode(
     bar.close()
 
 
-def _open_root(path: Path, identity: dict[str, Any], overwrite: bool) -> zarr.Group:
-    if path.exists() and not path.is_dir():
-        raise StoreError(
-            f"store path {path} is a file: choose a folder name such as {path.with_suffix('.zarr')}"
-        )
-    if path.exists() and (path / "zarr.json").is_file():
-        existing = EmbeddingStore(path).encoder
-        if existing["weights_sha256"] != identity["weights_sha256"] and not overwrite:
-            raise StoreError(
-                f"store {path} was made by encoder {existing['name']} "
-                f"(weights {existing['weights_sha256'][:12]}): choose another "
-                f"--store, or pass --overwrite to replace it"
-            )
-        if existing["weights_sha256"] != identity["weights_sha256"]:
-            shutil.rmtree(path)
-    elif path.exists() and any(path.iterdir()):
-        raise StoreError(f"{path} exists and is not an embedding store: choose another --store")
-    root = zarr.open_group(str(path), mode="a", zarr_format=3)
-    if "encoder" not in root.attrs:
-        root.attrs.update({"format": FORMAT_VERSION, "encoder": identity, **stamp()})
-    return root
-
-
-def _write_split(
-    root: zarr.Group,
-    data: SplitData,
-    encoder: Encoder,
-    identity: dict,
-    config: EmbedConfig,
-    device: torch.device,
-    progress: bool,
-) -> None:
-    dataset, split = data.dataset, data.split
-    staging = f"{dataset}/.{split}.partial"
-    if staging in root:
-        del root[staging]
-    group = root.require_group(staging)
-    n, dim = len(data), encoder.feature_dim
-    rows = chunk_rows(dim)
-    embeddings = group.create_array(
-        "embeddings",
-        shape=(n, dim),
-        chunks=(min(rows, max(n, 1)), dim),
-        dtype="float32",
-        compressors=None,
-    )
-    group.create_array("labels", data=data.labels, chunks=data.labels.shape, compressors=None)
-    group.create_array("indices", data=data.indices, chunks=data.indices.shape, compressors=None)
-    buffer = np.empty((min(rows, n), dim), dtype=np.float32)
-    filled, written = 0, 0
-    for _, features in encode(
-        encoder, data.images, config.batch_size, device, progress, desc=f"{dataset}/{split}"
-    ):
-        if not np.isfinite(features).all():
-            raise StoreError(
-                f"the encoder produced NaN or inf embeddings on {dataset}/{split}: "
-                f"the weights are broken; nothing of this split was kept"
-            )
-        while len(features):
-            take = min(len(features), len(buffer) - filled)
-            buffer[filled : filled + take] = features[:take]
-            features, filled = features[take:], filled + take
-            if filled == len(buffer) or written + filled == n:
-                embeddings[written : written + filled] = buffer[:filled]  # whole chunks
-                written, filled = written + filled, 0
-    group.attrs.update(
-        {
-            "complete": True,
-            "n": n,
-            "dim": dim,
-            "size": config.size,
-            "data_file": to_jsonable(data.files[0]),
-            "normalisation": identity["normalisation"],
-            **stamp(),
-        }
-    )
-    target = Path(root.store.root) / dataset / split
-    if target.exists():
-        shutil.rmtree(target)
-    (Path(root.store.root) / dataset / f".{split}.partial").rename(target)
-
-
 def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> EmbeddingStore:
     """Embed every requested dataset split into ``store`` and return it opened for reading.
 
@@ -224,20 +140,41 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     encoder, identity = load_encoder(config)
     device = resolve_device(config.device)
     path = Path(store)
-    root = _open_root(path, identity, config.overwrite)
+    writer = StoreWriter(path, identity, config.overwrite)
     for data in splits:
-        if not config.overwrite and data.split in EmbeddingStore(path).splits(data.dataset):
+        if not config.overwrite and writer.has_split(data.dataset, data.split):
             log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)
             continue
         info = get_info(data.dataset)
-        dataset_group = root.require_group(data.dataset)
-        dataset_group.attrs.update(
-            {
+        batches = (
+            features
+            for _, features in encode(
+                encoder,
+                data.images,
+                config.batch_size,
+                device,
+                progress,
+                desc=f"{data.dataset}/{data.split}",
+            )
+        )
+        writer.write_split(
+            data.dataset,
+            data.split,
+            batches,
+            len(data),
+            encoder.feature_dim,
+            data.labels,
+            data.indices,
+            attrs={
+                "size": config.size,
+                "data_file": to_jsonable(data.files[0]),
+                "normalisation": identity["normalisation"],
+            },
+            dataset_attrs={
                 "task": info.task,
                 "class_names": list(info.class_names),
                 "n_channels": info.n_channels,
                 "family": info.family,
-            }
+            },
         )
-        _write_split(root, data, encoder, identity, config, device, progress)
     return EmbeddingStore(path)

@@ -205,3 +205,48 @@ def test_nan_embeddings_are_refused_on_read(demo_store, tmp_path):
     store = EmbeddingStore(copy)
     with pytest.raises(StoreError, match="NaN or inf embeddings"):
         evaluate_ood([store], OODConfig(id_datasets=("demo-med",)))
+
+
+def test_transfer_matrix(demo_store, tiny_run, data_root, tmp_path):
+    from embedkit.embed import EmbedConfig, embed
+    from embedkit.eval.transfer import TransferConfig, transfer, transfer_matrix
+
+    run_store = embed(
+        EmbedConfig(
+            dataset="demo-med,demo-texture",
+            run=str(tiny_run),
+            device="cpu",
+            data_root=str(data_root),
+        ),
+        tmp_path / "run.zarr",
+        progress=False,
+    )
+    table = transfer([demo_store, run_store], TransferConfig())
+    assert table.height == 4  # 2 encoders x the 2 datasets both stores hold
+    in_domain = table.filter(pl.col("in_domain"))
+    assert in_domain.select("encoder", "dataset").rows() == [("simclr/resnet18", "demo-texture")]
+    matrix = transfer_matrix(table)
+    assert matrix["encoder"].to_list() == ["random/resnet18", "simclr/resnet18"]
+    assert {"demo-med", "demo-texture"} <= set(matrix.columns)
+    assert ((matrix["demo-med"] > 0.5) & (matrix["demo-med"] <= 1)).all()
+
+
+def test_store_writer_rejects_nan_batches(tmp_path):
+    from embedkit.store_writer import StoreWriter
+
+    writer = StoreWriter(tmp_path / "w.zarr", {"name": "x", "weights_sha256": "1" * 64})
+    batches = [np.ones((4, 8), np.float32), np.full((4, 8), np.nan, np.float32)]
+    with pytest.raises(StoreError, match="NaN or inf embeddings in d/test"):
+        writer.write_split(
+            "d",
+            "test",
+            batches,
+            8,
+            8,
+            np.zeros((8, 1), np.int64),
+            np.arange(8),
+            attrs={},
+            dataset_attrs={},
+        )
+    assert not writer.has_split("d", "test")
+    assert not (tmp_path / "w.zarr" / "d" / ".test.partial").exists()

@@ -1,0 +1,72 @@
+"""Cross-dataset transfer: encoders pretrained on one dataset, probed on every other one.
+
+The stores of several encoders (each pretrained on its own dataset, read from provenance)
+are probed on the same target datasets; the result is a long table and, pivoted, a matrix
+with one row per encoder and one column per target dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import polars as pl
+
+from ..errors import StoreError
+from ..store import EmbeddingStore
+from .probe import ProbeConfig, probe
+
+METRICS = ("accuracy", "auc", "balanced_accuracy")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Transfer protocol.
+
+    Attributes:
+        datasets: target datasets; empty means every dataset all stores share.
+        probe: the linear-probe protocol applied to every (encoder, target) pair.
+    """
+
+    datasets: tuple[str, ...] = ()
+    probe: ProbeConfig = ProbeConfig(label_fractions=(1.0,), seeds=(0,))
+
+
+def shared_datasets(stores: list[EmbeddingStore]) -> tuple[str, ...]:
+    """Datasets present in every store."""
+    common = set(stores[0].datasets())
+    for store in stores[1:]:
+        common &= set(store.datasets())
+    if not common:
+        raise StoreError("the stores share no dataset: embed the same targets with every encoder")
+    return tuple(sorted(common))
+
+
+def transfer(
+    stores: list[EmbeddingStore], config: TransferConfig = TransferConfig()
+) -> pl.DataFrame:
+    """Probe every encoder on every target; one row per (encoder, target, fraction).
+
+    Returns:
+        The probe summary columns plus ``pretrain_dataset`` and ``in_domain`` (the target is
+        the encoder's pretraining data, or one of its domains).
+    """
+    targets = config.datasets or shared_datasets(stores)
+    table = probe(stores, replace(config.probe, datasets=targets))
+    return (
+        table.group_by(
+            ["encoder", "pretrain_dataset", "dataset", "label_fraction"], maintain_order=True
+        )
+        .agg(pl.len().alias("seeds"), *(pl.col(m).mean() for m in METRICS))
+        .with_columns(
+            in_domain=pl.struct("pretrain_dataset", "dataset").map_elements(
+                lambda r: r["dataset"] in r["pretrain_dataset"].split("+"), return_dtype=pl.Boolean
+            )
+        )
+    )
+
+
+def transfer_matrix(table: pl.DataFrame, metric: str = "accuracy") -> pl.DataFrame:
+    """Pivot a transfer table: one row per encoder, one column per target dataset."""
+    return table.pivot(
+        on="dataset", index=["encoder", "pretrain_dataset", "label_fraction"], values=metric
+    )
