@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,3 +19,21 @@ def test_ci_runs_the_readme_commands():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert install in ci_lines and test in ci_lines
     assert ci_lines.index(install) < ci_lines.index(test)
+
+
+def test_readme_documents_every_scorer_and_the_plugin_example(tmp_path):
+    from embedkit.ood import SCORERS
+    from embedkit.ood.plugins import load_plugin
+
+    readme = (ROOT / "README.md").read_text()
+    for name in SCORERS:
+        assert f"| `{name}` |" in readme, f"scorer {name} missing from the README's table"
+    example = re.search(r"```python\n(# my_scores.py\n.+?)```", readme, flags=re.S).group(1)
+    (tmp_path / "my_scores.py").write_text(example)
+    import numpy as np
+
+    scorer = load_plugin(f"{tmp_path / 'my_scores.py'}:CosineToMean")().fit(np.eye(3) + 1)
+    assert scorer.score_samples(np.array([[1.0, 1, 1], [-1, -1, -1]])).tolist() == [
+        pytest.approx(1.0),
+        pytest.approx(-1.0),
+    ]
