@@ -100,6 +100,11 @@ class EmbeddingStore:
         self._require(dataset)
         return dict(self._root[dataset].attrs)
 
+    def split_attrs(self, dataset: str, split: str) -> dict[str, Any]:
+        """Provenance of one split (n, dim, size, data file, ...) without reading arrays."""
+        self._require(dataset, split)
+        return dict(self._root[f"{dataset}/{split}"].attrs)
+
     def _require(self, dataset: str, split: str | None = None) -> None:
         available = self.datasets()
         if dataset not in available:

@@ -99,6 +99,11 @@ def test_pretrain_embed_evaluate(tmp_path, data_root):
         (["probe", "--store", "{store}", "--label-fraction", "0"], "outside (0, 1]"),
         (["probe", "--store", "{store}", "--dataset", "pathmnist"], "'pathmnist' is not in store"),
         (["ood", "--store", "{store}", "--scorer", "knn,odin"], "unknown scorer 'odin'"),
+        (["ood", "--store", "{store}", "--scorer", "{tmp}/none.py:Score"], "does not exist"),
+        (["ood", "--store", "{store}", "--param", "knn.k"], "SCORER.NAME=VALUE"),
+        (["ood", "--store", "{store}", "--ood-splits", "val"], "'test' or 'all'"),
+        (["probe", "--store", "{store}", "--protocol", "adam"], "unknown probe protocol"),
+        (["transfer", "--store", "{store}", "--metric", "f1"], "unknown metric 'f1'"),
         pytest.param(
             ["embed", "--store", "{tmp}/s.zarr", "--device", "cuda:7"],
             "no CUDA GPU is visible",

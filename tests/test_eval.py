@@ -250,3 +250,23 @@ def test_store_writer_rejects_nan_batches(tmp_path):
         )
     assert not writer.has_split("d", "test")
     assert not (tmp_path / "w.zarr" / "d" / ".test.partial").exists()
+
+
+def test_stores_of_one_backbone_must_agree_on_size(demo_store, tmp_path):
+    from embedkit.store_writer import StoreWriter
+
+    identity = {**demo_store.encoder, "weights_sha256": "2" * 64, "name": "projection/resnet18"}
+    writer = StoreWriter(tmp_path / "p.zarr", identity)
+    writer.write_split(
+        "demo-med",
+        "test",
+        [np.ones((6, 128), np.float32)],
+        6,
+        128,
+        np.zeros((6, 1), np.int64),
+        np.arange(6),
+        attrs={},
+        dataset_attrs={},
+    )
+    with pytest.raises(StoreError, match="different sizes.*512-d.*128-d"):
+        knn_classify([demo_store, EmbeddingStore(tmp_path / "p.zarr")], KNNConfig())

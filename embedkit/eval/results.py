@@ -46,11 +46,28 @@ def store_datasets(store: EmbeddingStore, datasets: tuple[str, ...] | None) -> l
 
 
 def check_stores(stores: list[EmbeddingStore]) -> None:
-    """Stores compared in one table must come from distinct encoders."""
+    """Stores compared in one table must be distinct encoders with consistent features.
+
+    Two stores of the same backbone must hold embeddings of the same size: otherwise one
+    holds backbone features and the other something else (a projection head's output),
+    and their rows would not be comparable.
+    """
     names = [s.encoder_name for s in stores]
     hashes = [s.encoder["weights_sha256"] for s in stores]
     if len(set(hashes)) != len(hashes):
         raise StoreError(f"the same encoder appears twice among the stores ({', '.join(names)})")
+    dims: dict[str, dict[int, str]] = {}
+    for store in stores:
+        for dataset in store.datasets()[:1]:
+            dim = store.split_attrs(dataset, store.splits(dataset)[0])["dim"]
+            dims.setdefault(store.encoder["backbone"], {}).setdefault(dim, str(store.path))
+    for backbone, sizes in dims.items():
+        if len(sizes) > 1:
+            listed = ", ".join(f"{path} ({dim}-d)" for dim, path in sizes.items())
+            raise StoreError(
+                f"stores of backbone {backbone} hold embeddings of different sizes: {listed}; "
+                f"compare stores of one kind of feature"
+            )
 
 
 def write_table(table: pl.DataFrame, out: str | Path, config: Any, stores: list) -> Path:
