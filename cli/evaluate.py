@@ -196,3 +196,37 @@ def transfer(
         print(f"wrote {write_table(table, out, config, stores)}")
 
     run_command(debug, action)
+
+
+@app.command()
+def report(
+    output: Annotated[Path, typer.Option("--output", help="Folder for the report and figures.")],
+    probe: Annotated[
+        Path | None, typer.Option("--probe", help="Table of `embedkit probe --out`.")
+    ] = None,
+    knn: Annotated[
+        Path | None, typer.Option("--knn", help="Table of `embedkit knn --out`.")
+    ] = None,
+    ood: Annotated[
+        Path | None, typer.Option("--ood", help="Table of `embedkit ood --out`.")
+    ] = None,
+    transfer: Annotated[
+        Path | None, typer.Option("--transfer", help="Table of `embedkit transfer --out`.")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="markdown or html.")] = "markdown",
+    title: Annotated[str, typer.Option("--title")] = "embedkit report",
+    debug: DebugOpt = False,
+) -> None:
+    """A Markdown or HTML summary of result tables, with heatmaps and charts as PNG files."""
+    from embedkit.report import ReportConfig, build_report, read_table
+
+    def action():
+        tables = {
+            name: read_table(path, name)
+            for name, path in (("probe", probe), ("knn", knn), ("ood", ood), ("transfer", transfer))
+            if path is not None
+        }
+        path = build_report(output, **tables, config=ReportConfig(title=title, format=format))
+        print(f"wrote {path}")
+
+    run_command(debug, action)

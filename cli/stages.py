@@ -165,5 +165,6 @@ def quickstart(
         print("\nSimCLR against random weights on demo-med (ID); OOD: demo-natural, demo-texture")
         show_table(result.summary)
         print(f"artefacts in {output}: run, stores, probe/knn/ood/summary tables (parquet + json)")
+        print(f"report with figures: {result.tables['report']}")
 
     run_command(debug, action)

@@ -18,6 +18,7 @@ from .eval import KNNConfig, OODConfig, ProbeConfig, evaluate_ood, knn_classify,
 from .eval.probe import summarise_probe
 from .eval.results import write_table
 from .pretrain import PretrainConfig, pretrain
+from .report import ReportConfig, build_report
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,13 @@ def quickstart(
         pl.read_parquet(tables["ood"]),
     )
     tables["summary"] = write_table(summary, output / "summary.parquet", config, list(stores))
+    tables["report"] = build_report(
+        output / "report",
+        probe=pl.read_parquet(tables["probe"]),
+        knn=pl.read_parquet(tables["knn"]),
+        ood=pl.read_parquet(tables["ood"]),
+        config=ReportConfig(title="embedkit quickstart: SimCLR against random weights"),
+    )
     return QuickstartResult(summary, run, tuple(s.path for s in stores), tables)
 
 

@@ -1,0 +1,220 @@
+"""A readable summary of result tables: Markdown or HTML, with figures as PNG files beside it.
+
+Tables take the benchmark paper's shape (encoder × dataset, one table per label fraction);
+each scorer gets an ID × OOD AUROC heatmap per encoder, and bar charts compare scorers.
+The report reads result tables only (``embedkit probe/knn/ood/transfer --out``).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from .errors import ConfigError
+from .eval.probe import summarise_probe
+from .plots import ood_bars, ood_heatmap, probe_curves
+from .utils import stamp
+
+FORMATS = ("markdown", "html")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report shows.
+
+    Attributes:
+        title: the report's heading.
+        format: ``markdown`` (``report.md``) or ``html`` (``report.html``).
+    """
+
+    title: str = "embedkit report"
+    format: str = "markdown"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def _pivot(table: pl.DataFrame, index: str, columns: str, values: str) -> pl.DataFrame:
+    return table.pivot(on=columns, index=index, values=values, aggregate_function="mean")
+
+
+class _Document:
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.blocks = folder, []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("heading", level, text))
+
+    def text(self, text: str) -> None:
+        self.blocks.append(("text", text))
+
+    def table(self, frame: pl.DataFrame) -> None:
+        self.blocks.append(("table", frame))
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        path = self.folder / f"{_slug(name)}.png"
+        fig.savefig(path, dpi=110)
+        self.blocks.append(("figure", path.name, caption))
+
+    @staticmethod
+    def _cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    def markdown(self) -> str:
+        out = []
+        for block in self.blocks:
+            if block[0] == "heading":
+                out.append(f"{'#' * block[1]} {block[2]}\n")
+            elif block[0] == "text":
+                out.append(block[1] + "\n")
+            elif block[0] == "table":
+                frame = block[1]
+                out.append("| " + " | ".join(frame.columns) + " |")
+                out.append("|" + "---|" * len(frame.columns))
+                out.extend("| " + " | ".join(map(self._cell, row)) + " |" for row in frame.rows())
+                out.append("")
+            else:
+                out.append(f"![{block[2]}]({block[1]})\n")
+        return "\n".join(out)
+
+    def html(self, title: str) -> str:
+        out = [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+            "padding:3px 8px;text-align:right}</style></head><body>"
+        ]
+        for block in self.blocks:
+            if block[0] == "heading":
+                out.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+            elif block[0] == "text":
+                out.append(f"<p>{html.escape(block[1])}</p>")
+            elif block[0] == "table":
+                frame = block[1]
+                out.append(
+                    "<table><tr>"
+                    + "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+                    + "</tr>"
+                )
+                for row in frame.rows():
+                    cells = "".join(f"<td>{html.escape(self._cell(v))}</td>" for v in row)
+                    out.append(f"<tr>{cells}</tr>")
+                out.append("</table>")
+            else:
+                out.append(
+                    f"<figure><img src='{block[1]}'><figcaption>"
+                    f"{html.escape(block[2])}</figcaption></figure>"
+                )
+        return "\n".join(out) + "</body></html>\n"
+
+
+def _probe_section(doc: _Document, table: pl.DataFrame) -> None:
+    summary = summarise_probe(table)
+    doc.heading("Linear probes")
+    doc.text("Test accuracy, mean over seeds ± 95 % t-interval, per label fraction.")
+    for fraction in sorted(summary["label_fraction"].unique()):
+        part = summary.filter(pl.col("label_fraction") == fraction)
+        cells = [
+            f"{m:.3f} ± {c:.3f}"
+            for m, c in zip(part["accuracy"], part["accuracy_ci95"], strict=True)
+        ]
+        part = part.with_columns(cell=pl.Series(cells))
+        doc.heading(f"{fraction:.0%} of the labels", 3)
+        doc.table(part.pivot(on="dataset", index="encoder", values="cell"))
+    for dataset in summary["dataset"].unique(maintain_order=True):
+        doc.figure(
+            probe_curves(summary, dataset),
+            f"probe-{dataset}",
+            f"Probe accuracy against label fraction on {dataset}",
+        )
+
+
+def _ood_section(doc: _Document, table: pl.DataFrame) -> None:
+    doc.heading("OOD detection")
+    doc.text("AUROC with OOD as the positive class, mean over OOD datasets per ID dataset.")
+    doc.table(
+        _pivot(
+            table.with_columns(
+                pl.concat_str("encoder", "scorer", separator=" / ").alias("encoder / scorer")
+            ),
+            "encoder / scorer",
+            "id_dataset",
+            "auroc",
+        )
+    )
+    doc.figure(ood_bars(table), "ood-bars", "Mean AUROC over all pairs, per scorer and encoder")
+    for scorer in table["scorer"].unique(maintain_order=True):
+        for encoder in table["encoder"].unique(maintain_order=True):
+            doc.figure(
+                ood_heatmap(table, encoder, scorer),
+                f"ood-{encoder}-{scorer}",
+                f"ID × OOD AUROC of {encoder} with {scorer}",
+            )
+
+
+REQUIRED_COLUMNS = {
+    "probe": {"encoder", "dataset", "label_fraction", "accuracy"},
+    "knn": {"encoder", "dataset", "accuracy"},
+    "ood": {"encoder", "id_dataset", "ood_dataset", "scorer", "auroc"},
+    "transfer": {"encoder", "dataset", "accuracy"},
+}
+
+
+def read_table(path: str | Path, kind: str) -> pl.DataFrame:
+    """Read a result table written by ``embedkit <kind> --out``, checking its columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--{kind} {path} does not exist: write it with `embedkit {kind} --out`")
+    try:
+        table = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for a non-parquet file
+        raise ConfigError(
+            f"--{kind} {path} is not a parquet table ({type(exc).__name__})"
+        ) from None
+    missing = REQUIRED_COLUMNS[kind] - set(table.columns)
+    if missing:
+        raise ConfigError(
+            f"--{kind} {path} lacks columns {', '.join(sorted(missing))}: is it "
+            f"a table of `embedkit {kind}`?"
+        )
+    return table
+
+
+def build_report(
+    output: str | Path,
+    probe: pl.DataFrame | None = None,
+    knn: pl.DataFrame | None = None,
+    ood: pl.DataFrame | None = None,
+    transfer: pl.DataFrame | None = None,
+    config: ReportConfig = ReportConfig(),
+) -> Path:
+    """Write the report and its figures into ``output``; return the report's path."""
+    if config.format not in FORMATS:
+        raise ConfigError(f"unknown report format '{config.format}': use markdown or html")
+    if all(t is None for t in (probe, knn, ood, transfer)):
+        raise ConfigError("nothing to report: pass at least one result table (--probe, --ood, ...)")
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = _Document(folder)
+    doc.heading(config.title, 1)
+    made = stamp()
+    doc.text(f"Made by embedkit {made['embedkit_version']} on {made['created']}.")
+    if probe is not None:
+        _probe_section(doc, probe)
+    if knn is not None:
+        doc.heading("kNN classification")
+        doc.table(_pivot(knn, "encoder", "dataset", "accuracy"))
+    if ood is not None:
+        _ood_section(doc, ood)
+    if transfer is not None:
+        doc.heading("Transfer")
+        doc.text("Probe accuracy of each encoder (rows, with its pretraining data) on each target.")
+        doc.table(_pivot(transfer, "encoder", "dataset", "accuracy"))
+    path = folder / ("report.md" if config.format == "markdown" else "report.html")
+    path.write_text(doc.markdown() if config.format == "markdown" else doc.html(config.title))
+    return path

@@ -1,0 +1,110 @@
+"""Figures check their content (cells, lines, bars), the report its files and tables."""
+
+import numpy as np
+import polars as pl
+import pytest
+from matplotlib.image import AxesImage
+
+from embedkit.errors import ConfigError
+from embedkit.eval.probe import summarise_probe
+from embedkit.plots import ood_bars, ood_heatmap, probe_curves
+from embedkit.report import ReportConfig, build_report, read_table
+
+
+def _ood_table():
+    rows = []
+    for encoder in ("simclr/resnet18", "random/resnet18"):
+        for scorer in ("knn", "vim"):
+            for i, id_dataset in enumerate(("a", "b", "c")):
+                for ood_dataset in ("a", "b", "c", "d"):
+                    if ood_dataset != id_dataset:
+                        rows.append(
+                            {
+                                "encoder": encoder,
+                                "scorer": scorer,
+                                "id_dataset": id_dataset,
+                                "ood_dataset": ood_dataset,
+                                "auroc": 0.5 + 0.1 * i,
+                                "fpr95": 0.5,
+                            }
+                        )
+    return pl.DataFrame(rows)
+
+
+def _probe_table():
+    rows = []
+    for encoder, base in (("simclr/resnet18", 0.8), ("random/resnet18", 0.6)):
+        for fraction in (0.01, 0.1, 1.0):
+            for seed in (0, 1, 2):
+                rows.append(
+                    {
+                        "encoder": encoder,
+                        "dataset": "demo-med",
+                        "label_fraction": fraction,
+                        "seed": seed,
+                        "accuracy": base + 0.1 * fraction + 0.01 * seed,
+                        "auc": 0.9,
+                        "balanced_accuracy": base,
+                    }
+                )
+    return pl.DataFrame(rows)
+
+
+def test_heatmap_cells_are_the_table_values():
+    fig = ood_heatmap(_ood_table(), "simclr/resnet18", "knn")
+    ax = fig.axes[0]
+    image = next(c for c in ax.get_children() if isinstance(c, AxesImage))
+    grid = image.get_array()
+    assert grid.shape == (3, 4)  # ID a, b, c x OOD a, b, c, d
+    np.testing.assert_allclose(grid[1, [0, 2, 3]], 0.6)
+    assert np.ma.is_masked(grid[0, 0]) or np.isnan(grid[0, 0])  # no (a, a) pair
+    assert len(ax.texts) == 9
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    with pytest.raises(ConfigError, match="no rows"):
+        ood_heatmap(_ood_table(), "simclr/resnet18", "odin")
+
+
+def test_probe_curves_one_line_per_encoder():
+    fig = probe_curves(summarise_probe(_probe_table()), "demo-med")
+    ax = fig.axes[0]
+    assert len(ax.containers) == 2  # one error-bar series per encoder
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "simclr/resnet18",
+        "random/resnet18",
+    ]
+    np.testing.assert_allclose(ax.containers[0].lines[0].get_ydata(), [0.811, 0.82, 0.91])
+
+
+def test_ood_bars_one_bar_per_encoder_and_scorer():
+    ax = ood_bars(_ood_table()).axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == 2 * 2
+    assert heights[0] == pytest.approx(np.mean([0.5] * 3 + [0.6] * 3 + [0.7] * 3))
+
+
+@pytest.mark.parametrize("form", ["markdown", "html"])
+def test_report_files(tmp_path, form):
+    path = build_report(
+        tmp_path / "r", probe=_probe_table(), ood=_ood_table(), config=ReportConfig(format=form)
+    )
+    text = path.read_text()
+    pngs = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    assert len(pngs) == 1 + 1 + 2 * 2  # probe curve, bars, a heatmap per encoder and scorer
+    for png in pngs:
+        assert png in text
+    assert "0.811 ± " in text  # 1 % of the labels, simclr: mean of 0.801, 0.811, 0.821
+    if form == "html":
+        assert text.startswith("<!doctype html>") and text.count("<table>") == 4
+    else:
+        assert "### 100% of the labels" in text
+
+
+def test_report_input_errors(tmp_path):
+    with pytest.raises(ConfigError, match="nothing to report"):
+        build_report(tmp_path / "r")
+    _ood_table().write_parquet(tmp_path / "ood.parquet")
+    with pytest.raises(ConfigError, match="lacks columns"):
+        read_table(tmp_path / "ood.parquet", "probe")
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_table(tmp_path / "none.parquet", "ood")
+    assert read_table(tmp_path / "ood.parquet", "ood").height == 2 * 2 * 9
