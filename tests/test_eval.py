@@ -270,3 +270,96 @@ def test_stores_of_one_backbone_must_agree_on_size(demo_store, tmp_path):
     )
     with pytest.raises(StoreError, match="different sizes.*512-d.*128-d"):
         knn_classify([demo_store, EmbeddingStore(tmp_path / "p.zarr")], KNNConfig())
+
+
+@pytest.fixture(scope="module")
+def multi_label_store(tmp_path_factory):
+    """A ChestMNIST-shaped store: 5 binary labels, embeddings that carry them."""
+    from embedkit.store_writer import StoreWriter
+
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(5, 32))
+    path = tmp_path_factory.mktemp("ml") / "ml.zarr"
+    writer = StoreWriter(
+        path,
+        {
+            "name": "synthetic/x",
+            "method": "none",
+            "backbone": "x",
+            "init": "random",
+            "weights_sha256": "3" * 64,
+        },
+    )
+    for split, n in (("train", 600), ("val", 200), ("test", 300)):
+        labels = (rng.random((n, 5)) < 0.2).astype(np.int64)
+        x = (labels @ directions + rng.normal(0, 0.5, (n, 32))).astype(np.float32)
+        writer.write_split(
+            "chestlike",
+            split,
+            [x],
+            n,
+            32,
+            labels,
+            np.arange(n),
+            attrs={},
+            dataset_attrs={"task": "multi-label", "class_names": list("abcde")},
+        )
+    x = rng.normal(3, 1, (100, 32)).astype(np.float32)
+    writer.write_split(
+        "other",
+        "test",
+        [x],
+        100,
+        32,
+        np.zeros((100, 1), np.int64),
+        np.arange(100),
+        attrs={},
+        dataset_attrs={"task": "multi-class", "class_names": ["z"]},
+    )
+    return EmbeddingStore(path)
+
+
+def test_multi_label_probe_knn_and_ood(multi_label_store):
+    table = probe(
+        [multi_label_store],
+        ProbeConfig(datasets=("chestlike",), label_fractions=(0.05, 1.0), seeds=(0,)),
+    )
+    assert table["n_train"].to_list()[1] == 600
+    full = table.filter(pl.col("label_fraction") == 1.0)
+    assert full["auc"][0] > 0.9 and full["accuracy"][0] > 0.85  # per-label mean, threshold 0.5
+    knn = knn_classify([multi_label_store], KNNConfig(datasets=("chestlike",)))
+    assert knn["auc"][0] > 0.8
+    ood = evaluate_ood(
+        [multi_label_store], OODConfig(id_datasets=("chestlike",), scorers=tuple(SCORERS))
+    )
+    assert ood.height == len(SCORERS) and ood["auroc"].is_finite().all()
+
+
+def test_class_absent_from_training_split(tmp_path):
+    from embedkit.store_writer import StoreWriter
+
+    writer = StoreWriter(
+        tmp_path / "s.zarr",
+        {
+            "name": "x",
+            "method": "none",
+            "backbone": "y",
+            "init": "random",
+            "weights_sha256": "4" * 64,
+        },
+    )
+    for split, labels in (("train", [0, 1] * 10), ("val", [0, 1, 2] * 4), ("test", [0, 1, 2] * 4)):
+        y = np.array(labels).reshape(-1, 1)
+        writer.write_split(
+            "d",
+            split,
+            [np.random.default_rng(0).normal(size=(len(y), 4)).astype(np.float32)],
+            len(y),
+            4,
+            y,
+            np.arange(len(y)),
+            attrs={},
+            dataset_attrs={"task": "multi-class", "class_names": ["a", "b", "c"]},
+        )
+    with pytest.raises(ConfigError, match=r"classes \[2\] appear in test but not in the training"):
+        probe([EmbeddingStore(tmp_path / "s.zarr")], ProbeConfig(label_fractions=(0.5,)))

@@ -153,7 +153,7 @@ def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> 
 def _check_classes(train_labels, test_labels, task: str, dataset: str) -> None:
     if task == "multi-label":
         return
-    missing = sorted(set(np.unique(test_labels)) - set(np.unique(train_labels)))
+    missing = sorted(set(np.unique(test_labels).tolist()) - set(np.unique(train_labels).tolist()))
     if missing:
         raise ConfigError(
             f"{dataset}: classes {missing} appear in test but not in the training "
