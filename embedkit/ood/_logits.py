@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..errors import ConfigError
-from ..eval.linear import fit_linear
+from ..eval.linear import LinearHead, fit_linear
 from .base import OODScorer
+
+# The last head fitted, so that msp, energy, maxlogit, vim and residual evaluated on the same
+# training embeddings (as ``embedkit ood`` does) share one fit instead of five. The cache
+# holds X weakly and compares identity, labels and l2: a new or changed array refits.
+_last_head: tuple[weakref.ref, float, bytes, LinearHead] | None = None
+
+
+def _shared_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
+    global _last_head
+    labels = np.ascontiguousarray(y).tobytes()
+    if _last_head is not None:
+        ref, cached_l2, cached_labels, head = _last_head
+        if ref() is X and cached_l2 == l2 and cached_labels == labels:
+            return head
+    multi_label = y.shape[1] > 1
+    n_outputs = y.shape[1] if multi_label else int(y.max()) + 1
+    head = fit_linear(X, y, n_outputs, multi_label, l2=l2)
+    try:
+        _last_head = (weakref.ref(X), l2, labels, head)
+    except TypeError:  # an object that takes no weak reference is simply not cached
+        _last_head = None
+    return head
 
 
 class LogitScorer(OODScorer):
@@ -22,10 +46,7 @@ class LogitScorer(OODScorer):
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LogitScorer:
         if y is None:
             raise ConfigError(f"the {self.name} scorer needs the ID training labels")
-        y = np.asarray(y).reshape(len(X), -1)
-        multi_label = y.shape[1] > 1
-        n_outputs = y.shape[1] if multi_label else int(y.max()) + 1
-        self.head_ = fit_linear(X, y, n_outputs, multi_label, l2=self.l2)
+        self.head_ = _shared_head(X, np.asarray(y).reshape(len(X), -1), self.l2)
         return self
 
     def logits(self, X: np.ndarray) -> np.ndarray:
