@@ -113,7 +113,11 @@ def fit_linear(
 
         optimizer.step(closure)
     elif protocol == "sgd":
-        optimizer = torch.optim.SGD([weight, bias], lr=lr, momentum=0.9, weight_decay=l2)
+        optimizer = torch.optim.SGD(  # the penalty falls on the weights only, as with lbfgs
+            [{"params": [weight], "weight_decay": l2}, {"params": [bias], "weight_decay": 0.0}],
+            lr=lr,
+            momentum=0.9,
+        )
         steps = epochs * max(1, -(-len(features) // batch_size))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         for _ in range(epochs):
