@@ -3,6 +3,7 @@
 # isort: skip_file
 from . import stages  # noqa: F401  (registered first: --help lists the pipeline in order)
 from . import evaluate  # noqa: F401
+from . import store  # noqa: F401
 from .app import app
 
 

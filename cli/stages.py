@@ -103,6 +103,10 @@ def embed(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing splits.")
     ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue splits an interrupted run left unfinished.")
+    ] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32 or float16 on disk.")] = "float32",
     progress: ProgressOpt = True,
     debug: DebugOpt = False,
 ) -> None:
@@ -124,6 +128,8 @@ def embed(
             data_root=data_root,
             download=download,
             overwrite=overwrite,
+            resume=resume,
+            dtype=dtype,
         )
         show_table(
             run_embed(config, store, progress=progress).catalog(), drop=("store", "md5", "created")

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import Encoder, create_encoder, state_sha256
-from .data import SPLITS, components, get_info, load_split, parse_dataset_spec
+from .data import SPLITS, SplitData, components, get_info, load_split, parse_dataset_spec
 from .errors import ConfigError
 from .runs import ENCODER_FILE, read_finished_run
 from .store import EmbeddingStore
@@ -44,6 +44,8 @@ class EmbedConfig:
         data_root: where the npz files are.
         download: fetch missing MedMNIST files with medmnist's downloader.
         overwrite: replace splits already in the store, and allow another encoder's store.
+        resume: continue splits an interrupted run left staged (else they start over).
+        dtype: ``float32`` or ``float16`` embeddings on disk.
     """
 
     dataset: str = "demo"
@@ -58,6 +60,8 @@ class EmbedConfig:
     data_root: str | None = None
     download: bool = False
     overwrite: bool = False
+    resume: bool = False
+    dtype: str = "float32"
 
 
 def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
@@ -120,6 +124,24 @@ def encode(
     bar.close()
 
 
+def _producer(encoder: Encoder, data: SplitData, config: EmbedConfig, device, progress: bool):
+    """Embeddings of ``data`` from the batch boundary at or before a row (for resuming)."""
+
+    def produce(keep_from: int):
+        start = keep_from // config.batch_size * config.batch_size
+        batches = encode(
+            encoder,
+            data.images[start:],
+            config.batch_size,
+            device,
+            progress,
+            desc=f"{data.dataset}/{data.split}",
+        )
+        return start, (features for _, features in batches)
+
+    return produce
+
+
 def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> EmbeddingStore:
     """Embed every requested dataset split into ``store`` and return it opened for reading.
 
@@ -140,41 +162,32 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     encoder, identity = load_encoder(config)
     device = resolve_device(config.device)
     path = Path(store)
-    writer = StoreWriter(path, identity, config.overwrite)
-    for data in splits:
-        if not config.overwrite and writer.has_split(data.dataset, data.split):
-            log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)
-            continue
-        info = get_info(data.dataset)
-        batches = (
-            features
-            for _, features in encode(
-                encoder,
-                data.images,
-                config.batch_size,
-                device,
-                progress,
-                desc=f"{data.dataset}/{data.split}",
+    with StoreWriter(path, identity, config.overwrite) as writer:
+        for data in splits:
+            if not config.overwrite and writer.has_split(data.dataset, data.split):
+                log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)
+                continue
+            info = get_info(data.dataset)
+            writer.write_split(
+                data.dataset,
+                data.split,
+                _producer(encoder, data, config, device, progress),
+                len(data),
+                encoder.feature_dim,
+                data.labels,
+                data.indices,
+                attrs={
+                    "size": config.size,
+                    "data_file": to_jsonable(data.files[0]),
+                    "normalisation": identity["normalisation"],
+                },
+                dataset_attrs={
+                    "task": info.task,
+                    "class_names": list(info.class_names),
+                    "n_channels": info.n_channels,
+                    "family": info.family,
+                },
+                dtype=config.dtype,
+                resume=config.resume,
             )
-        )
-        writer.write_split(
-            data.dataset,
-            data.split,
-            batches,
-            len(data),
-            encoder.feature_dim,
-            data.labels,
-            data.indices,
-            attrs={
-                "size": config.size,
-                "data_file": to_jsonable(data.files[0]),
-                "normalisation": identity["normalisation"],
-            },
-            dataset_attrs={
-                "task": info.task,
-                "class_names": list(info.class_names),
-                "n_channels": info.n_channels,
-                "family": info.family,
-            },
-        )
     return EmbeddingStore(path)

@@ -87,11 +87,13 @@ class EmbeddingStore:
 
     def datasets(self) -> list[str]:
         """Datasets with at least one complete split, sorted."""
-        return sorted(name for name in _children(self.path) if self.splits(name))
+        return sorted(name for name in child_groups(self.path) if self.splits(name))
 
     def splits(self, dataset: str) -> list[str]:
         """Complete splits of a dataset, in train/val/test order."""
-        found = [s for s in _children(self.path / dataset) if _is_complete(self.path / dataset / s)]
+        found = [
+            s for s in child_groups(self.path / dataset) if _is_complete(self.path / dataset / s)
+        ]
         order = {"train": 0, "val": 1, "test": 2}
         return sorted(found, key=lambda s: (order.get(s, 3), s))
 
@@ -156,7 +158,7 @@ class EmbeddingStore:
         return pl.DataFrame(rows)
 
 
-def _children(path: Path) -> list[str]:
+def child_groups(path: Path) -> list[str]:
     if not path.is_dir():
         return []
     return [

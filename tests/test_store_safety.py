@@ -1,0 +1,174 @@
+"""Store safety: kill and resume, locks, chunk checksums, verify and ls."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from embedkit.cli.main import app
+from embedkit.embed import EmbedConfig, embed
+from embedkit.errors import StoreError
+from embedkit.store import EmbeddingStore
+from embedkit.store_check import list_stores, verify_store
+from embedkit.store_writer import LOCK, StoreWriter
+
+IDENTITY = {
+    "name": "t/x",
+    "method": "none",
+    "backbone": "x",
+    "init": "random",
+    "weights_sha256": "5" * 64,
+}
+
+
+def _write(writer, dataset, split, x, **kwargs):
+    n, dim = x.shape
+    writer.write_split(
+        dataset,
+        split,
+        kwargs.pop("produce", [x]),
+        n,
+        dim,
+        np.zeros((n, 1), np.int64),
+        np.arange(n),
+        attrs={},
+        dataset_attrs={"task": "multi-class", "class_names": ["a"]},
+        **kwargs,
+    )
+
+
+def _embed_args(data_root, store):
+    return [
+        "embed",
+        "--store",
+        str(store),
+        "--dataset",
+        "demo-natural",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--data-root",
+        str(data_root),
+        "--no-progress",
+    ]
+
+
+@pytest.mark.slow
+def test_kill_at_a_random_point_then_resume_is_bit_identical(tmp_path, data_root):
+    reference = embed(
+        EmbedConfig(dataset="demo-natural", batch_size=64, device="cpu", data_root=str(data_root)),
+        tmp_path / "ref.zarr",
+        progress=False,
+    )
+    store = tmp_path / "killed.zarr"
+    command = [
+        sys.executable,
+        "-c",
+        "from embedkit.cli.main import main; main()",
+        *_embed_args(data_root, store),
+    ]
+    delay = random.Random(os.getpid()).uniform(0.0, 2.5)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (store / "demo-natural").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.02)  # writing has begun: now kill at a random moment of it
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the embed finished before it could be killed"
+    assert len(EmbeddingStore(store).splits("demo-natural")) < 3  # something is left to resume
+    result = CliRunner().invoke(app, [*_embed_args(data_root, store), "--resume"])
+    assert result.exit_code == 0, result.output
+    resumed = EmbeddingStore(store)
+    for split in ("train", "val", "test"):
+        a, b = reference.get("demo-natural", split), resumed.get("demo-natural", split)
+        assert a.embeddings.tobytes() == b.embeddings.tobytes(), (
+            f"{split} (killed at {delay:.1f} s)"
+        )
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert verify_store(store)["status"].to_list() == ["ok"] * 3
+    assert not (store / LOCK).exists()
+
+
+def test_resume_redoes_a_truncated_chunk(tmp_path):
+    x = np.random.default_rng(0).normal(size=(3000, 256)).astype(np.float32)  # 1024-row chunks
+    calls = []
+
+    def crashing(keep_from):
+        calls.append(keep_from)
+
+        def batches():
+            for start in range(keep_from, 3000, 500):
+                if len(calls) == 1 and start >= 2500:
+                    raise KeyboardInterrupt  # dies after two whole chunks were written
+                yield x[start : start + 500]
+
+        return keep_from, batches()
+
+    with StoreWriter(tmp_path / "s.zarr", IDENTITY) as writer, pytest.raises(KeyboardInterrupt):
+        _write(writer, "d", "train", x, produce=crashing)
+    staging = tmp_path / "s.zarr" / "d" / ".train.partial"
+    assert len((staging / "progress.jsonl").read_text().splitlines()) == 2
+    chunk = staging / "embeddings" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:1000])  # a torn write of the second chunk
+    with StoreWriter(tmp_path / "s.zarr", IDENTITY) as writer:
+        _write(writer, "d", "train", x, produce=crashing, resume=True)
+    assert calls == [0, 1024]  # resumed after the one intact chunk
+    stored = EmbeddingStore(tmp_path / "s.zarr").get("d", "train")
+    assert stored.embeddings.tobytes() == x.tobytes()
+    assert len(stored.attrs["chunk_sha256"]) == 3
+
+
+def test_second_writer_is_refused_and_stale_lock_is_taken_over(tmp_path):
+    busy = f"being written by process {os.getpid()}"
+    with StoreWriter(tmp_path / "s.zarr", IDENTITY), pytest.raises(StoreError, match=busy):
+        StoreWriter(tmp_path / "s.zarr", IDENTITY)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "s.zarr" / LOCK).write_text(
+        json.dumps({"pid": dead.pid, "host": os.uname().nodename})
+    )
+    with StoreWriter(tmp_path / "s.zarr", IDENTITY) as writer:
+        _write(writer, "d", "test", np.ones((10, 4), np.float32))
+    assert not (tmp_path / "s.zarr" / LOCK).exists()
+
+
+def test_float16_store(tmp_path):
+    x = np.random.default_rng(1).normal(size=(100, 64)).astype(np.float32)
+    with StoreWriter(tmp_path / "s.zarr", IDENTITY) as writer:
+        _write(writer, "d", "val", x, dtype="float16")
+    stored = EmbeddingStore(tmp_path / "s.zarr").get("d", "val")
+    assert stored.embeddings.dtype == np.float16
+    np.testing.assert_array_equal(stored.embeddings, x.astype(np.float16))
+    assert verify_store(tmp_path / "s.zarr")["status"].to_list() == ["ok"]
+
+
+def test_verify_finds_corruption_and_ls_lists(tmp_path):
+    x = np.random.default_rng(2).normal(size=(3000, 256)).astype(np.float32)
+    with StoreWriter(tmp_path / "s.zarr", IDENTITY) as writer:
+        _write(writer, "d", "train", x)
+        _write(writer, "d", "test", x[:100])
+    assert verify_store(tmp_path / "s.zarr")["status"].to_list() == ["ok", "ok"]
+    listing = list_stores([tmp_path])
+    assert listing.select("dataset", "split", "n").rows() == [
+        ("d", "train", 3000),
+        ("d", "test", 100),
+    ]
+    array = zarr.open_array(str(tmp_path / "s.zarr" / "d" / "train" / "embeddings"), mode="r+")
+    array[1500, 3] = 7.0  # silent bit rot in chunk 1
+    chunk = tmp_path / "s.zarr" / "d" / "test" / "embeddings" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])  # truncated
+    table = verify_store(tmp_path / "s.zarr")
+    problems = dict(zip(table["split"], table["problems"], strict=True))
+    assert problems["train"] == "chunk 1 differs from the checksum recorded at write time"
+    assert "chunk 0 unreadable" in problems["test"]
+    result = CliRunner().invoke(app, ["store", "verify", "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 1 and "2 problem row(s)" in result.output
