@@ -87,7 +87,7 @@ def pretrain(
 @app.command()
 def embed(
     store: Annotated[Path, typer.Option("--store", help="The store to write (a *.zarr folder).")],
-    dataset: DatasetOpt = "demo",
+    dataset: DatasetOpt = "all",
     size: SizeOpt = 28,
     run: Annotated[Path | None, typer.Option("--run", help="A pretraining run folder.")] = None,
     backbone: BackboneOpt = "resnet18",

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from .backbones import Encoder, create_encoder, state_sha256
 from .data import SPLITS, SplitData, components, get_info, load_split, parse_dataset_spec
-from .errors import ConfigError
+from .data.loading import candidate_files, data_root
+from .errors import ConfigError, DataNotFoundError
 from .runs import ENCODER_FILE, read_finished_run
 from .store import EmbeddingStore
 from .store_writer import StoreWriter
@@ -32,7 +33,9 @@ class EmbedConfig:
     """What to embed with which encoder.
 
     Attributes:
-        dataset: a ``--dataset`` value; multi-domain entries are stored per component.
+        dataset: a ``--dataset`` value; multi-domain entries are stored per component;
+            ``all`` embeds every MedMNIST dataset present in the data root (listing the
+            missing ones).
         splits: the splits to embed.
         size: image size in pixels (the encoder sees images at this size).
         run: a pretraining run folder; when set, ``backbone`` and ``init`` come from it.
@@ -142,14 +145,40 @@ def _producer(encoder: Encoder, data: SplitData, config: EmbedConfig, device, pr
     return produce
 
 
+def _dataset_names(config: EmbedConfig) -> list[str]:
+    """The datasets to embed; ``all`` means every MedMNIST dataset present in the data root."""
+    entries = parse_dataset_spec(config.dataset)
+    names = list(dict.fromkeys(name for entry in entries for name in components(entry)))
+    if config.dataset.strip() != "all" or config.download:
+        return names
+    root = data_root(config.data_root)
+    present = [
+        n for n in names if any((root / f).is_file() for f in candidate_files(n, config.size))
+    ]
+    missing = [n for n in names if n not in present]
+    if not present:
+        raise DataNotFoundError(
+            f"none of the 12 MedMNIST datasets is in {root} at {config.size} px: download them "
+            f"(--download), or point --data-root at the folder that has them"
+        )
+    if missing:
+        log.warning(
+            "embedding the %d datasets present in %s; missing at %d px: %s",
+            len(present),
+            root,
+            config.size,
+            ", ".join(missing),
+        )
+    return present
+
+
 def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> EmbeddingStore:
     """Embed every requested dataset split into ``store`` and return it opened for reading.
 
     Splits already complete in the store are skipped unless ``config.overwrite``; a store
     made by another encoder is refused unless ``config.overwrite``.
     """
-    entries = parse_dataset_spec(config.dataset)
-    names = list(dict.fromkeys(name for entry in entries for name in components(entry)))
+    names = _dataset_names(config)
     bad = [s for s in config.splits if s not in SPLITS]
     if bad:
         raise ConfigError(f"unknown split {', '.join(bad)}: choose from {', '.join(SPLITS)}")

@@ -92,6 +92,7 @@ def test_pretrain_embed_evaluate(tmp_path, data_root):
             "dermamnist.npz or dermamnist_28.npz not found",
         ),
         (["embed", "--store", "{tmp}/s.zarr", "--size", "32"], "unsupported image size 32"),
+        (["embed", "--store", "{tmp}/s.zarr", "--data-root", "{tmp}"], "none of the 12 MedMNIST"),
         (["pretrain", "--output", "{tmp}/r", "--method", "simsiam"], "unknown method 'simsiam'"),
         (["quickstart", "--output", "{tmp}/qs", "--size", "32"], "unsupported image size 32"),
         (["probe", "--store", "{tmp}/none.zarr"], "does not exist"),
@@ -133,3 +134,31 @@ def test_help_lists_registry_choices():
     assert "simclr" in result.output and "resnet50" in result.output
     assert "28, 64, 128, 224" in result.output
     assert "knn" in _invoke("ood", "--help").output
+
+
+def test_embed_defaults_to_the_medmnist_datasets_present(tmp_path, caplog):
+    import numpy as np
+
+    arrays = {}
+    for split, n in (("train", 20), ("val", 6), ("test", 8)):
+        arrays[f"{split}_images"] = np.zeros((n, 28, 28), np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(-1, 1).astype(np.uint8)
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    result = runner.invoke(
+        app,
+        [
+            "embed",
+            "--store",
+            str(tmp_path / "s.zarr"),
+            "--data-root",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "missing at 28 px: pathmnist, chestmnist, dermamnist" in caplog.text
+    from embedkit.store import EmbeddingStore
+
+    assert EmbeddingStore(tmp_path / "s.zarr").datasets() == ["breastmnist"]
