@@ -1,0 +1,164 @@
+"""Extraction throughput, as ratios measured in one process (issue 4).
+
+On the same images (PneumoniaMNIST's test split from ../shared/data, whose size matches the
+official release as medmnist's Dataset requires, else demo-med), each path run --passes
+times, with the same encoder and batch size:
+
+1. bare: the encoder's forward pass alone on batches already prepared on the device;
+2. embedkit: the extraction pipeline ``embed()`` runs per split (uint8 batches to the device,
+   float conversion and normalisation there, forward, chunked writes with checksums into a
+   zarr store); ``embed()`` end to end, with its one-time set-up (building the encoder,
+   hashing its weights, opening the store), is reported beside it;
+3. usual: medmnist's Dataset with per-sample PIL transforms in a torch DataLoader, then the
+   same forward pass (what a solo-learn style script does).
+
+Goal: embedkit at >= 90 % of bare. Run: python bench/embed_throughput.py [--backbone resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (usual path)")
+    parser.add_argument("--passes", type=int, default=6)
+    args = parser.parse_args()
+
+    import medmnist
+    from torchvision import transforms
+
+    from embedkit.backbones import create_encoder
+    from embedkit.data import load_split
+    from embedkit.embed import EmbedConfig, embed, encode
+    from embedkit.store_writer import StoreWriter
+    from embedkit.utils import resolve_device
+
+    device = resolve_device(args.device)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "pneumoniamnist_28.npz"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dataset = "pneumoniamnist" if shared.is_file() else "demo-med"
+        if shared.is_file():
+            shutil.copy(shared, root / "pneumoniamnist_28.npz")
+            shutil.copy(shared, root / "pneumoniamnist.npz")  # medmnist's own file name
+        images = load_split(dataset, "test", 28, root).images
+        n, passes = len(images), args.passes
+        torch.manual_seed(0)
+        encoder = create_encoder(args.backbone).eval().to(device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+        prepared = [
+            torch.from_numpy(np.array(images[i : i + args.batch_size]))
+            .to(device)
+            .permute(0, 3, 1, 2)
+            .float()
+            .div(255)
+            .contiguous(memory_format=torch.channels_last)
+            for i in range(0, n, args.batch_size)
+        ]
+
+        def sync():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        with torch.inference_mode(), autocast:  # warm-up
+            encoder(prepared[0])
+        sync()
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast:
+            for _ in range(passes):
+                for batch in prepared:
+                    encoder(batch).float().cpu()
+        sync()
+        bare = rate(n * passes, time.perf_counter() - start)
+
+        config = EmbedConfig(
+            dataset=dataset,
+            splits=("test",),
+            backbone=args.backbone,
+            batch_size=args.batch_size,
+            device=str(device),
+            data_root=tmp,
+            overwrite=True,
+        )
+        embed(config, root / "s.zarr", progress=False)  # warm-up (and the md5 of the file)
+        start = time.perf_counter()
+        for _ in range(passes):
+            embed(config, root / "s.zarr", progress=False)
+        end_to_end = rate(n * passes, time.perf_counter() - start)
+
+        labels = np.zeros((n, 1), np.int64)
+        with StoreWriter(root / "p.zarr", {"name": "bench", "weights_sha256": "0" * 64}) as writer:
+            start = time.perf_counter()
+            for _ in range(passes):
+                batches = (f for _, f in encode(encoder, images, args.batch_size, device))
+                writer.write_split(
+                    dataset,
+                    "test",
+                    batches,
+                    n,
+                    encoder.feature_dim,
+                    labels,
+                    np.arange(n),
+                    attrs={},
+                    dataset_attrs={},
+                )
+            sync()
+            ours = rate(n * passes, time.perf_counter() - start)
+
+        usual = None
+        if dataset == "pneumoniamnist":
+            transform = transforms.Compose(
+                [
+                    transforms.Grayscale(3),
+                    transforms.ToTensor(),
+                    transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                ]
+            )
+            data = medmnist.PneumoniaMNIST(split="test", root=tmp, size=28, transform=transform)
+            loader = torch.utils.data.DataLoader(
+                data,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                pin_memory=device.type == "cuda",
+            )
+            start = time.perf_counter()
+            with torch.inference_mode(), autocast:
+                for _ in range(passes):
+                    for batch, _ in loader:
+                        encoder.backbone(batch.to(device, non_blocking=True)).float().cpu()
+            sync()
+            usual = rate(n * passes, time.perf_counter() - start)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"{dataset} test ({n} images x {passes} passes, 28 px), {args.backbone}, batch "
+        f"{args.batch_size}, {name}, torch threads {torch.get_num_threads()}"
+    )
+    print(f"bare forward        {bare:8.0f} images/s")
+    print(
+        f"embedkit pipeline   {ours:8.0f} images/s   ratio to bare {ours / bare:.3f} (goal >= 0.90)"
+    )
+    print(f"embed() end to end  {end_to_end:8.0f} images/s   (with its one-time set-up per call)")
+    if usual is not None:
+        print(f"medmnist+DataLoader {usual:8.0f} images/s   embedkit / usual {ours / usual:.2f}")
+
+
+if __name__ == "__main__":
+    main()
