@@ -51,9 +51,9 @@ def _embed_args(data_root, store):
         "--store",
         str(store),
         "--dataset",
-        "demo-natural",
+        "demo",
         "--batch-size",
-        "64",
+        "16",
         "--device",
         "cpu",
         "--data-root",
@@ -64,11 +64,8 @@ def _embed_args(data_root, store):
 
 @pytest.mark.slow
 def test_kill_at_a_random_point_then_resume_is_bit_identical(tmp_path, data_root):
-    reference = embed(
-        EmbedConfig(dataset="demo-natural", batch_size=64, device="cpu", data_root=str(data_root)),
-        tmp_path / "ref.zarr",
-        progress=False,
-    )
+    config = EmbedConfig(dataset="demo", batch_size=16, device="cpu", data_root=str(data_root))
+    reference = embed(config, tmp_path / "ref.zarr", progress=False)
     store = tmp_path / "killed.zarr"
     command = [
         sys.executable,
@@ -79,22 +76,22 @@ def test_kill_at_a_random_point_then_resume_is_bit_identical(tmp_path, data_root
     delay = random.Random(os.getpid()).uniform(0.0, 2.5)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not (store / "demo-natural").is_dir() and time.monotonic() < deadline:
-        time.sleep(0.02)  # writing has begun: now kill at a random moment of it
+    while not (store / "demo-med").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.02)  # writing has begun (~7,700 images follow): kill at a random moment
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the embed finished before it could be killed"
-    assert len(EmbeddingStore(store).splits("demo-natural")) < 3  # something is left to resume
+    assert EmbeddingStore(store).splits("demo-texture") == []  # something is left to resume
     result = CliRunner().invoke(app, [*_embed_args(data_root, store), "--resume"])
     assert result.exit_code == 0, result.output
     resumed = EmbeddingStore(store)
-    for split in ("train", "val", "test"):
-        a, b = reference.get("demo-natural", split), resumed.get("demo-natural", split)
-        assert a.embeddings.tobytes() == b.embeddings.tobytes(), (
-            f"{split} (killed at {delay:.1f} s)"
-        )
-        np.testing.assert_array_equal(a.labels, b.labels)
-    assert verify_store(store)["status"].to_list() == ["ok"] * 3
+    for dataset in ("demo-med", "demo-natural", "demo-texture"):
+        for split in ("train", "val", "test"):
+            a, b = reference.get(dataset, split), resumed.get(dataset, split)
+            where = f"{dataset}/{split}, killed {delay:.1f} s into writing"
+            assert a.embeddings.tobytes() == b.embeddings.tobytes(), where
+            np.testing.assert_array_equal(a.labels, b.labels)
+    assert verify_store(store)["status"].to_list() == ["ok"] * 9
     assert not (store / LOCK).exists()
 
 
