@@ -17,7 +17,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import Encoder, create_encoder, state_sha256
-from .data import SPLITS, SplitData, components, get_info, load_split, parse_dataset_spec
+from .data import (
+    SPLITS,
+    SplitData,
+    check_size,
+    components,
+    get_info,
+    load_split,
+    parse_dataset_spec,
+)
 from .data.loading import candidate_files, data_root
 from .errors import ConfigError, DataNotFoundError
 from .runs import ENCODER_FILE, read_finished_run
@@ -178,18 +186,20 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     Splits already complete in the store are skipped unless ``config.overwrite``; a store
     made by another encoder is refused unless ``config.overwrite``.
     """
-    names = _dataset_names(config)
+    # Check every option and open every input before writing anything, so bad input leaves
+    # no store behind; options first, so the message names the option that is wrong.
+    check_size(config.size)
+    device = resolve_device(config.device)
     bad = [s for s in config.splits if s not in SPLITS]
     if bad:
         raise ConfigError(f"unknown split {', '.join(bad)}: choose from {', '.join(SPLITS)}")
-    # Open every input before writing anything, so bad input leaves no store behind.
+    names = _dataset_names(config)
     splits = [
         load_split(name, split, config.size, config.data_root, config.download)
         for name in names
         for split in config.splits
     ]
     encoder, identity = load_encoder(config)
-    device = resolve_device(config.device)
     path = Path(store)
     with StoreWriter(path, identity, config.overwrite) as writer:
         for data in splits:
