@@ -176,6 +176,7 @@ def pretrain(
         optimizer, lambda step: _lr_factor(step, total_steps, warmup)
     )
     model, optimizer = fabric.setup(model, optimizer)
+    model.mark_forward_method("training_step")  # through the strategy wrapper and autocast
     start_epoch = 0
     checkpoint = output / CHECKPOINT
     if load_checkpoint:
