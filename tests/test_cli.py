@@ -93,7 +93,7 @@ def test_pretrain_embed_evaluate(tmp_path, data_root):
         ),
         (["embed", "--store", "{tmp}/s.zarr", "--size", "32"], "unsupported image size 32"),
         (["embed", "--store", "{tmp}/s.zarr", "--data-root", "{tmp}"], "none of the 12 MedMNIST"),
-        (["pretrain", "--output", "{tmp}/r", "--method", "simsiam"], "unknown method 'simsiam'"),
+        (["pretrain", "--output", "{tmp}/r", "--method", "byol"], "unknown method 'byol'"),
         (["quickstart", "--output", "{tmp}/qs", "--size", "32"], "unsupported image size 32"),
         (["probe", "--store", "{tmp}/none.zarr"], "does not exist"),
         (["probe", "--store", "{store}", "--label-fraction", "1.5"], "outside (0, 1]"),

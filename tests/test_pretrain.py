@@ -39,7 +39,7 @@ def test_backbone_features(name):
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(UnknownNameError, match="valid methods: simclr"):
+    with pytest.raises(UnknownNameError, match="did you mean simclr.*valid methods: barlowtwins, simclr"):
         get_method("simclrr")
 
 
@@ -136,6 +136,8 @@ def test_bad_pretrain_input_writes_nothing(tmp_path, data_root):
         pretrain(_config(data_root, batch_size=5000), tmp_path / "big", progress=False)
     with pytest.raises(ConfigError, match="too small"):
         pretrain(_config(data_root, batch_size=1), tmp_path / "small", progress=False)
+    with pytest.raises(ConfigError, match="too small for vicreg: use at least 4"):
+        pretrain(_config(data_root, method="vicreg", batch_size=3), tmp_path / "v", progress=False)
     with pytest.raises(UnknownNameError, match="resnet18"):
         pretrain(_config(data_root, backbone="resnet19"), tmp_path / "bb", progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -146,3 +148,31 @@ def test_existing_and_mismatched_runs_are_refused(tiny_run, data_root):
         pretrain(_config(data_root), tiny_run, progress=False)
     with pytest.raises(RunError, match="backbone 'resnet18', not 'resnet50'"):
         pretrain(_config(data_root, backbone="resnet50"), tiny_run, resume=True, progress=False)
+
+
+SMALL_HEADS = {
+    "barlowtwins": {"hidden_dim": 1024, "projection_dim": 1024},
+    "vicreg": {"hidden_dim": 1024, "projection_dim": 1024},
+}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_loss_falls_on_a_fixed_batch(name, data_root):
+    from embedkit.data import load_split
+
+    images = load_split("demo-med", "train", 28, data_root).images
+    chosen = np.sort(np.random.default_rng(0).choice(len(images), 32, replace=False))
+    batch = torch.from_numpy(np.array(images[chosen])).permute(0, 3, 1, 2).float() / 255
+    torch.manual_seed(0)
+    cls = get_method(name)
+    method = cls(create_encoder("resnet18"), cls.Config(**SMALL_HEADS.get(name, {})), 28, 3)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(20):
+        loss = method.training_step(batch, None, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses

@@ -9,6 +9,6 @@ METHODS: Registry[type[PretrainMethod]] = Registry("method")
 register_method = METHODS.register
 get_method = METHODS.__getitem__
 
-from . import simclr  # noqa: E402,F401  (registers)
+from . import barlowtwins, simclr, simsiam, vicreg  # noqa: E402,F401  (each registers itself)
 
 __all__ = ["METHODS", "MethodConfig", "PretrainMethod", "get_method", "register_method"]

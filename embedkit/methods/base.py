@@ -50,5 +50,9 @@ class PretrainMethod(nn.Module):
         """Return the loss of one batch."""
         raise NotImplementedError
 
+    def two_views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Two augmented views of every image, stacked into one batch (first views first)."""
+        return torch.cat([self.augment(images, generator), self.augment(images, generator)])
+
     def after_step(self, progress: float) -> None:
         """Hook after each optimiser step; ``progress`` runs from 0 to 1 over training."""

@@ -54,6 +54,5 @@ class SimCLR(PretrainMethod):
         self.augment = BatchAugment(image_size, config.augment)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
-        views = torch.cat([self.augment(images, generator), self.augment(images, generator)])
-        z0, z1 = self.projection_head(self.encoder(views)).chunk(2)
+        z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)
         return self.criterion(z0, z1)

@@ -1,0 +1,58 @@
+"""SimSiam [0]: a predictor on one branch, stop-gradient on the other, negative cosine loss.
+
+[0] Chen & He 2021, Exploring Simple Siamese Representation Learning, arXiv:2011.10566.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+
+from ..augment import AugmentConfig, BatchAugment
+from ..backbones import Encoder
+from . import register_method
+from .base import MethodConfig, PretrainMethod
+
+
+@dataclass(frozen=True)
+class SimSiamConfig(MethodConfig):
+    """SimSiam's hyperparameters (the paper's 2048-d projector, 512-d predictor bottleneck).
+
+    Attributes:
+        projection_dim: projector output (and hidden) size.
+        predictor_hidden_dim: the predictor's bottleneck.
+        augment: view augmentation strengths.
+    """
+
+    projection_dim: int = 2048
+    predictor_hidden_dim: int = 512
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@register_method("simsiam")
+class SimSiam(PretrainMethod):
+    """SimSiam with lightly's projection and prediction heads and ``NegativeCosineSimilarity``."""
+
+    Config = SimSiamConfig
+    min_batch_size = 2  # batch-norm in the projector
+
+    def __init__(
+        self, encoder: Encoder, config: SimSiamConfig, image_size: int, n_classes: int
+    ) -> None:
+        super().__init__(encoder, config, image_size, n_classes)
+        self.projection_head = SimSiamProjectionHead(
+            encoder.feature_dim, config.projection_dim, config.projection_dim
+        )
+        self.prediction_head = SimSiamPredictionHead(
+            config.projection_dim, config.predictor_hidden_dim, config.projection_dim
+        )
+        self.criterion = NegativeCosineSimilarity()
+        self.augment = BatchAugment(image_size, config.augment)
+
+    def training_step(self, images, labels, generator) -> torch.Tensor:
+        z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)
+        p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
+        return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
