@@ -39,7 +39,9 @@ def test_backbone_features(name):
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(UnknownNameError, match="did you mean simclr.*valid methods: barlowtwins, simclr"):
+    with pytest.raises(
+        UnknownNameError, match="did you mean simclr.*valid methods: barlowtwins, mocov1"
+    ):
         get_method("simclrr")
 
 
@@ -104,10 +106,11 @@ def _config(data_root, **changes):
     return PretrainConfig(**{**base, **changes})
 
 
-def test_resume_continues_exactly(tmp_path, data_root, monkeypatch):
+@pytest.mark.parametrize("method", ["simclr", "mocov2"])  # mocov2: momentum encoder and queue
+def test_resume_continues_exactly(tmp_path, data_root, monkeypatch, method):
     import embedkit.pretrain as module
 
-    straight = pretrain(_config(data_root), tmp_path / "straight", progress=False)
+    straight = pretrain(_config(data_root, method=method), tmp_path / "straight", progress=False)
     real_mark = module.mark_progress
 
     def killed_after_first_checkpoint(output, epochs_done):
@@ -117,11 +120,13 @@ def test_resume_continues_exactly(tmp_path, data_root, monkeypatch):
 
     monkeypatch.setattr(module, "mark_progress", killed_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(_config(data_root), tmp_path / "resumed", progress=False)
+        pretrain(_config(data_root, method=method), tmp_path / "resumed", progress=False)
     monkeypatch.undo()
     assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "running"
     assert not (tmp_path / "resumed" / "encoder.safetensors").exists()
-    resumed = pretrain(_config(data_root), tmp_path / "resumed", resume=True, progress=False)
+    resumed = pretrain(
+        _config(data_root, method=method), tmp_path / "resumed", resume=True, progress=False
+    )
     a = load_file(straight / "encoder.safetensors")
     b = load_file(resumed / "encoder.safetensors")
     assert a.keys() == b.keys()
@@ -150,7 +155,10 @@ def test_existing_and_mismatched_runs_are_refused(tiny_run, data_root):
         pretrain(_config(data_root, backbone="resnet50"), tiny_run, resume=True, progress=False)
 
 
+QUEUE = 64  # two fixed batches: the queue holds real keys from the third step on
 SMALL_HEADS = {
+    "mocov1": {"queue_size": QUEUE},
+    "mocov2": {"queue_size": QUEUE},
     "barlowtwins": {"hidden_dim": 1024, "projection_dim": 1024},
     "vicreg": {"hidden_dim": 1024, "projection_dim": 1024},
 }
@@ -167,12 +175,41 @@ def test_loss_falls_on_a_fixed_batch(name, data_root):
     cls = get_method(name)
     method = cls(create_encoder("resnet18"), cls.Config(**SMALL_HEADS.get(name, {})), 28, 3)
     optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    # Fixed images and fixed views (the generator restarts each step): the objective is the
+    # same at every step, so the optimiser must lower it. With a queue, the loss first rises
+    # while real keys replace the random initial negatives: compare once the queue is full.
+    warm = QUEUE // 32 + 1 if "queue_size" in SMALL_HEADS.get(name, {}) else 0
     losses = []
-    for _ in range(20):
-        loss = method.training_step(batch, None, generator)
+    for _ in range(warm + 20):
+        loss = method.training_step(batch, None, torch.Generator().manual_seed(0))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        method.after_step(0.0)
         losses.append(loss.item())
-    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    assert np.mean(losses[-5:]) < np.mean(losses[warm : warm + 5]), losses
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in METHODS if hasattr(METHODS[n], "momentum_pairs"))
+)
+def test_momentum_parameters_follow_the_moving_average(name):
+    torch.manual_seed(0)
+    cls = get_method(name)
+    method = cls(create_encoder("resnet18"), cls.Config(), 28, n_classes=3)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
+    loss = method.training_step(_batch(), None, torch.Generator().manual_seed(0))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    before = [[p.clone() for p in momentum.parameters()] for _, momentum in method.momentum_pairs()]
+    method.after_step(0.5)
+    m = method.config.momentum
+    for (online, momentum), old in zip(method.momentum_pairs(), before, strict=True):
+        for p_online, p_momentum, p_old in zip(
+            online.parameters(), momentum.parameters(), old, strict=True
+        ):
+            torch.testing.assert_close(p_momentum, m * p_old + (1 - m) * p_online)
+            assert not p_momentum.requires_grad
+    moved = method.momentum_pairs()[0][1].backbone.conv1.weight
+    assert not torch.equal(moved, before[0][0])  # the average moved toward the online weights

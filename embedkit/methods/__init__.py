@@ -9,6 +9,13 @@ METHODS: Registry[type[PretrainMethod]] = Registry("method")
 register_method = METHODS.register
 get_method = METHODS.__getitem__
 
-from . import barlowtwins, simclr, simsiam, vicreg  # noqa: E402,F401  (each registers itself)
+from . import (  # noqa: E402,F401  (each registers itself)
+    barlowtwins,
+    mocov1,
+    mocov2,
+    simclr,
+    simsiam,
+    vicreg,
+)
 
 __all__ = ["METHODS", "MethodConfig", "PretrainMethod", "get_method", "register_method"]
