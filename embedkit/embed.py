@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .augment import to_float
 from .backbones import Encoder, create_encoder, state_sha256
 from .data import (
     SPLITS,
@@ -127,7 +128,7 @@ def encode(
     )
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start : start + batch_size]))
-        batch = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        batch = to_float(batch.to(device, non_blocking=True))
         with autocast:
             features = encoder(batch.contiguous(memory_format=torch.channels_last))
         yield start, features.float().cpu().numpy()

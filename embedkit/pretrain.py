@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .augment import to_float
 from .backbones import create_encoder, get_backbone
 from .data import check_size, dataset_classes, load_split
 from .errors import ConfigError, RunError
@@ -207,8 +208,8 @@ def pretrain(
                 start = time.perf_counter()
                 batch_idx = np.sort(order[step_in_epoch * config.batch_size :][: config.batch_size])
                 batch = torch.from_numpy(np.array(images[batch_idx]))
-                batch = batch.to(fabric.device, non_blocking=True).permute(0, 3, 1, 2)
-                batch = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+                batch = to_float(batch.to(fabric.device, non_blocking=True))
+                batch = batch.contiguous(memory_format=torch.channels_last)
                 loss = model.training_step(batch, labels[batch_idx].to(fabric.device), generator)
                 if not torch.isfinite(loss):
                     raise RunError(

@@ -51,12 +51,6 @@ def read_member(path: Path, key: str) -> np.ndarray:
     )
 
 
-def member_names(path: Path) -> list[str]:
-    """Array names in an npz file."""
-    with zipfile.ZipFile(path) as archive:
-        return [n.removesuffix(".npy") for n in archive.namelist()]
-
-
 def _cache_file() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "embedkit" / "md5.json"

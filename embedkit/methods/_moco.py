@@ -16,7 +16,6 @@ from lightly.loss import NTXentLoss
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import nn
 
-from ..augment import BatchAugment
 from ..backbones import Encoder
 from .base import PretrainMethod
 
@@ -39,7 +38,6 @@ class MomentumQueueMethod(PretrainMethod):
             memory_bank_size=(config.queue_size, config.projection_dim),
             gather_distributed=True,
         )
-        self.augment = BatchAugment(image_size, config.augment)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(online, momentum) module pairs that ``after_step`` averages."""

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
-from ..augment import AugmentConfig, BatchAugment
 from ..backbones import Encoder
 from . import register_method
 from .base import MethodConfig, PretrainMethod
@@ -25,13 +24,11 @@ class BarlowTwinsConfig(MethodConfig):
     Attributes:
         hidden_dim, projection_dim: projector sizes.
         lambda_param: weight of the off-diagonal (redundancy) term, 5e-3.
-        augment: view augmentation strengths.
     """
 
     hidden_dim: int = 8192
     projection_dim: int = 8192
     lambda_param: float = 5e-3
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @register_method("barlowtwins")
@@ -49,7 +46,6 @@ class BarlowTwins(PretrainMethod):
             encoder.feature_dim, config.hidden_dim, config.projection_dim
         )
         self.criterion = BarlowTwinsLoss(lambda_param=config.lambda_param, gather_distributed=True)
-        self.augment = BatchAugment(image_size, config.augment)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..augment import AugmentConfig, BatchAugment
 from ..backbones import Encoder
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Base of each method's hyperparameters (a frozen dataclass saved in the run config)."""
+    """Base of each method's hyperparameters (a frozen dataclass saved in the run config).
+
+    Attributes:
+        augment: view augmentation strengths (lightly's SimCLRTransform defaults).
+    """
+
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 class PretrainMethod(nn.Module):
@@ -43,6 +50,7 @@ class PretrainMethod(nn.Module):
         self.config = config
         self.image_size = image_size
         self.n_classes = n_classes
+        self.augment = BatchAugment(image_size, config.augment)
 
     def training_step(
         self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
-from ..augment import AugmentConfig, BatchAugment
 from ..backbones import Encoder
 from . import register_method
 from .base import MethodConfig, PretrainMethod
@@ -26,13 +25,11 @@ class SimCLRConfig(MethodConfig):
         temperature: NT-Xent temperature (0.2, the benchmark protocol's value).
         projection_dim: output size of the projection head.
         hidden_dim: hidden size of the head; 0 means the backbone's feature size.
-        augment: view augmentation strengths (lightly's SimCLRTransform defaults).
     """
 
     temperature: float = 0.2
     projection_dim: int = 128
     hidden_dim: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @register_method("simclr")
@@ -51,7 +48,6 @@ class SimCLR(PretrainMethod):
             encoder.feature_dim, hidden, config.projection_dim
         )
         self.criterion = NTXentLoss(temperature=config.temperature, gather_distributed=True)
-        self.augment = BatchAugment(image_size, config.augment)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)

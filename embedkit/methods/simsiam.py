@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 
-from ..augment import AugmentConfig, BatchAugment
 from ..backbones import Encoder
 from . import register_method
 from .base import MethodConfig, PretrainMethod
@@ -24,12 +23,10 @@ class SimSiamConfig(MethodConfig):
     Attributes:
         projection_dim: projector output (and hidden) size.
         predictor_hidden_dim: the predictor's bottleneck.
-        augment: view augmentation strengths.
     """
 
     projection_dim: int = 2048
     predictor_hidden_dim: int = 512
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @register_method("simsiam")
@@ -50,7 +47,6 @@ class SimSiam(PretrainMethod):
             config.projection_dim, config.predictor_hidden_dim, config.projection_dim
         )
         self.criterion = NegativeCosineSimilarity()
-        self.augment = BatchAugment(image_size, config.augment)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)

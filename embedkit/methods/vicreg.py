@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 
-from ..augment import AugmentConfig, BatchAugment
 from ..backbones import Encoder
 from . import register_method
 from .base import MethodConfig, PretrainMethod
@@ -25,7 +24,6 @@ class VICRegConfig(MethodConfig):
     Attributes:
         hidden_dim, projection_dim, num_layers: expander shape.
         invariance_weight, variance_weight, covariance_weight: the loss terms' weights.
-        augment: view augmentation strengths.
     """
 
     hidden_dim: int = 8192
@@ -34,7 +32,6 @@ class VICRegConfig(MethodConfig):
     invariance_weight: float = 25.0
     variance_weight: float = 25.0
     covariance_weight: float = 1.0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @register_method("vicreg")
@@ -57,7 +54,6 @@ class VICReg(PretrainMethod):
             nu_param=config.covariance_weight,
             gather_distributed=True,
         )
-        self.augment = BatchAugment(image_size, config.augment)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)
