@@ -81,5 +81,6 @@ def run_command(debug: bool, action):
         raise typer.Exit(2) from None
 
 
-def store_datasets(value: str) -> tuple[str, ...]:
+def dataset_option(value: str) -> tuple[str, ...]:
+    """A --dataset/--id/--ood value as names; "all" becomes () (every dataset in the store)."""
     return () if value.strip() == "all" else split_names(value)

@@ -9,7 +9,7 @@ import typer
 
 from embedkit.ood import SCORERS
 
-from .app import DebugOpt, DeviceOpt, StoresOpt, app, run_command, store_datasets
+from .app import DebugOpt, DeviceOpt, StoresOpt, app, dataset_option, run_command
 from .output import parse_params, show_table, split_floats, split_ints, split_names
 
 
@@ -47,7 +47,7 @@ def probe(
     def action():
         stores = open_stores(store)
         config = ProbeConfig(
-            datasets=store_datasets(dataset),
+            datasets=dataset_option(dataset),
             label_fractions=split_floats(label_fraction),
             seeds=split_ints(seeds),
             protocol=protocol,
@@ -88,7 +88,7 @@ def knn(
     def action():
         stores = open_stores(store)
         config = KNNConfig(
-            datasets=store_datasets(dataset),
+            datasets=dataset_option(dataset),
             k=k,
             temperature=temperature,
             weighting=weighting,
@@ -140,8 +140,8 @@ def ood(
     def action():
         stores = open_stores(store)
         config = OODConfig(
-            id_datasets=store_datasets(id_dataset),
-            ood_datasets=store_datasets(ood_dataset),
+            id_datasets=dataset_option(id_dataset),
+            ood_datasets=dataset_option(ood_dataset),
             scorers=split_names(scorer),
             scorer_params=parse_params(param or []),
             ood_splits=ood_splits,
@@ -190,7 +190,7 @@ def transfer(
         probe_config = ProbeConfig(
             label_fractions=split_floats(label_fraction), seeds=split_ints(seeds), device=device
         )
-        config = TransferConfig(datasets=store_datasets(dataset), probe=probe_config)
+        config = TransferConfig(datasets=dataset_option(dataset), probe=probe_config)
         table = run_transfer(stores, config)
         show_table(transfer_matrix(table, metric))
         print(f"wrote {write_table(table, out, config, stores)}")
