@@ -2,7 +2,8 @@
 
 The parameters follow lightly's ``SimCLRTransform`` (random resized crop with scale
 (0.08, 1), horizontal flip 0.5, colour jitter 0.8 of strength 0.8/0.8/0.8/0.2, random
-grayscale 0.2, Gaussian blur 0.5 with sigma in (0.1, 2) at 224 px), but nothing is done
+grayscale 0.2, Gaussian blur 0.5 with sigma in (0.1, 2) at 224 px; solarisation, off by
+default, for BYOL-style asymmetric views), but nothing is done
 per image in Python: crops and flips are one ``grid_sample`` with per-sample affine grids,
 jitter and blur are per-sample tensor arithmetic. Blur sigmas scale with image size, so a
 28 px image is blurred as its 224 px original would be.
@@ -22,6 +23,7 @@ class AugmentConfig:
     """Augmentation strengths; defaults are lightly's SimCLRTransform defaults."""
 
     min_scale: float = 0.08
+    max_scale: float = 1.0
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip_prob: float = 0.5
     jitter_prob: float = 0.8
@@ -32,6 +34,7 @@ class AugmentConfig:
     grayscale_prob: float = 0.2
     blur_prob: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.0
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
@@ -45,7 +48,7 @@ def _bernoulli(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
 def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, g) -> torch.Tensor:
     """Crop a random area (scale, aspect ratio) of each image, flip it, resize to ``size``."""
     n, device = x.shape[0], x.device
-    area = _uniform(n, cfg.min_scale, 1.0, g, device)
+    area = _uniform(n, cfg.min_scale, cfg.max_scale, g, device)
     log_ratio = _uniform(n, math.log(cfg.ratio[0]), math.log(cfg.ratio[1]), g, device)
     ratio = torch.exp(log_ratio)
     width = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the image side
@@ -109,6 +112,14 @@ def random_grayscale(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
     return torch.where(apply, _gray(x).expand_as(x), x)
 
 
+def random_solarize(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
+    """Invert the pixels above 0.5 of a random subset (BYOL's solarisation)."""
+    if cfg.solarize_prob == 0:
+        return x
+    apply = _bernoulli(x.shape[0], cfg.solarize_prob, g, x.device).view(-1, 1, 1, 1)
+    return torch.where(apply & (x >= 0.5), 1.0 - x, x)
+
+
 def gaussian_blur(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
     """Blur a random subset with per-sample sigma (separable, one grouped convolution)."""
     n, c, h, w = x.shape
@@ -147,7 +158,8 @@ class BatchAugment(torch.nn.Module):
         x = random_resized_crop(images, self.size, cfg, generator)
         x = color_jitter(x, cfg, generator)
         x = random_grayscale(x, cfg, generator)
-        return gaussian_blur(x, cfg, generator).clamp_(0.0, 1.0)  # rounding can step past 1
+        x = gaussian_blur(x, cfg, generator).clamp_(0.0, 1.0)  # rounding can step past 1
+        return random_solarize(x, cfg, generator)
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

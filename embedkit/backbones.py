@@ -4,12 +4,19 @@ An ``Encoder`` takes float images in [0, 1] of shape ``(B, C, H, W)`` with C = 1
 repeats grayscale to three channels, normalises with the backbone's ImageNet statistics
 and returns pooled features ``(B, D)``. Pretraining, extraction and the supervised baseline
 all go through it, so preprocessing cannot differ between stages.
+
+Vision transformers get a patch size that suits the resolution (4 px at 28, 8 at 64, 16 at
+128 and 224) and accept other input sizes by interpolating their position embeddings, which
+DINO's small local crops need. The ``_cifar`` ResNets replace the ImageNet stem (7x7 stride-2
+convolution and max-pool, which leave 1x1 maps at 28 px) by a 3x3 stride-1 convolution, as
+solo-learn does for small images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +24,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import WeightsUnavailableError
+from .errors import ConfigError, WeightsUnavailableError
 from .registry import Registry
 
 
@@ -30,25 +37,58 @@ class BackboneSpec:
         timm_name: the timm architecture.
         imagenet_tag: the timm pretrained tag that ``--init imagenet`` loads.
         description: one line for ``--help`` and the README.
+        vit: a vision transformer (patch size chosen per resolution).
+        small_stem: a ResNet with a 3x3 stride-1 stem and no max-pool.
     """
 
     name: str
     timm_name: str
     imagenet_tag: str
     description: str
+    vit: bool = False
+    small_stem: bool = False
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 for _spec in (
-    BackboneSpec("resnet18", "resnet18", "a1_in1k", "ResNet-18, 512-d features; CPU-friendly"),
-    BackboneSpec("resnet50", "resnet50", "a1_in1k", "ResNet-50, 2048-d features"),
+    BackboneSpec("resnet18", "resnet18", "a1_in1k", "ResNet-18, 512-d; CPU-friendly"),
+    BackboneSpec("resnet50", "resnet50", "a1_in1k", "ResNet-50, 2048-d"),
+    BackboneSpec(
+        "resnet18_cifar", "resnet18", "a1_in1k", "ResNet-18, 3x3 stride-1 stem", small_stem=True
+    ),
+    BackboneSpec(
+        "resnet50_cifar", "resnet50", "a1_in1k", "ResNet-50, 3x3 stride-1 stem", small_stem=True
+    ),
+    BackboneSpec(
+        "vit_tiny", "vit_tiny_patch16_224", "augreg_in21k_ft_in1k", "ViT-Tiny, 192-d", True
+    ),
+    BackboneSpec(
+        "vit_small", "vit_small_patch16_224", "augreg_in21k_ft_in1k", "ViT-Small, 384-d", True
+    ),
 ):
     BACKBONES[_spec.name] = _spec
 
-INITS = ("random", "imagenet")
-
-
 get_backbone = BACKBONES.__getitem__
+INITS = ("random", "imagenet", "timm:TAG", "PATH")
+VIT_PATCH_SIZES = {28: 4, 64: 8, 128: 16, 224: 16}
+
+
+def patch_size_for(name: str, image_size: int, patch_size: int = 0) -> int:
+    """The patch size of backbone ``name`` at ``image_size`` (1 for ResNets).
+
+    Raises:
+        ConfigError: ``patch_size`` does not divide the image side.
+    """
+    if not get_backbone(name).vit:
+        return 1
+    patch = patch_size or VIT_PATCH_SIZES.get(image_size, 16)
+    if image_size % patch:
+        raise ConfigError(
+            f"{image_size} px images do not split into {patch} px patches for {name}: "
+            f"use a patch size that divides {image_size} (default "
+            f"{VIT_PATCH_SIZES.get(image_size, 16)})"
+        )
+    return patch
 
 
 class Encoder(nn.Module):
@@ -57,12 +97,14 @@ class Encoder(nn.Module):
     Args:
         backbone: a timm model created with ``num_classes=0`` (pooled features).
         name: the registry name of the backbone.
+        patch_size: the ViT patch size (1 for ResNets); crops must be multiples of it.
     """
 
-    def __init__(self, backbone: nn.Module, name: str) -> None:
+    def __init__(self, backbone: nn.Module, name: str, patch_size: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
         self.name = name
+        self.patch_size = patch_size
         self.feature_dim: int = backbone.num_features
         cfg = backbone.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -81,38 +123,113 @@ class Encoder(nn.Module):
         return self.backbone((images - self.mean) / self.std)
 
 
-def create_encoder(name: str, init: str = "random") -> Encoder:
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _network_reachable(host: str = "huggingface.co") -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _timm_weights_file(tagged: str) -> str | None:
+    """The cached weights file of a timm ``arch.tag``, or None when it must be downloaded.
+
+    Raises:
+        WeightsUnavailableError: not cached and the hub cannot be reached.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        repo = timm.models.get_pretrained_cfg(tagged).hf_hub_id
+    except (RuntimeError, AttributeError, KeyError) as exc:
+        raise WeightsUnavailableError(f"timm has no pretrained weights '{tagged}'") from exc
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename, cache_dir=_hf_cache_dir())
+        if isinstance(found, str):
+            return found
+    if not _network_reachable():
+        raise WeightsUnavailableError(
+            f"weights {tagged} are missing: {repo}/model.safetensors is not in the Hugging "
+            f"Face cache ({_hf_cache_dir()}) and huggingface.co cannot be reached; run once with "
+            f"network access, copy that cache folder here, or pass --init PATH to a state dict"
+        )
+    return None
+
+
+def _create(spec: BackboneSpec, image_size: int, patch_size: int, tag: str | None) -> nn.Module:
+    kwargs: dict = {"num_classes": 0}
+    if spec.vit:
+        kwargs.update(img_size=image_size, patch_size=patch_size, dynamic_img_size=True)
+    if tag is None:
+        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    else:
+        tagged = f"{spec.timm_name}.{tag}"
+        weights_file = _timm_weights_file(tagged)
+        overlay = {"file": weights_file} if weights_file else None
+        try:
+            model = timm.create_model(
+                tagged, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+            )
+        except Exception as exc:  # hub errors differ by version: all mean "not available"
+            raise WeightsUnavailableError(
+                f"weights {tagged} could not be loaded ({type(exc).__name__}): run once with "
+                f"network access or pass --init PATH to a state dict of {spec.name}"
+            ) from exc
+    if spec.small_stem:
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def create_encoder(
+    name: str, init: str = "random", image_size: int = 224, patch_size: int = 0
+) -> Encoder:
     """Build an encoder from the registry.
 
     Args:
         name: a registered backbone.
-        init: ``random``, ``imagenet`` (timm's weights from the local cache, downloaded if a
-            network is reachable) or the path of a ``.safetensors`` or ``.pt`` state dict of
-            the backbone (an embedkit run's ``encoder.safetensors``, for instance).
+        init: ``random``; ``imagenet`` (timm's supervised weights of the registry entry);
+            ``timm:TAG`` for any timm pretrained tag of the architecture (``timm:dino`` for
+            the self-supervised DINO ViTs); or the path of a ``.safetensors`` / ``.pt`` state
+            dict of the backbone (an embedkit run's ``encoder.safetensors``, a lightly
+            checkpoint). timm weights come from the Hugging Face cache, downloaded if a
+            network is reachable.
+        image_size: input side in pixels (sets the ViT grid).
+        patch_size: ViT patch size; 0 picks one for ``image_size``.
+
+    Raises:
+        WeightsUnavailableError: weights missing or of another backbone.
+        ConfigError: a patch size that does not divide the image, ImageNet weights on a
+            small-stem ResNet.
     """
     spec = get_backbone(name)
-    if init == "random":
-        return Encoder(timm.create_model(spec.timm_name, pretrained=False, num_classes=0), name)
-    if init == "imagenet":
-        tagged = f"{spec.timm_name}.{spec.imagenet_tag}"
-        try:
-            model = timm.create_model(tagged, pretrained=True, num_classes=0)
-        except Exception as exc:  # hub errors differ by version: all mean "not available"
-            raise WeightsUnavailableError(
-                f"ImageNet weights {tagged} are not in the local cache and could not be "
-                f"downloaded ({type(exc).__name__}): run once with network access, or pass "
-                f"--init PATH to a saved state dict of {name}"
-            ) from exc
-        return Encoder(model, name)
+    patch = patch_size_for(name, image_size, patch_size)
+    tag = {"random": None, "imagenet": spec.imagenet_tag}.get(init)
+    if init.startswith("timm:"):
+        tag = init.removeprefix("timm:")
+    if tag is not None and spec.small_stem:
+        raise ConfigError(
+            f"{name} has a 3x3 stem that timm's {init} weights do not fit: use "
+            f"{spec.timm_name} for pretrained initialisation"
+        )
+    if init in ("random", "imagenet") or init.startswith("timm:"):
+        return Encoder(_create(spec, image_size, patch, tag), name, patch)
     path = Path(init).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"--init '{init}' is neither 'random', 'imagenet' nor an existing weights file"
+            f"--init '{init}' is neither 'random', 'imagenet', 'timm:TAG' nor an existing "
+            f"weights file"
         )
-    encoder = Encoder(timm.create_model(spec.timm_name, pretrained=False, num_classes=0), name)
+    encoder = Encoder(_create(spec, image_size, patch, None), name, patch)
     state = load_state_dict(path)
     state = {k.removeprefix("backbone."): v for k, v in state.items()}
-    missing, unexpected = encoder.backbone.load_state_dict(state, strict=False)
+    missing, _ = encoder.backbone.load_state_dict(state, strict=False)
     if missing:
         raise WeightsUnavailableError(
             f"{path} does not hold {name} weights ({len(missing)} tensors missing, e.g. "

@@ -49,7 +49,7 @@ class EmbedConfig:
         size: image size in pixels (the encoder sees images at this size).
         run: a pretraining run folder; when set, ``backbone`` and ``init`` come from it.
         backbone: a registered backbone (without ``run``).
-        init: ``random``, ``imagenet`` or a weights file (without ``run``).
+        init: ``random``, ``imagenet``, ``timm:TAG`` or a weights file (without ``run``).
         seed: seeds a random initialisation.
         batch_size: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -80,8 +80,9 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
     """Build the encoder and its identity record for the store's provenance."""
     if config.run is None:
         torch.manual_seed(config.seed)
-        encoder = create_encoder(config.backbone, config.init)
-        init = config.init if config.init in ("random", "imagenet") else "file"
+        encoder = create_encoder(config.backbone, config.init, config.size)
+        named = config.init in ("random", "imagenet") or config.init.startswith("timm:")
+        init = config.init if named else "file"
         identity = {
             "name": f"{init}/{config.backbone}",
             "kind": "backbone",
@@ -94,7 +95,12 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
     else:
         run = Path(config.run)
         pretrain = read_finished_run(run)["pretrain"]
-        encoder = create_encoder(pretrain["backbone"], str(run / ENCODER_FILE))
+        encoder = create_encoder(
+            pretrain["backbone"],
+            str(run / ENCODER_FILE),
+            image_size=pretrain["size"],
+            patch_size=pretrain.get("patch_size", 0),
+        )
         identity = {
             "name": f"{pretrain['method']}/{pretrain['backbone']}",
             "kind": "run",
@@ -108,6 +114,7 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
         }
     identity["weights_sha256"] = state_sha256(encoder.backbone)
     identity["normalisation"] = encoder.normalisation
+    identity["patch_size"] = encoder.patch_size
     return encoder, identity
 
 

@@ -4,11 +4,16 @@ A run folder holds:
 
 - ``config.json``: the ``PretrainConfig``, the method's full hyperparameters and the data files.
 - ``run.json``: status (``running`` or ``complete``), epochs done, encoder checksum, versions.
-- ``metrics.jsonl``: one line per optimiser step (epoch, step, loss, lr, images per second).
-- ``checkpoints/last.ckpt``: model, optimiser, scheduler and position, for ``resume``.
+- ``metrics.jsonl``: one line per optimiser step (epoch, step, loss, lr, images per second),
+  and the online kNN monitor's validation accuracy when it is on.
+- ``checkpoints/last.ckpt``: model (with EMA teacher and queue), optimiser, scheduler and
+  position, for ``resume``.
 - ``encoder.safetensors``: the trained backbone, written last; ``embedkit embed --run`` reads it.
 
-Every random draw is seeded from ``(seed, epoch)``, so a resumed run continues exactly.
+Every random draw is seeded from ``(seed, epoch, rank)``, so a resumed run continues exactly.
+Data parallelism is Lightning Fabric's DDP (``devices`` x ``num_nodes`` processes; under
+torchrun or SLURM Fabric reads the ranks from the environment): ``batch_size`` is the global
+batch, each rank trains on its slice and the losses gather negatives across ranks.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +33,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import to_float
-from .backbones import create_encoder, get_backbone
-from .data import check_size, dataset_classes, load_split
-from .errors import ConfigError, RunError
+from .backbones import create_encoder, patch_size_for
+from .data import dataset_classes, dataset_task, load_split
+from .errors import RunError
 from .methods import get_method
 from .methods.base import PretrainMethod
+from .monitor import KNNMonitor
+from .pretrain_setup import check_config, make_fabric, make_scheduler
 from .runs import (
     CHECKPOINT,
     export_encoder,
@@ -44,6 +51,7 @@ from .runs import (
 from .utils import resolve_device, stamp, to_jsonable
 
 log = logging.getLogger(__name__)
+LOG_EVERY = 20  # optimiser steps between metric lines' flush (and loss checks)
 
 
 @dataclass(frozen=True)
@@ -55,17 +63,24 @@ class PretrainConfig:
         size: image size in pixels.
         method: a registered method (``embedkit.methods.METHODS``).
         backbone: a registered backbone (``embedkit.backbones.BACKBONES``).
-        init: ``random``, ``imagenet`` or a weights file.
+        init: ``random``, ``imagenet``, ``timm:TAG`` or a weights file.
+        patch_size: ViT patch size; 0 picks one for ``size``.
         epochs: passes over the training split.
-        batch_size: images per optimiser step (the last partial batch is dropped).
+        batch_size: global images per forward pass (the last partial batch is dropped).
+        accumulate: forward passes per optimiser step (gradient accumulation).
         lr: peak AdamW learning rate, reached after warmup.
         weight_decay: AdamW weight decay.
         warmup_fraction: share of the steps with linear warmup before the cosine decay.
         seed: seeds initialisation, sampling order and augmentations.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        devices: processes per node (GPUs, or CPU processes on the gloo backend).
+        num_nodes: machines.
+        precision: a Fabric precision; ``auto`` is ``bf16-mixed`` on GPU, ``32-true`` on CPU.
+        compile: ``torch.compile`` the backbone.
         data_root: where the npz files are (see ``embedkit.data.data_root``).
         download: fetch missing MedMNIST files with medmnist's downloader.
         checkpoint_every: save a checkpoint every this many epochs (and at the end).
+        knn_every: run the online kNN monitor on the val split every this many epochs (0: off).
         method_params: overrides of the method's ``Config`` fields.
     """
 
@@ -74,20 +89,29 @@ class PretrainConfig:
     method: str = "simclr"
     backbone: str = "resnet18"
     init: str = "random"
+    patch_size: int = 0
     epochs: int = 100
     batch_size: int = 256
+    accumulate: int = 1
     lr: float = 3e-4
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    precision: str = "auto"
+    compile: bool = False
     data_root: str | None = None
     download: bool = False
     checkpoint_every: int = 1
+    knn_every: int = 0
     method_params: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _method_config(method_cls: type[PretrainMethod], params: Mapping[str, Any]):
+    from .errors import ConfigError
+
     names = {f.name for f in dataclasses.fields(method_cls.Config)}
     unknown = sorted(set(params) - names)
     if unknown:
@@ -96,30 +120,6 @@ def _method_config(method_cls: type[PretrainMethod], params: Mapping[str, Any]):
             f"valid ones are {', '.join(sorted(names))}"
         )
     return method_cls.Config(**params)
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _check(config: PretrainConfig, n_train: int, min_batch: int) -> None:
-    check_size(config.size)
-    get_backbone(config.backbone)
-    if config.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, not {config.epochs}")
-    if config.batch_size < min_batch:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is too small for {config.method}: "
-            f"use at least {min_batch}"
-        )
-    if config.batch_size > n_train:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} exceeds the {n_train} training "
-            f"images of {config.dataset}: use a smaller batch"
-        )
 
 
 def pretrain(
@@ -137,8 +137,6 @@ def pretrain(
     Returns:
         The run folder.
     """
-    from lightning_fabric import Fabric
-
     output = Path(output)
     state = run_state(output)
     if resume and state.get("status") == "complete" and state.get("epochs_done") == config.epochs:
@@ -147,36 +145,42 @@ def pretrain(
     method_cls = get_method(config.method)
     method_config = _method_config(method_cls, config.method_params)
     train = load_split(config.dataset, "train", config.size, config.data_root, config.download)
-    _check(config, len(train), method_cls.min_batch_size)
+    check_config(config, len(train), method_cls.min_batch_size)
+    patch_size = patch_size_for(config.backbone, config.size, config.patch_size)
+    val = None
+    if config.knn_every:
+        val = load_split(config.dataset, "val", config.size, config.data_root, config.download)
     device = resolve_device(config.device)
+    fabric = make_fabric(config, device)
     torch.manual_seed(config.seed)
-    encoder = create_encoder(config.backbone, config.init)
-    n_classes = len(dataset_classes(config.dataset))
-    model = method_cls(encoder, method_config, config.size, n_classes)
+    encoder = create_encoder(config.backbone, config.init, config.size, patch_size)
+    classes = dataset_classes(config.dataset)
+    method = method_cls(encoder, method_config, config.size, len(classes))
     config_json = {
-        "pretrain": config,
+        "pretrain": {**to_jsonable(config), "patch_size": patch_size},
         "method_config": method_config,
         "data_files": train.files,
         "n_train": len(train),
+        "world_size": fabric.world_size,
         **stamp(),
     }
-    load_checkpoint = prepare_run(output, to_jsonable(config_json), resume)
+    load_checkpoint = False
+    if fabric.is_global_zero:  # before launching, so a refusal stops every rank
+        load_checkpoint = prepare_run(output, to_jsonable(config_json), resume)
+    fabric.launch()
+    load_checkpoint = fabric.broadcast(load_checkpoint, src=0)
 
-    fabric = Fabric(
-        accelerator=device.type,
-        devices=[device.index or 0] if device.type == "cuda" else 1,
-        precision="bf16-mixed" if device.type == "cuda" else "32-true",
-    )
+    if fabric.device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    if config.compile:
+        encoder.backbone.compile()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        method.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    steps_per_epoch = len(train) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
-    warmup = int(config.warmup_fraction * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, total_steps, warmup)
-    )
-    model, optimizer = fabric.setup(model, optimizer)
+    updates_per_epoch = len(train) // config.batch_size // config.accumulate
+    total_updates = updates_per_epoch * config.epochs
+    scheduler = make_scheduler(optimizer, total_updates, config.warmup_fraction)
+    model, optimizer = fabric.setup(method, optimizer)
     model.mark_forward_method("training_step")  # through the strategy wrapper and autocast
     start_epoch = 0
     checkpoint = output / CHECKPOINT
@@ -185,55 +189,28 @@ def pretrain(
         rest = fabric.load(checkpoint, state, weights_only=True)
         scheduler.load_state_dict(rest["scheduler"])
         start_epoch = int(rest["epoch"])
-        truncate_metrics(output / "metrics.jsonl", start_epoch * steps_per_epoch)
+        if fabric.is_global_zero:
+            truncate_metrics(output / "metrics.jsonl", start_epoch * updates_per_epoch)
         log.info("resuming %s after epoch %d", output, start_epoch)
-    mark_progress(output, start_epoch)
+    if fabric.is_global_zero:
+        mark_progress(output, start_epoch)
+    monitor = None
+    if val is not None:
+        monitor = KNNMonitor(train, val, dataset_task(config.dataset), len(classes))
 
-    images, labels = train.images, torch.from_numpy(train.labels)
-    with open(output / "metrics.jsonl", "a") as metrics:
+    loop = _Loop(config, fabric, model, method, optimizer, scheduler, train, updates_per_epoch)
+    metrics_file = output / "metrics.jsonl"
+    with open(metrics_file, "a") if fabric.is_global_zero else nullcontext() as metrics:
         for epoch in range(start_epoch, config.epochs):
-            model.train()
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(train))
-            generator = torch.Generator(device=fabric.device).manual_seed(
-                config.seed * 1_000_003 + epoch
-            )
-            bar = tqdm(
-                range(steps_per_epoch),
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=None if progress else True,
-                leave=False,
-                unit="step",
-            )
-            for step_in_epoch in bar:
-                start = time.perf_counter()
-                batch_idx = np.sort(order[step_in_epoch * config.batch_size :][: config.batch_size])
-                batch = torch.from_numpy(np.array(images[batch_idx]))
-                batch = to_float(batch.to(fabric.device, non_blocking=True))
-                batch = batch.contiguous(memory_format=torch.channels_last)
-                loss = model.training_step(batch, labels[batch_idx].to(fabric.device), generator)
-                if not torch.isfinite(loss):
-                    raise RunError(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}: "
-                        f"lower --lr or raise --batch-size"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                global_step = epoch * steps_per_epoch + step_in_epoch
-                model.after_step((global_step + 1) / total_steps)
-                rate = len(batch_idx) / (time.perf_counter() - start)
-                record = {
-                    "epoch": epoch,
-                    "step": global_step,
-                    "loss": loss.item(),
-                    "lr": scheduler.get_last_lr()[0],
-                    "images_per_s": rate,
-                }
-                metrics.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{rate:.0f}")
-            metrics.flush()
+            loop.run_epoch(epoch, metrics, progress)
             done = epoch + 1
+            if monitor and (done % config.knn_every == 0 or done == config.epochs):
+                if fabric.is_global_zero:
+                    record = {"epoch": epoch, "step": done * updates_per_epoch - 1}
+                    record.update(monitor(encoder, fabric.device))
+                    metrics.write(json.dumps(record) + "\n")
+                    log.info("epoch %d kNN val accuracy %.4f", done, record["knn_accuracy"])
+                fabric.barrier()
             if done % config.checkpoint_every == 0 or done == config.epochs:
                 state = {
                     "model": model,
@@ -242,8 +219,80 @@ def pretrain(
                     "epoch": done,
                 }
                 fabric.save(checkpoint, state)
-                mark_progress(output, done)
-            log.info("epoch %d/%d loss %.4f", done, config.epochs, record["loss"])
+                if fabric.is_global_zero:
+                    metrics.flush()
+                    mark_progress(output, done)
     if fabric.is_global_zero:
         export_encoder(encoder, output, config.epochs)
+    fabric.barrier()
     return output
+
+
+class _Loop:
+    """One epoch of optimiser steps: sampling, accumulation, hooks and metric lines."""
+
+    def __init__(self, config, fabric, model, method, optimizer, scheduler, train, updates):
+        self.config, self.fabric, self.model, self.method = config, fabric, model, method
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.images, self.labels = train.images, torch.from_numpy(train.labels)
+        self.n_train, self.updates = len(train), updates
+        self.local_batch = config.batch_size // fabric.world_size
+
+    def _batch(self, order: np.ndarray, pass_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = pass_index * self.config.batch_size + self.fabric.global_rank * self.local_batch
+        rows = np.sort(order[start : start + self.local_batch])
+        batch = torch.from_numpy(np.array(self.images[rows])).to(self.fabric.device)
+        batch = to_float(batch).contiguous(memory_format=torch.channels_last)
+        return batch, self.labels[rows].to(self.fabric.device)
+
+    def run_epoch(self, epoch: int, metrics, progress: bool) -> None:
+        config, fabric, method = self.config, self.fabric, self.method
+        self.model.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(self.n_train)
+        generator = torch.Generator(device=fabric.device).manual_seed(
+            (config.seed * 1_000_003 + epoch) * 4099 + fabric.global_rank
+        )
+        bar = tqdm(
+            range(self.updates),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=None if progress and fabric.is_global_zero else True,
+            leave=False,
+            unit="step",
+        )
+        pending, window_start = [], time.perf_counter()
+        for update in bar:
+            global_step = epoch * self.updates + update
+            method.progress = global_step / (self.updates * config.epochs)
+            method.epoch = epoch
+            loss_sum = torch.zeros((), device=fabric.device)
+            for micro in range(config.accumulate):
+                images, labels = self._batch(order, update * config.accumulate + micro)
+                skip_sync = fabric.world_size > 1 and micro < config.accumulate - 1
+                with fabric.no_backward_sync(self.model, enabled=skip_sync):
+                    loss = self.model.training_step(images, labels, generator)
+                    fabric.backward(loss / config.accumulate)
+                loss_sum += loss.detach() / config.accumulate
+            method.before_optimizer_step()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            method.after_step((global_step + 1) / (self.updates * config.epochs))
+            pending.append((global_step, loss_sum, self.scheduler.get_last_lr()[0]))
+            if len(pending) == LOG_EVERY or update == self.updates - 1:
+                rate = len(pending) * config.batch_size * config.accumulate
+                rate /= time.perf_counter() - window_start
+                self._flush(pending, epoch, rate, metrics, bar)
+                pending, window_start = [], time.perf_counter()
+
+    def _flush(self, pending, epoch: int, rate: float, metrics, bar) -> None:
+        losses = self.fabric.all_reduce(torch.stack([p[1] for p in pending]), reduce_op="mean")
+        losses = losses.float().cpu().tolist()
+        for (step, _, lr), loss in zip(pending, losses, strict=True):
+            if not np.isfinite(loss):
+                raise RunError(
+                    f"the loss became {loss} at epoch {epoch + 1}: lower --lr or raise --batch-size"
+                )
+            if metrics is not None:
+                record = {"epoch": epoch, "step": step, "loss": loss, "lr": lr}
+                metrics.write(json.dumps({**record, "images_per_s": rate}) + "\n")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{rate:.0f}")

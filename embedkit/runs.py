@@ -16,7 +16,7 @@ from .utils import stamp, write_json
 
 ENCODER_FILE = "encoder.safetensors"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-RESUME_KEYS = ("method", "backbone", "dataset", "size")
+RESUME_KEYS = ("method", "backbone", "dataset", "size", "patch_size")
 
 
 def run_state(run: Path) -> dict[str, Any]:
@@ -42,10 +42,10 @@ def prepare_run(output: Path, config_json: dict[str, Any], resume: bool) -> bool
             raise RunError(f"cannot resume {output}: it is not a pretraining run folder")
         saved = json.loads((output / "config.json").read_text())["pretrain"]
         for key in RESUME_KEYS:
-            if saved[key] != config_json["pretrain"][key]:
+            if saved.get(key) != config_json["pretrain"][key]:
                 raise RunError(
                     f"cannot resume {output}: it was trained with {key} "
-                    f"'{saved[key]}', not '{config_json['pretrain'][key]}'"
+                    f"'{saved.get(key)}', not '{config_json['pretrain'][key]}'"
                 )
     (output / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
     if not has_checkpoint:

@@ -16,23 +16,42 @@ def _batch(n=16, channels=1, size=28, seed=0):
     return torch.rand(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+def _stem(encoder):
+    backbone = encoder.backbone
+    return (
+        backbone.patch_embed.proj.weight
+        if hasattr(backbone, "patch_embed")
+        else backbone.conv1.weight
+    )
+
+
+SMALL = {
+    "dino": {"output_dim": 1024, "hidden_dim": 512},
+    "mocov3": {"hidden_dim": 1024},
+    "barlowtwins": {"hidden_dim": 1024, "projection_dim": 1024},
+    "vicreg": {"hidden_dim": 1024, "projection_dim": 1024},
+}
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "vit_tiny"])
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_method_loss_is_finite_and_reaches_the_backbone(name):
+def test_method_loss_is_finite_and_reaches_the_backbone(name, backbone):
     torch.manual_seed(0)
     cls = get_method(name)
-    method = cls(create_encoder("resnet18"), cls.Config(), 28, n_classes=3)
+    encoder = create_encoder(backbone, image_size=28)
+    method = cls(encoder, cls.Config(**SMALL.get(name, {})), 28, n_classes=3)
     loss = method.training_step(
         _batch(), torch.zeros(16, 1, dtype=torch.long), torch.Generator().manual_seed(0)
     )
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
-    stem = method.encoder.backbone.conv1.weight.grad
+    stem = _stem(method.encoder).grad
     assert stem is not None and stem.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbone_features(name):
-    encoder = create_encoder(name).eval()
+    encoder = create_encoder(name, image_size=28).eval()
     with torch.no_grad():
         gray, rgb = encoder(_batch(2, 1)), encoder(_batch(2, 3))
     assert gray.shape == rgb.shape == (2, encoder.feature_dim)
@@ -40,7 +59,7 @@ def test_backbone_features(name):
 
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(
-        UnknownNameError, match="did you mean simclr.*valid methods: barlowtwins, mocov1"
+        UnknownNameError, match="did you mean simclr.*valid methods: barlowtwins, dino, mocov1"
     ):
         get_method("simclrr")
 
@@ -157,10 +176,9 @@ def test_existing_and_mismatched_runs_are_refused(tiny_run, data_root):
 
 QUEUE = 64  # two fixed batches: the queue holds real keys from the third step on
 SMALL_HEADS = {
+    **SMALL,
     "mocov1": {"queue_size": QUEUE},
     "mocov2": {"queue_size": QUEUE},
-    "barlowtwins": {"hidden_dim": 1024, "projection_dim": 1024},
-    "vicreg": {"hidden_dim": 1024, "projection_dim": 1024},
 }
 
 
@@ -168,9 +186,10 @@ SMALL_HEADS = {
 def test_loss_falls_on_a_fixed_batch(name, data_root):
     from embedkit.data import load_split
 
-    images = load_split("demo-med", "train", 28, data_root).images
-    chosen = np.sort(np.random.default_rng(0).choice(len(images), 32, replace=False))
-    batch = torch.from_numpy(np.array(images[chosen])).permute(0, 3, 1, 2).float() / 255
+    train = load_split("demo-med", "train", 28, data_root)
+    chosen = np.sort(np.random.default_rng(0).choice(len(train), 32, replace=False))
+    batch = torch.from_numpy(np.array(train.images[chosen])).permute(0, 3, 1, 2).float() / 255
+    labels = torch.from_numpy(train.labels[chosen])
     torch.manual_seed(0)
     cls = get_method(name)
     method = cls(create_encoder("resnet18"), cls.Config(**SMALL_HEADS.get(name, {})), 28, 3)
@@ -181,7 +200,7 @@ def test_loss_falls_on_a_fixed_batch(name, data_root):
     warm = QUEUE // 32 + 1 if "queue_size" in SMALL_HEADS.get(name, {}) else 0
     losses = []
     for _ in range(warm + 20):
-        loss = method.training_step(batch, None, torch.Generator().manual_seed(0))
+        loss = method.training_step(batch, labels, torch.Generator().manual_seed(0))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -196,7 +215,7 @@ def test_loss_falls_on_a_fixed_batch(name, data_root):
 def test_momentum_parameters_follow_the_moving_average(name):
     torch.manual_seed(0)
     cls = get_method(name)
-    method = cls(create_encoder("resnet18"), cls.Config(), 28, n_classes=3)
+    method = cls(create_encoder("resnet18"), cls.Config(**SMALL.get(name, {})), 28, n_classes=3)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.5)
     loss = method.training_step(_batch(), None, torch.Generator().manual_seed(0))
     optimizer.zero_grad()
@@ -204,7 +223,12 @@ def test_momentum_parameters_follow_the_moving_average(name):
     optimizer.step()
     before = [[p.clone() for p in momentum.parameters()] for _, momentum in method.momentum_pairs()]
     method.after_step(0.5)
-    m = method.config.momentum
+    m = method.momentum_at(0.5)
+    start, end = (
+        method.config.momentum,
+        getattr(method.config, "momentum_end", method.config.momentum),
+    )
+    assert m == pytest.approx((start + end) / 2)  # half-way along the cosine schedule
     for (online, momentum), old in zip(method.momentum_pairs(), before, strict=True):
         for p_online, p_momentum, p_old in zip(
             online.parameters(), momentum.parameters(), old, strict=True

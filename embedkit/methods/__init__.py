@@ -11,10 +11,13 @@ get_method = METHODS.__getitem__
 
 from . import (  # noqa: E402,F401  (each registers itself)
     barlowtwins,
+    dino,
     mocov1,
     mocov2,
+    mocov3,
     simclr,
     simsiam,
+    supervised,
     vicreg,
 )
 

@@ -28,8 +28,9 @@ class PretrainMethod(nn.Module):
 
     Subclasses set ``name`` and ``Config`` and implement ``training_step``. The loop calls
     ``training_step`` on float images in [0, 1] of shape ``(B, C, H, W)`` (labels are given
-    for the supervised baseline) and ``after_step`` after each optimiser step (for momentum
-    encoders and schedules).
+    for the supervised baseline), ``before_optimizer_step`` after the backward pass and
+    ``after_step`` after each optimiser step (for momentum encoders). Before each step it sets
+    ``progress`` (0 to 1 over training) and ``epoch``, for schedules inside the loss.
 
     Args:
         encoder: the backbone being trained; exported at the end of the run.
@@ -51,6 +52,8 @@ class PretrainMethod(nn.Module):
         self.image_size = image_size
         self.n_classes = n_classes
         self.augment = BatchAugment(image_size, config.augment)
+        self.progress = 0.0
+        self.epoch = 0
 
     def training_step(
         self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
@@ -61,6 +64,9 @@ class PretrainMethod(nn.Module):
     def two_views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Two augmented views of every image, stacked into one batch (first views first)."""
         return torch.cat([self.augment(images, generator), self.augment(images, generator)])
+
+    def before_optimizer_step(self) -> None:
+        """Hook between the backward pass and the optimiser step (to drop gradients)."""
 
     def after_step(self, progress: float) -> None:
         """Hook after each optimiser step; ``progress`` runs from 0 to 1 over training."""

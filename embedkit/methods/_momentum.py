@@ -1,0 +1,71 @@
+"""What momentum-encoder methods share (not a method itself): MoCo v1/v2/v3 and DINO.
+
+The online branch is the encoder and its projection head; the momentum (key, teacher)
+branch is their exponential moving average, updated after every optimiser step with a
+momentum that rises from ``config.momentum`` to ``config.momentum_end`` on a cosine
+schedule over training (constant when the two are equal, as in MoCo v1/v2).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from torch import nn
+
+from .base import PretrainMethod
+
+
+class MomentumMethod(PretrainMethod):
+    """Base of methods with a moving-average copy of ``encoder`` and ``projection_head``.
+
+    Subclasses build ``self.projection_head`` and then call ``init_momentum_branch()``.
+    """
+
+    encoder_momentum: nn.Module
+    projection_head_momentum: nn.Module
+
+    def init_momentum_branch(self, make_head: Callable[[], nn.Module] | None = None) -> None:
+        """Copy the online encoder and head into frozen momentum modules.
+
+        Args:
+            make_head: builds a fresh head to load the online head's weights into, for heads
+                that ``copy.deepcopy`` cannot copy (weight-normalised layers).
+        """
+        self.encoder_momentum = copy.deepcopy(self.encoder)
+        if make_head is None:
+            self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        else:
+            self.projection_head_momentum = make_head()
+            self.projection_head_momentum.load_state_dict(self.projection_head.state_dict())
+        deactivate_requires_grad(self.encoder_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum) module pairs that ``after_step`` averages."""
+        return [
+            (self.encoder, self.encoder_momentum),
+            (self.projection_head, self.projection_head_momentum),
+        ]
+
+    def momentum_at(self, progress: float) -> float:
+        """The averaging momentum once ``progress`` (0 to 1) of training is done."""
+        start = self.config.momentum
+        end = getattr(self.config, "momentum_end", start)
+        return end - (end - start) * (math.cos(math.pi * min(1.0, progress)) + 1) / 2
+
+    @torch.no_grad()
+    def momentum_forward(self, views: torch.Tensor) -> torch.Tensor:
+        """The momentum branch's output (in the online branch's train/eval mode)."""
+        self.encoder_momentum.train(self.training)
+        self.projection_head_momentum.train(self.training)
+        return self.projection_head_momentum(self.encoder_momentum(views)).detach()
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        momentum = self.momentum_at(progress)
+        for online, average in self.momentum_pairs():
+            update_momentum(online, average, m=momentum)

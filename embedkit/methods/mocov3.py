@@ -1,0 +1,97 @@
+"""MoCo v3 [0]: a momentum encoder, a prediction head and a symmetric contrastive loss.
+
+Each view's prediction is contrasted with the other view's momentum key; the negatives are
+the other keys of the (globally gathered) batch, with no queue. lightly has no MoCo v3
+class: this one is composed from its ``MoCoProjectionHead`` (3 layers with batch norm, as
+the paper), a 2-layer ``ProjectionHead`` predictor, ``update_momentum`` and ``dist.gather``.
+
+[0] Chen, Xie and He 2021, An Empirical Study of Training Self-Supervised Vision
+    Transformers, arXiv:2104.02057.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from lightly.models.modules import MoCoProjectionHead
+from lightly.models.modules.heads import ProjectionHead
+from lightly.utils import dist
+from torch import nn
+
+from ..augment import AugmentConfig, BatchAugment
+from ..backbones import Encoder
+from . import register_method
+from ._momentum import MomentumMethod
+from .base import MethodConfig
+
+_BYOL = dict(min_scale=0.08, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+
+
+@dataclass(frozen=True)
+class MoCoV3Config(MethodConfig):
+    """MoCo v3's hyperparameters.
+
+    Attributes:
+        temperature: 0.2 (the benchmark protocol; the paper's ViT value).
+        projection_dim: output of the projection and prediction heads (256).
+        hidden_dim: hidden size of both heads (4096).
+        momentum: starting momentum of the key encoder (0.99) ...
+        momentum_end: ... raised to 1 on a cosine schedule.
+        augment: first view: BYOL's augmentation with blur always on.
+        augment_second: second view: blur 0.1 and solarisation 0.2.
+    """
+
+    temperature: float = 0.2
+    projection_dim: int = 256
+    hidden_dim: int = 4096
+    momentum: float = 0.99
+    momentum_end: float = 1.0
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(**_BYOL, blur_prob=1.0))
+    augment_second: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(**_BYOL, blur_prob=0.1, solarize_prob=0.2)
+    )
+
+
+def contrastive_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of each query against its key, with all gathered keys as candidates.
+
+    Scaled by ``2 * temperature`` as in the paper's reference code.
+    """
+    query, key = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    keys = torch.cat(dist.gather(key)) if dist.world_size() > 1 else key
+    logits = query @ keys.T / temperature
+    targets = torch.arange(len(query), device=query.device) + dist.rank() * len(query)
+    return F.cross_entropy(logits, targets) * 2 * temperature
+
+
+@register_method("mocov3")
+class MoCoV3(MomentumMethod):
+    """MoCo v3 (see module docstring)."""
+
+    Config = MoCoV3Config
+    min_batch_size = 2  # batch-norm heads and at least one negative
+
+    def __init__(
+        self, encoder: Encoder, config: MoCoV3Config, image_size: int, n_classes: int
+    ) -> None:
+        super().__init__(encoder, config, image_size, n_classes)
+        hidden, out = config.hidden_dim, config.projection_dim
+        self.projection_head = MoCoProjectionHead(
+            encoder.feature_dim, hidden, out, num_layers=3, batch_norm=True
+        )
+        self.prediction_head = ProjectionHead(
+            [(out, hidden, nn.BatchNorm1d(hidden), nn.ReLU()), (hidden, out, None, None)]
+        )
+        self.init_momentum_branch()
+        self.augment_second = BatchAugment(image_size, config.augment_second)
+
+    def training_step(self, images, labels, generator) -> torch.Tensor:
+        views = torch.cat([self.augment(images, generator), self.augment_second(images, generator)])
+        predictions = self.prediction_head(self.projection_head(self.encoder(views)))
+        keys = self.momentum_forward(views)
+        p0, p1 = predictions.chunk(2)
+        k0, k1 = keys.chunk(2)
+        temperature = self.config.temperature
+        return contrastive_loss(p0, k1, temperature) + contrastive_loss(p1, k0, temperature)

@@ -1,0 +1,76 @@
+"""Checks and engine pieces of ``embedkit.pretrain``: option checks, Fabric, LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .backbones import get_backbone
+from .data import check_size
+from .errors import ConfigError
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+
+
+def check_config(config, n_train: int, min_batch: int) -> None:
+    """Refuse options that cannot work, before anything is written."""
+    check_size(config.size)
+    get_backbone(config.backbone)
+    for name in ("epochs", "accumulate", "devices", "num_nodes", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.knn_every < 0:
+        raise ConfigError("--knn-every must be 0 (off) or positive")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{config.precision}': use {', '.join(PRECISIONS)}")
+    world = config.devices * config.num_nodes
+    if config.batch_size % world:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} does not split over {world} processes: "
+            f"use a multiple of {world}"
+        )
+    if config.batch_size // world < min_batch:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is too small for {config.method}: "
+            f"use at least {min_batch} per process"
+        )
+    if config.batch_size * config.accumulate > n_train:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} x --accumulate {config.accumulate} exceeds the "
+            f"{n_train} training images of {config.dataset}: use a smaller batch"
+        )
+
+
+def make_fabric(config, device: torch.device):
+    """A Lightning Fabric for the device, process count and precision of ``config``."""
+    from lightning_fabric import Fabric
+
+    if device.type == "cuda" and device.index is not None and config.devices > 1:
+        raise ConfigError(f"--device {device} names one GPU: use --device cuda with --devices")
+    devices = [device.index] if device.index is not None else config.devices
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if device.type == "cuda" else "32-true"
+    world = config.devices * config.num_nodes
+    return Fabric(
+        accelerator=device.type,
+        devices=devices,
+        num_nodes=config.num_nodes,
+        strategy="ddp" if world > 1 else "auto",
+        precision=precision,
+    )
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then a cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer, total: int, warmup_fraction: float):
+    """Warmup-then-cosine ``LambdaLR`` over ``total`` optimiser steps."""
+    warmup = int(warmup_fraction * total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup))
