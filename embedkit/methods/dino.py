@@ -14,7 +14,6 @@ epoch. Local crops are ``96/224`` of the image side, rounded to the ViT patch si
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass, field, replace
 
 import torch
