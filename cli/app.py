@@ -49,7 +49,9 @@ DataRootOpt = Annotated[
 ]
 MethodOpt = Annotated[str, typer.Option("--method", help=f"One of: {', '.join(METHODS)}.")]
 BackboneOpt = Annotated[str, typer.Option("--backbone", help=f"One of: {', '.join(BACKBONES)}.")]
-InitOpt = Annotated[str, typer.Option("--init", help="random, imagenet, or a weights file.")]
+InitOpt = Annotated[
+    str, typer.Option("--init", help="random, imagenet, timm:TAG (timm:dino) or a weights file.")
+]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="Passes over the training split.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per step.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
@@ -84,3 +86,10 @@ def run_command(debug: bool, action):
 def dataset_option(value: str) -> tuple[str, ...]:
     """A --dataset/--id/--ood value as names; "all" becomes () (every dataset in the store)."""
     return () if value.strip() == "all" else split_names(value)
+
+
+def is_other_rank() -> bool:
+    """True in the processes of a multi-process run other than global rank 0."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0

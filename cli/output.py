@@ -51,12 +51,28 @@ def parse_params(items: list[str]) -> dict[str, dict[str, object]]:
         scorer, dot, name = key.partition(".")
         if not (sep and dot and scorer and name):
             raise ConfigError(f"--param '{item}' is not of the form SCORER.NAME=VALUE (knn.k=20)")
-        value: object = text
-        for cast in (int, float):
-            try:
-                value = cast(text)
-                break
-            except ValueError:
-                continue
-        params.setdefault(scorer, {})[name] = value
+        params.setdefault(scorer, {})[name] = parse_value(text)
+    return params
+
+
+def parse_value(text: str) -> object:
+    """``"20"`` to 20, ``"0.1"`` to 0.1, ``"true"``/``"false"`` to booleans, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def parse_method_params(items: list[str]) -> dict[str, object]:
+    """``["temperature=0.1", "n_local=2"]`` to ``{"temperature": 0.1, "n_local": 2}``."""
+    params: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not (sep and name):
+            raise ConfigError(f"--param '{item}' is not of the form NAME=VALUE (temperature=0.1)")
+        params[name.replace("-", "_")] = parse_value(text)
     return params

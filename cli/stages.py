@@ -22,9 +22,10 @@ from .app import (
     SeedOpt,
     SizeOpt,
     app,
+    is_other_rank,
     run_command,
 )
-from .output import show_table, split_names
+from .output import parse_method_params, show_table, split_names
 
 
 @app.command()
@@ -47,11 +48,42 @@ def pretrain(
     backbone: BackboneOpt = "resnet18",
     init: InitOpt = "random",
     epochs: EpochsOpt = 100,
-    batch_size: BatchOpt = 256,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Global images per forward pass.")
+    ] = 256,
+    accumulate: Annotated[
+        int, typer.Option("--accumulate", help="Forward passes per optimiser step.")
+    ] = 1,
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-4,
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.05,
+    warmup: Annotated[
+        float, typer.Option("--warmup", help="Share of steps with linear LR warmup.")
+    ] = 0.1,
+    patch_size: Annotated[
+        int, typer.Option("--patch-size", help="ViT patch size; 0 picks one for --size.")
+    ] = 0,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", metavar="NAME=VALUE", help="A method parameter: temperature=0.1."),
+    ] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    devices: Annotated[
+        int, typer.Option("--devices", help="Processes per node (GPUs; CPU processes on gloo).")
+    ] = 1,
+    num_nodes: Annotated[int, typer.Option("--num-nodes", help="Machines.")] = 1,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16-mixed on GPU), 32-true, bf16-mixed...")
+    ] = "auto",
+    compile_backbone: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the backbone.")
+    ] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="Epochs between checkpoints.")
+    ] = 1,
+    knn_every: Annotated[
+        int, typer.Option("--knn-every", help="Epochs between online kNN checks on val (0: off).")
+    ] = 0,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
@@ -69,16 +101,28 @@ def pretrain(
             method=method,
             backbone=backbone,
             init=init,
+            patch_size=patch_size,
             epochs=epochs,
             batch_size=batch_size,
+            accumulate=accumulate,
             lr=lr,
             weight_decay=weight_decay,
+            warmup_fraction=warmup,
             seed=seed,
             device=device,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
+            compile=compile_backbone,
             data_root=data_root,
             download=download,
+            checkpoint_every=checkpoint_every,
+            knn_every=knn_every,
+            method_params=parse_method_params(param or []),
         )
         run = run_pretrain(config, output, resume=resume, progress=progress)
+        if is_other_rank():
+            return
         print(f"encoder written to {run}; embed it with `embedkit embed --run {run}`")
 
     run_command(debug, action)

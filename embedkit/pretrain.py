@@ -144,9 +144,9 @@ def pretrain(
         return output
     method_cls = get_method(config.method)
     method_config = _method_config(method_cls, config.method_params)
+    patch_size = patch_size_for(config.backbone, config.size, config.patch_size)
     train = load_split(config.dataset, "train", config.size, config.data_root, config.download)
     check_config(config, len(train), method_cls.min_batch_size)
-    patch_size = patch_size_for(config.backbone, config.size, config.patch_size)
     val = None
     if config.knn_every:
         val = load_split(config.dataset, "val", config.size, config.data_root, config.download)

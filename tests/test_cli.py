@@ -94,6 +94,15 @@ def test_pretrain_embed_evaluate(tmp_path, data_root):
         (["embed", "--store", "{tmp}/s.zarr", "--size", "32"], "unsupported image size 32"),
         (["embed", "--store", "{tmp}/s.zarr", "--data-root", "{tmp}"], "none of the 12 MedMNIST"),
         (["pretrain", "--output", "{tmp}/r", "--method", "byol"], "unknown method 'byol'"),
+        (
+            ["pretrain", "--output", "{tmp}/r", "--param", "temprature=0.1"],
+            "no parameter temprature",
+        ),
+        (["pretrain", "--output", "{tmp}/r", "--param", "temperature"], "NAME=VALUE"),
+        (
+            ["pretrain", "--output", "{tmp}/r", "--backbone", "vit_small", "--patch-size", "8"],
+            "28 px images do not split into 8 px patches",
+        ),
         (["quickstart", "--output", "{tmp}/qs", "--size", "32"], "unsupported image size 32"),
         (["probe", "--store", "{tmp}/none.zarr"], "does not exist"),
         (["probe", "--store", "{store}", "--label-fraction", "1.5"], "outside (0, 1]"),

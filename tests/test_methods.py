@@ -1,0 +1,218 @@
+"""What the newer methods, backbones and engine options promise, checked on values."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+import embedkit.backbones as backbones
+from embedkit.backbones import create_encoder, patch_size_for
+from embedkit.errors import ConfigError, WeightsUnavailableError
+from embedkit.methods import get_method
+from embedkit.methods.dino import local_crop_size
+from embedkit.methods.mocov3 import contrastive_loss
+from embedkit.pretrain import PretrainConfig, pretrain
+
+
+def _images(n=8, size=28):
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(("size", "patch"), [(28, 4), (64, 8), (128, 16), (224, 16)])
+def test_vit_patch_size_per_resolution(size, patch):
+    assert patch_size_for("vit_small", size) == patch
+    assert patch_size_for("resnet50", size) == 1
+
+
+def test_vit_at_28px_has_a_7x7_grid_and_takes_smaller_crops():
+    encoder = create_encoder("vit_tiny", image_size=28)
+    assert encoder.patch_size == 4 and encoder.backbone.patch_embed.grid_size == (7, 7)
+    with torch.no_grad():
+        assert encoder(_images(2, 12)).shape == (2, 192)  # DINO's local crops
+
+
+def test_patch_size_that_does_not_divide_the_image_is_refused():
+    with pytest.raises(ConfigError, match="28 px images do not split into 8 px patches"):
+        create_encoder("vit_small", image_size=28, patch_size=8)
+
+
+def test_small_stem_keeps_resolution_and_refuses_imagenet_weights():
+    encoder = create_encoder("resnet18_cifar", image_size=28)
+    assert encoder.backbone.conv1.kernel_size == (3, 3) and encoder.backbone.conv1.stride == (1, 1)
+    with pytest.raises(ConfigError, match="3x3 stem"):
+        create_encoder("resnet18_cifar", "imagenet")
+
+
+def test_missing_timm_weights_offline_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "_hf_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(backbones, "_network_reachable", lambda host="": False)
+    with pytest.raises(WeightsUnavailableError, match="timm/resnet18.a1_in1k/model.safetensors"):
+        create_encoder("resnet18", "imagenet")
+    with pytest.raises(WeightsUnavailableError, match="vit_small_patch16_224.dino"):
+        create_encoder("vit_small", "timm:dino", image_size=28)
+
+
+def test_timm_weights_come_from_the_local_cache(tmp_path, monkeypatch):
+    snapshot = tmp_path / "models--timm--resnet18.a1_in1k" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text("abc")
+    torch.manual_seed(5)
+    reference = create_encoder("resnet18").backbone.state_dict()
+    save_file({k: v.contiguous() for k, v in reference.items()}, snapshot / "model.safetensors")
+    monkeypatch.setattr(backbones, "_hf_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(backbones, "_network_reachable", lambda host="": False)
+    torch.manual_seed(0)
+    loaded = create_encoder("resnet18", "imagenet").backbone.state_dict()
+    torch.testing.assert_close(loaded["conv1.weight"], reference["conv1.weight"])
+    torch.testing.assert_close(loaded["layer4.1.bn2.bias"], reference["layer4.1.bn2.bias"])
+
+
+def test_mocov3_loss_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    query, key = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    t = 0.2
+    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    logits = (q @ k.T / t).numpy()
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = -np.mean(np.diag(log_softmax)) * 2 * t
+    assert contrastive_loss(query, key, t).item() == pytest.approx(expected, rel=1e-5)
+
+
+def _dino(**changes):
+    torch.manual_seed(0)
+    cls = get_method("dino")
+    config = cls.Config(**{"output_dim": 256, "hidden_dim": 64, **changes})
+    return cls(create_encoder("vit_tiny", image_size=28), config, 28, n_classes=3)
+
+
+def test_dino_views_schedules_and_frozen_last_layer():
+    assert local_crop_size(28, 4) == 12 and local_crop_size(224, 16) == 96
+    method = _dino(warmup_teacher_temp=0.04, teacher_temp=0.07, teacher_temp_warmup=0.5)
+    method.progress = 0.25
+    assert method.teacher_temperature() == pytest.approx(0.055)
+    method.progress = 0.9
+    assert method.teacher_temperature() == pytest.approx(0.07)
+    assert method.momentum_at(0.0) == pytest.approx(0.996) and method.momentum_at(1.0) == 1.0
+    sizes = []
+    hook = method.encoder.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape))
+    loss = method.training_step(_images(), None, torch.Generator().manual_seed(0))
+    hook.remove()
+    assert sizes == [(16, 1, 28, 28), (48, 1, 12, 12)]  # 2 global views, 6 local views
+    loss.backward()
+    last = method.projection_head.last_layer.weight_v
+    assert last.grad is not None and last.grad.abs().sum() > 0
+    method.epoch = 0
+    method.before_optimizer_step()
+    assert last.grad is None  # frozen during the first epoch
+    center = method.criterion.center.clone()
+    method.training_step(_images(), None, torch.Generator().manual_seed(1))
+    assert not torch.equal(center, method.criterion.center)  # the teacher centre moves
+
+
+def test_supervised_uses_binary_cross_entropy_for_multi_label():
+    torch.manual_seed(0)
+    cls = get_method("supervised")
+    method = cls(create_encoder("resnet18"), cls.Config(), 28, n_classes=4).eval()
+    labels = torch.tensor([[1, 0, 0, 1]] * 4 + [[0, 1, 1, 0]] * 4)
+    images = _images()
+    loss = method.training_step(images, labels, torch.Generator().manual_seed(0))
+    views = method.augment(images, torch.Generator().manual_seed(0))
+    logits = method.classifier(method.encoder(views))
+    expected = F.binary_cross_entropy_with_logits(logits, labels.float())
+    torch.testing.assert_close(loss, expected)
+
+
+def _config(data_root, **changes):
+    base = dict(dataset="demo-texture", size=28, epochs=2, batch_size=100, device="cpu")
+    return PretrainConfig(**{**base, "data_root": str(data_root), **changes})
+
+
+def test_accumulation_and_the_knn_monitor(tmp_path, data_root):
+    config = _config(data_root, method="supervised", accumulate=2, knn_every=1, lr=1e-3)
+    run = pretrain(config, tmp_path / "run", progress=False)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    monitor = [r for r in records if "knn_accuracy" in r]
+    assert [r["step"] for r in steps] == list(range(12))  # 1200 images / (100 x 2) per epoch
+    assert [r["epoch"] for r in monitor] == [0, 1]
+    assert all(0 <= r["knn_accuracy"] <= 1 for r in monitor)
+    assert monitor[-1]["knn_accuracy"] > 0.5  # supervised features separate the textures
+
+
+@pytest.mark.parametrize("method", ["dino", "mocov3"])  # EMA teacher, centre, schedules
+def test_resume_continues_exactly_for_momentum_schedules(tmp_path, data_root, monkeypatch, method):
+    import embedkit.pretrain as module
+
+    params = {
+        "dino": {"output_dim": 256, "hidden_dim": 64, "n_local": 2},
+        "mocov3": {"hidden_dim": 512},
+    }[method]
+    config = _config(data_root, method=method, batch_size=200, method_params=params)
+    straight = pretrain(config, tmp_path / "straight", progress=False)
+    real_mark = module.mark_progress
+
+    def killed_after_first_checkpoint(output, epochs_done):
+        real_mark(output, epochs_done)
+        if epochs_done == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "mark_progress", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, tmp_path / "resumed", progress=False)
+    monkeypatch.undo()
+    resumed = pretrain(config, tmp_path / "resumed", resume=True, progress=False)
+    a, b = load_file(straight / "encoder.safetensors"), load_file(resumed / "encoder.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_bad_engine_options_are_refused(tmp_path, data_root):
+    with pytest.raises(ConfigError, match="does not split over 2 processes"):
+        pretrain(_config(data_root, devices=2, batch_size=101), tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="--accumulate must be at least 1"):
+        pretrain(_config(data_root, accumulate=0), tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="unknown precision"):
+        pretrain(_config(data_root, precision="fp8"), tmp_path / "c", progress=False)
+    with pytest.raises(ConfigError, match="patches"):
+        config = _config(data_root, backbone="vit_tiny", patch_size=8)
+        pretrain(config, tmp_path / "d", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_process_data_parallel_run_on_gloo(tmp_path, data_root):
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "embedkit"),
+        "pretrain",
+        "--output",
+        str(tmp_path / "run"),
+        "--dataset",
+        "demo-texture",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "200",
+        "--device",
+        "cpu",
+        "--devices",
+        "2",
+        "--data-root",
+        str(data_root),
+        "--no-progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("encoder written") == 1  # rank 0 reports, rank 1 does not
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert (
+        len(lines) == 1200 // 200
+        and json.loads((run / "run.json").read_text())["status"] == "complete"
+    )
