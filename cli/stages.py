@@ -175,9 +175,9 @@ def embed(
             resume=resume,
             dtype=dtype,
         )
-        show_table(
-            run_embed(config, store, progress=progress).catalog(), drop=("store", "md5", "created")
-        )
+        written = run_embed(config, store, progress=progress)
+        if not is_other_rank():
+            show_table(written.catalog(), drop=("store", "md5", "created"))
 
     run_command(debug, action)
 

@@ -8,6 +8,7 @@ become floats there; embeddings are written as whole chunks (see ``embedkit.stor
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from .data import (
     parse_dataset_spec,
 )
 from .data.loading import candidate_files, data_root
+from .distributed import Shard
 from .errors import ConfigError, DataNotFoundError
 from .runs import ENCODER_FILE, read_finished_run
 from .store import EmbeddingStore
@@ -118,6 +120,26 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
     return encoder, identity
 
 
+def prefetched_batches(images: np.ndarray, batch_size: int, pin: bool):
+    """Yield ``(start, uint8 tensor)`` batches, reading the next one in a background thread
+    while the caller computes on the current one; pinned for asynchronous copies to a GPU."""
+
+    def load(start: int) -> torch.Tensor:
+        batch = torch.from_numpy(np.array(images[start : start + batch_size]))
+        return batch.pin_memory() if pin else batch
+
+    starts = range(0, len(images), batch_size)
+    if not starts:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedkit-read") as pool:
+        pending = pool.submit(load, starts[0])
+        for i, start in enumerate(starts):
+            batch = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(load, starts[i + 1])
+            yield start, batch
+
+
 @torch.inference_mode()
 def encode(
     encoder: Encoder,
@@ -127,14 +149,18 @@ def encode(
     progress: bool = False,
     desc: str = "",
 ):
-    """Yield ``(start, embeddings)`` for consecutive batches of uint8 ``(N, H, W, C)`` images."""
+    """Yield ``(start, embeddings)`` for consecutive batches of uint8 ``(N, H, W, C)`` images.
+
+    Reading overlaps compute (``prefetched_batches``); on a GPU the batches are pinned and
+    copied asynchronously, run in bf16 autocast and channels_last.
+    """
     encoder.eval().to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    on_gpu = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu)
     bar = tqdm(
         total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False
     )
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[start : start + batch_size]))
+    for start, batch in prefetched_batches(images, batch_size, pin=on_gpu):
         batch = to_float(batch.to(device, non_blocking=True))
         with autocast:
             features = encoder(batch.contiguous(memory_format=torch.channels_last))
@@ -192,7 +218,9 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     """Embed every requested dataset split into ``store`` and return it opened for reading.
 
     Splits already complete in the store are skipped unless ``config.overwrite``; a store
-    made by another encoder is refused unless ``config.overwrite``.
+    made by another encoder is refused unless ``config.overwrite``. Launched as several
+    processes (``torchrun --nproc-per-node N -m embedkit.cli.main embed ...``), each rank
+    embeds and writes its own contiguous range of whole chunks of every split.
     """
     # Check every option and open every input before writing anything, so bad input leaves
     # no store behind; options first, so the message names the option that is wrong.
@@ -207,9 +235,13 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
         for name in names
         for split in config.splits
     ]
+    shard, device = Shard.from_environment(device)
+    progress = progress and shard.is_main
     encoder, identity = load_encoder(config)
+    if len(set(shard.gather(identity["weights_sha256"]))) > 1:
+        raise ConfigError("the ranks built different encoders: give every rank the same --seed")
     path = Path(store)
-    with StoreWriter(path, identity, config.overwrite) as writer:
+    with StoreWriter(path, identity, config.overwrite, shard) as writer:
         for data in splits:
             if not config.overwrite and writer.has_split(data.dataset, data.split):
                 log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,14 +22,15 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .distributed import Shard
 from .errors import StoreError
 from .store import FORMAT_VERSION, EmbeddingStore, chunk_rows
+from .store_lock import LOCK, take_lock
 from .utils import stamp
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16")
-LOCK = ".lock"
 PROGRESS = "progress.jsonl"
 
 # produce(keep_from) -> (start, batches): consecutive (B, dim) batches from row ``start``
@@ -44,16 +43,6 @@ def chunk_digest(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class StoreWriter:
     """Opens (or creates) the store of one encoder for writing; use it as a context manager.
 
@@ -62,10 +51,24 @@ class StoreWriter:
         encoder: the encoder's identity; ``weights_sha256`` decides whether an existing
             store is the same encoder's.
         overwrite: replace a store made by another encoder.
+        shard: this process's rank when several write one store (rank 0 checks, locks and
+            creates it; the others open it once that is done).
     """
 
-    def __init__(self, path: str | Path, encoder: dict[str, Any], overwrite: bool = False) -> None:
-        path = Path(path)
+    def __init__(
+        self,
+        path: str | Path,
+        encoder: dict[str, Any],
+        overwrite: bool = False,
+        shard: Shard = Shard(),
+    ) -> None:
+        self.path, self.shard, self._locked = Path(path), shard, False
+        shard.on_main(lambda: self._open(encoder, overwrite))
+        if not shard.is_main:
+            self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+
+    def _open(self, encoder: dict[str, Any], overwrite: bool) -> None:
+        path = self.path
         if path.exists() and not path.is_dir():
             raise StoreError(
                 f"store path {path} is a file: choose a folder name such as "
@@ -73,9 +76,9 @@ class StoreWriter:
             )
         if path.exists() and any(path.iterdir()) and not (path / "zarr.json").is_file():
             raise StoreError(f"{path} exists and is not an embedding store: choose another --store")
-        self.path, self._locked = path, False
         path.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        take_lock(path)
+        self._locked = True
         try:
             if (path / "zarr.json").is_file():
                 existing = EmbeddingStore(path).encoder
@@ -96,35 +99,6 @@ class StoreWriter:
             self.close()
             raise
 
-    def _lock(self) -> None:
-        lock = self.path / LOCK
-        record = {"pid": os.getpid(), "host": socket.gethostname(), **stamp()}
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    holder = json.loads(lock.read_text())
-                except (OSError, ValueError):
-                    holder = {}
-                same_host = holder.get("host") == record["host"]
-                if same_host and not _pid_alive(int(holder.get("pid", 0))):
-                    log.warning(
-                        "removing the stale lock of process %s on %s", holder.get("pid"), self.path
-                    )
-                    lock.unlink(missing_ok=True)
-                    continue
-                raise StoreError(
-                    f"store {self.path} is being written by process {holder.get('pid')} on "
-                    f"{holder.get('host')} since {holder.get('created')}: wait for it, or delete "
-                    f"{lock} if that process is gone"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            self._locked = True
-            return
-        raise StoreError(f"could not take the lock {lock}: delete it and try again")
-
     def close(self) -> None:
         """Release the lock."""
         if self._locked:
@@ -140,26 +114,56 @@ class StoreWriter:
     def has_split(self, dataset: str, split: str) -> bool:
         return split in EmbeddingStore(self.path).splits(dataset)
 
-    def _resume_point(self, staging: Path, identity: dict[str, Any], group) -> tuple[int, list]:
-        """Number of intact chunks in a staged split, and their digests."""
+    def _intact_chunks(self, staging: Path, identity: dict[str, Any], group) -> dict[int, str]:
+        """Chunks of a staged split whose recorded digest matches their values."""
         try:
             saved = json.loads((staging / "zarr.json").read_text())["attributes"]["staging"]
-            lines = (staging / PROGRESS).read_text().splitlines()
         except (OSError, ValueError, KeyError):
-            return 0, []
+            return {}
         if saved != identity:
-            return 0, []
-        embeddings, rows, digests = group["embeddings"], identity["rows_per_chunk"], []
-        for i, line in enumerate(lines):
-            try:
-                record = json.loads(line)
-                values = embeddings[i * rows : (i + 1) * rows]
-            except Exception:  # a torn line or a truncated chunk file ends the intact prefix
-                break
-            if record.get("chunk") != i or record.get("sha256") != chunk_digest(values):
-                break
-            digests.append(record["sha256"])
-        return len(digests), digests
+            return {}
+        embeddings, rows, intact = group["embeddings"], identity["rows_per_chunk"], {}
+        for log_file in sorted(staging.glob("progress*.jsonl")):
+            for line in log_file.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                    chunk = int(record["chunk"])
+                    values = embeddings[chunk * rows : (chunk + 1) * rows]
+                except Exception:  # a torn line or a truncated chunk file: not intact
+                    continue
+                if record.get("sha256") == chunk_digest(values):
+                    intact[chunk] = record["sha256"]
+        return intact
+
+    def _stage(self, dataset, split, identity, labels, indices, dataset_attrs, resume):
+        """Create (or, resuming, check) the staging group; return its intact chunks."""
+        self.root.require_group(dataset).attrs.update(dataset_attrs)
+        name, staging = f"{dataset}/.{split}.partial", self.path / dataset / f".{split}.partial"
+        intact = {}
+        if resume and name in self.root:
+            intact = self._intact_chunks(staging, identity, self.root[name])
+            log.info("%s/%s: resuming with %d intact chunks", dataset, split, len(intact))
+        if not intact:
+            if name in self.root:
+                del self.root[name]
+            group = self.root.require_group(name)
+            group.attrs["staging"] = identity
+            n, dim, rows = identity["n"], identity["dim"], identity["rows_per_chunk"]
+            group.create_array(
+                "embeddings",
+                shape=(n, dim),
+                chunks=(rows, dim),
+                dtype=identity["dtype"],
+                compressors=None,
+            )
+            group.create_array("labels", data=labels, chunks=labels.shape, compressors=None)
+            group.create_array("indices", data=indices, chunks=indices.shape, compressors=None)
+        for old in staging.glob("progress.*.jsonl"):  # other ranks' logs: merged below
+            old.unlink()
+        (staging / PROGRESS).write_text(
+            "".join(json.dumps({"chunk": c, "sha256": d}) + "\n" for c, d in sorted(intact.items()))
+        )
+        return intact
 
     def write_split(
         self,
@@ -177,16 +181,15 @@ class StoreWriter:
     ) -> None:
         """Write one split of ``n`` rows of ``dim`` embeddings.
 
-        ``produce`` is a ``Producer`` (needed to resume) or simply an iterable of batches
-        from row 0. With ``resume``, a staged split of the same shape, dtype and source
-        continues after its last intact chunk; otherwise staging starts over. NaN or inf in
-        a batch aborts the split and keeps nothing of it.
+        ``produce`` is a ``Producer`` (needed to resume and to shard) or simply an iterable
+        of batches from row 0. With ``resume``, a staged split of the same shape, dtype and
+        source keeps its intact chunks and continues after them; otherwise staging starts
+        over. NaN or inf in a batch aborts the split and keeps nothing of it. Under several
+        ranks, every rank calls this with its own producer and writes its contiguous range of
+        whole chunks; rank 0 stages, checks and publishes the split.
         """
         if dtype not in DTYPES:
             raise StoreError(f"unsupported embedding dtype '{dtype}': use {' or '.join(DTYPES)}")
-        self.root.require_group(dataset).attrs.update(dataset_attrs)
-        staging_name = f"{dataset}/.{split}.partial"
-        staging = self.path / dataset / f".{split}.partial"
         rows = min(chunk_rows(dim, np.dtype(dtype).itemsize), max(n, 1))
         identity = {
             "n": n,
@@ -195,76 +198,118 @@ class StoreWriter:
             "rows_per_chunk": rows,
             "source": attrs.get("data_file", {}).get("md5", ""),
         }
-        done, digests = 0, []
-        if resume and staging_name in self.root:
-            done, digests = self._resume_point(staging, identity, self.root[staging_name])
-            log.info("%s/%s: resuming after %d intact chunks", dataset, split, done)
-        if done == 0:
-            if staging_name in self.root:
+        shard = self.shard
+        intact = shard.on_main(
+            lambda: self._stage(dataset, split, identity, labels, indices, dataset_attrs, resume)
+        )
+        staging_name = f"{dataset}/.{split}.partial"
+        staging = self.path / dataset / f".{split}.partial"
+        n_chunks = -(-n // rows)
+        first, stop = shard.range(n_chunks)
+        mine = {}
+        while first < stop and first in intact:
+            mine[first] = intact[first]
+            first += 1
+        error = None
+        if first < stop:
+            log_file = staging / (PROGRESS if shard.is_main else f"progress.{shard.rank}.jsonl")
+            try:
+                mine.update(
+                    self._write_chunks(
+                        self.root[staging_name]["embeddings"],
+                        produce,
+                        (first, stop),
+                        log_file,
+                        f"{dataset}/{split}",
+                    )
+                )
+            except StoreError as exc:
+                error = exc
+        try:
+            shard.check_all(error)
+        except NonFiniteError:
+            if shard.is_main:
                 del self.root[staging_name]
-            group = self.root.require_group(staging_name)
-            group.attrs["staging"] = identity
-            group.create_array(
-                "embeddings", shape=(n, dim), chunks=(rows, dim), dtype=dtype, compressors=None
-            )
-            group.create_array("labels", data=labels, chunks=labels.shape, compressors=None)
-            group.create_array("indices", data=indices, chunks=indices.shape, compressors=None)
-        group = self.root[staging_name]
-        embeddings = group["embeddings"]
-        with open(staging / PROGRESS, "w") as progress:  # rewrite the intact prefix, then append
-            progress.writelines(
-                json.dumps({"chunk": i, "sha256": d}) + "\n" for i, d in enumerate(digests)
-            )
-            progress.flush()
-            keep_from = done * rows
-            start, batches = produce(keep_from) if callable(produce) else (0, produce)
-            if start > keep_from:
-                raise StoreError(f"producer began at row {start}, after row {keep_from}")
-            skip, position = keep_from - start, keep_from
-            buffer = np.empty((rows, dim), dtype=dtype)
-            filled = 0
+            raise
+        digests: dict[int, str] = {}
+        for part in shard.gather(mine):
+            digests.update(part)
+        if shard.is_main:
+            self._publish(dataset, split, identity, digests, attrs)
+        shard.gather(None)  # the split is visible to every rank once this returns
+
+    def _write_chunks(self, embeddings, produce, chunks: tuple[int, int], log_file: Path, where):
+        """Write chunks ``[first, stop)`` from ``produce``; return their digests."""
+        first, stop = chunks
+        n, dim = embeddings.shape
+        rows = embeddings.chunks[0]
+        keep_from, end = first * rows, min(stop * rows, n)
+        start, batches = produce(keep_from) if callable(produce) else (0, produce)
+        if start > keep_from:
+            raise StoreError(f"producer began at row {start}, after row {keep_from}")
+        skip, position, digests = keep_from - start, keep_from, {}
+        buffer = np.empty((rows, dim), dtype=embeddings.dtype)
+        filled = 0
+        with open(log_file, "a") as progress:
             for batch in batches:
                 if not np.isfinite(batch).all():
-                    progress.close()
-                    del self.root[staging_name]
-                    raise StoreError(
-                        f"NaN or inf embeddings in {dataset}/{split}: the encoder's weights are "
-                        f"broken; nothing of this split was kept"
+                    raise NonFiniteError(
+                        f"NaN or inf embeddings in {where}: the encoder's weights are broken; "
+                        f"nothing of this split was kept"
                     )
                 if skip:
                     dropped = min(skip, len(batch))
                     batch, skip = batch[dropped:], skip - dropped
-                while len(batch):
+                while len(batch) and position < end:
                     take = min(len(batch), rows - filled)
                     buffer[filled : filled + take] = batch[:take]
                     batch, filled = batch[take:], filled + take
-                    if filled == rows or position + filled == n:
+                    if filled == rows or position + filled == end:
                         values = buffer[:filled]
                         embeddings[position : position + filled] = values  # one whole chunk
-                        digest = chunk_digest(values)
-                        progress.write(json.dumps({"chunk": len(digests), "sha256": digest}) + "\n")
+                        chunk, digest = position // rows, chunk_digest(values)
+                        progress.write(json.dumps({"chunk": chunk, "sha256": digest}) + "\n")
                         progress.flush()
-                        digests.append(digest)
+                        digests[chunk] = digest
                         position, filled = position + filled, 0
-        if position != n:
+                if position >= end:
+                    break  # the next rank's rows are not this rank's to compute
+        if position != end:
             raise StoreError(
-                f"{dataset}/{split}: {position} embeddings written, {n} expected; "
-                f"run again with --resume to continue"
+                f"{where}: {position} embeddings written, {end} expected; run again with "
+                f"--resume to continue"
             )
+        return digests
+
+    def _publish(self, dataset, split, identity, digests: dict[int, str], attrs) -> None:
+        """Record the split's attributes and rename it into view (rank 0)."""
+        n_chunks = -(-identity["n"] // identity["rows_per_chunk"])
+        if sorted(digests) != list(range(n_chunks)):
+            raise StoreError(
+                f"{dataset}/{split}: {len(digests)} of {n_chunks} chunks written; run again "
+                f"with --resume to continue"
+            )
+        staging = self.path / dataset / f".{split}.partial"
+        group = self.root[f"{dataset}/.{split}.partial"]
         group.attrs.update(
             {
                 "complete": True,
-                "n": n,
-                "dim": dim,
-                "dtype": dtype,
-                "rows_per_chunk": rows,
-                "chunk_sha256": digests,
+                "n": identity["n"],
+                "dim": identity["dim"],
+                "dtype": identity["dtype"],
+                "rows_per_chunk": identity["rows_per_chunk"],
+                "chunk_sha256": [digests[c] for c in range(n_chunks)],
                 **attrs,
                 **stamp(),
             }
         )
-        (staging / PROGRESS).unlink()
+        for log_file in staging.glob("progress*.jsonl"):
+            log_file.unlink()
         target = self.path / dataset / split
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+
+
+class NonFiniteError(StoreError):
+    """An encoder produced NaN or inf embeddings."""

@@ -1,0 +1,136 @@
+"""Pretraining throughput of every method against a bare backbone, in one process (issue 3).
+
+For each method, on one batch of real images (PneumoniaMNIST from ../shared/data when
+present, else demo-med), at the same backbone, size, batch size and precision:
+
+1. method: a full optimiser step of the method (batched on-device augmentation, encoder,
+   heads, loss, backward, AdamW step, momentum update);
+2. bare: the backbone's forward and backward alone on tensors of exactly the shapes the
+   method feeds it (two views for SimCLR, 2 global + 6 local crops for DINO...), a sum of
+   the features as the loss, and the same optimiser step on the backbone.
+
+Their ratio is what augmentation, heads and losses cost on top of the backbone work the
+method cannot avoid; the goal on a GPU at 64 px, ResNet-50, batch 256 is >= 0.85. Images/s
+counts training images (not views). Both paths alternate round by round, so drift on a
+noisy machine hits both alike.
+
+CPU:  python bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 64
+GPU:  python bench/pretrain_throughput.py --backbone resnet50 --size 64 --batch-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--methods", default="all")
+    args = parser.parse_args()
+
+    from embedkit.augment import to_float
+    from embedkit.data import load_split
+    from embedkit.methods import METHODS
+    from embedkit.utils import resolve_device
+
+    device = resolve_device(args.device)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if (shared / f"pneumoniamnist_{args.size}.npz").is_file():
+        split = load_split("pneumoniamnist", "train", args.size, shared)
+    else:
+        import tempfile
+
+        split = load_split("demo-med", "train", args.size, tempfile.mkdtemp())
+    rows = np.arange(args.batch_size) % len(split)
+    images = to_float(torch.from_numpy(np.array(split.images[rows])).to(device))
+    images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.from_numpy(split.labels[rows]).to(device)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    names = sorted(METHODS) if args.methods == "all" else args.methods.split(",")
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"device {device} ({card}), {args.backbone}, {args.size} px, batch {args.batch_size}, "
+        f"{split.dataset}"
+    )
+    print(f"{'method':<12} {'method img/s':>13} {'bare img/s':>11} {'ratio':>6}  views fed")
+    n_classes = split.labels.shape[1] if split.labels.shape[1] > 1 else int(split.labels.max()) + 1
+    for name in names:
+        method_rate, bare_rate, shapes = measure(
+            METHODS[name], args, images, labels, n_classes, autocast, device
+        )
+        fed = " + ".join(f"{s[0]}x{s[-1]}px" for s in shapes)
+        print(
+            f"{name:<12} {method_rate:>13.1f} {bare_rate:>11.1f} "
+            f"{method_rate / bare_rate:>6.3f}  {fed}",
+            flush=True,
+        )
+
+
+def measure(cls, args, images, labels, n_classes, autocast, device):
+    """Images/s of the method's step and of the bare backbone on the same view shapes."""
+    from embedkit.backbones import create_encoder
+
+    torch.manual_seed(0)
+    encoder = create_encoder(args.backbone, image_size=args.size)
+    method = cls(encoder, cls.Config(), args.size, n_classes).to(device)
+    method = method.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
+    generator = torch.Generator(device=device).manual_seed(0)
+    shapes: list[torch.Size] = []
+
+    def method_step() -> None:
+        with autocast:
+            loss = method.training_step(images, labels, generator)
+        loss.backward()
+        method.before_optimizer_step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_step(0.5)
+
+    hook = encoder.register_forward_pre_hook(lambda module, inputs: shapes.append(inputs[0].shape))
+    method_step()
+    hook.remove()
+    views = [
+        torch.rand(s, device=device).contiguous(memory_format=torch.channels_last) for s in shapes
+    ]
+    bare_optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
+
+    def bare_step() -> None:
+        with autocast:
+            loss = sum(encoder(v).float().sum() for v in views)
+        loss.backward()
+        bare_optimizer.step()
+        bare_optimizer.zero_grad(set_to_none=True)
+
+    bare_step()
+    times = {"method": 0.0, "bare": 0.0}
+    for _ in range(args.rounds):
+        for label, step in (("method", method_step), ("bare", bare_step)):
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            _sync(device)
+            times[label] += time.perf_counter() - start
+    n = args.batch_size * args.steps * args.rounds
+    return n / times["method"], n / times["bare"], shapes
+
+
+if __name__ == "__main__":
+    main()
