@@ -1,6 +1,6 @@
 """Does pretraining learn on real data? A few CPU minutes on PneumoniaMNIST (issue 3).
 
-Pretrains the same small backbone with SimCLR (contrastive) and VICReg (non-contrastive, or
+Pretrains the same small backbone with SimCLR (contrastive) and SimSiam (non-contrastive, or
 any --methods) on ../shared/data/pneumoniamnist_28.npz, embeds train/val/test with each and
 with the same backbone's random weights, and compares a 100 % linear probe (mean of 3
 seeds) and weighted kNN on the test split. Pass: every method beats random weights on both.
@@ -21,7 +21,7 @@ import polars as pl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="simclr,vicreg")
+    parser.add_argument("--methods", default="simclr,simsiam")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)

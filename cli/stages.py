@@ -151,6 +151,9 @@ def embed(
         bool, typer.Option("--resume", help="Continue splits an interrupted run left unfinished.")
     ] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="float32 or float16 on disk.")] = "float32",
+    with_head: Annotated[
+        bool, typer.Option("--with-head", help="Also store the run's projection-head output.")
+    ] = False,
     progress: ProgressOpt = True,
     debug: DebugOpt = False,
 ) -> None:
@@ -174,6 +177,7 @@ def embed(
             overwrite=overwrite,
             resume=resume,
             dtype=dtype,
+            with_head=with_head,
         )
         written = run_embed(config, store, progress=progress)
         if not is_other_rank():

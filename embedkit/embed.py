@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import to_float
@@ -31,7 +32,7 @@ from .data import (
 from .data.loading import candidate_files, data_root
 from .distributed import Shard
 from .errors import ConfigError, DataNotFoundError
-from .runs import ENCODER_FILE, read_finished_run
+from .runs import ENCODER_FILE, load_head, read_finished_run
 from .store import EmbeddingStore
 from .store_writer import StoreWriter
 from .utils import resolve_device, to_jsonable
@@ -60,6 +61,7 @@ class EmbedConfig:
         overwrite: replace splits already in the store, and allow another encoder's store.
         resume: continue splits an interrupted run left staged (else they start over).
         dtype: ``float32`` or ``float16`` embeddings on disk.
+        with_head: also store the run's projection-head output (``projections``).
     """
 
     dataset: str = "demo"
@@ -76,10 +78,27 @@ class EmbedConfig:
     overwrite: bool = False
     resume: bool = False
     dtype: str = "float32"
+    with_head: bool = False
 
 
-def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
-    """Build the encoder and its identity record for the store's provenance."""
+class EncoderWithHead(nn.Module):
+    """Backbone features followed by the head's output, in one row per image."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.feature_dim = encoder.feature_dim
+        with torch.no_grad():
+            self.head_dim = int(head(torch.zeros(2, encoder.feature_dim)).shape[1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(images)
+        return torch.cat([features, self.head(features)], dim=1)
+
+
+def load_encoder(config: EmbedConfig) -> tuple[Encoder | EncoderWithHead, dict[str, Any]]:
+    """Build the encoder (with the run's head for ``with_head``) and its identity record for
+    the store's provenance."""
     if config.run is None:
         torch.manual_seed(config.seed)
         encoder = create_encoder(config.backbone, config.init, config.size)
@@ -117,6 +136,10 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder, dict[str, Any]]:
     identity["weights_sha256"] = state_sha256(encoder.backbone)
     identity["normalisation"] = encoder.normalisation
     identity["patch_size"] = encoder.patch_size
+    if config.with_head:
+        head = load_head(Path(config.run), encoder)
+        identity["head_sha256"] = state_sha256(head)
+        return EncoderWithHead(encoder, head), identity
     return encoder, identity
 
 
@@ -226,6 +249,8 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     # no store behind; options first, so the message names the option that is wrong.
     check_size(config.size)
     device = resolve_device(config.device)
+    if config.with_head and config.run is None:
+        raise ConfigError("--with-head needs --run: only a pretraining run has a head")
     bad = [s for s in config.splits if s not in SPLITS]
     if bad:
         raise ConfigError(f"unknown split {', '.join(bad)}: choose from {', '.join(SPLITS)}")
@@ -243,7 +268,8 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     path = Path(store)
     with StoreWriter(path, identity, config.overwrite, shard) as writer:
         for data in splits:
-            if not config.overwrite and writer.has_split(data.dataset, data.split):
+            done = writer.has_split(data.dataset, data.split, head=config.with_head)
+            if not config.overwrite and done:
                 log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)
                 continue
             info = get_info(data.dataset)
@@ -268,5 +294,6 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
                 },
                 dtype=config.dtype,
                 resume=config.resume,
+                head_dim=getattr(encoder, "head_dim", 0),
             )
     return EmbeddingStore(path)

@@ -18,7 +18,6 @@ batch, each rank trains on its slice and the losses gather negatives across rank
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -36,8 +35,7 @@ from .augment import to_float
 from .backbones import create_encoder, patch_size_for
 from .data import dataset_classes, dataset_task, load_split
 from .errors import RunError
-from .methods import get_method
-from .methods.base import PretrainMethod
+from .methods import get_method, method_config
 from .monitor import KNNMonitor
 from .pretrain_setup import check_config, make_fabric, make_scheduler
 from .runs import (
@@ -109,19 +107,6 @@ class PretrainConfig:
     method_params: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _method_config(method_cls: type[PretrainMethod], params: Mapping[str, Any]):
-    from .errors import ConfigError
-
-    names = {f.name for f in dataclasses.fields(method_cls.Config)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ConfigError(
-            f"{method_cls.name} has no parameter {', '.join(unknown)}: "
-            f"valid ones are {', '.join(sorted(names))}"
-        )
-    return method_cls.Config(**params)
-
-
 def pretrain(
     config: PretrainConfig, output: str | Path, resume: bool = False, progress: bool = True
 ) -> Path:
@@ -143,7 +128,7 @@ def pretrain(
         log.info("%s is already complete", output)
         return output
     method_cls = get_method(config.method)
-    method_config = _method_config(method_cls, config.method_params)
+    hyperparameters = method_config(method_cls, config.method_params)
     patch_size = patch_size_for(config.backbone, config.size, config.patch_size)
     train = load_split(config.dataset, "train", config.size, config.data_root, config.download)
     check_config(config, len(train), method_cls.min_batch_size)
@@ -155,10 +140,10 @@ def pretrain(
     torch.manual_seed(config.seed)
     encoder = create_encoder(config.backbone, config.init, config.size, patch_size)
     classes = dataset_classes(config.dataset)
-    method = method_cls(encoder, method_config, config.size, len(classes))
+    method = method_cls(encoder, hyperparameters, config.size, len(classes))
     config_json = {
         "pretrain": {**to_jsonable(config), "patch_size": patch_size},
-        "method_config": method_config,
+        "method_config": hyperparameters,
         "data_files": train.files,
         "n_train": len(train),
         "world_size": fabric.world_size,
@@ -223,7 +208,7 @@ def pretrain(
                     metrics.flush()
                     mark_progress(output, done)
     if fabric.is_global_zero:
-        export_encoder(encoder, output, config.epochs)
+        export_encoder(encoder, output, config.epochs, method.output_head())
     fabric.barrier()
     return output
 

@@ -10,11 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from .backbones import Encoder, state_sha256
 from .errors import RunError
 from .utils import stamp, write_json
 
 ENCODER_FILE = "encoder.safetensors"
+HEAD_FILE = "head.safetensors"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 RESUME_KEYS = ("method", "backbone", "dataset", "size", "patch_size")
 
@@ -66,20 +69,30 @@ def truncate_metrics(path: Path, steps: int) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def export_encoder(encoder: Encoder, output: Path, epochs: int) -> None:
-    """Write ``encoder.safetensors`` atomically, then mark the run complete."""
+def _save(module: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
-    tmp = output / f".{ENCODER_FILE}.tmp"
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
-    tmp.replace(output / ENCODER_FILE)
+    tmp.replace(path)
+
+
+def export_encoder(
+    encoder: Encoder, output: Path, epochs: int, head: nn.Module | None = None
+) -> None:
+    """Write ``head.safetensors`` (when given) and ``encoder.safetensors`` atomically, then
+    mark the run complete."""
+    if head is not None:
+        _save(head, output / HEAD_FILE)
+    _save(encoder.backbone, output / ENCODER_FILE)
     write_json(
         output / "run.json",
         {
             "status": "complete",
             "epochs_done": epochs,
             "encoder_file": ENCODER_FILE,
+            "head_file": HEAD_FILE if head is not None else None,
             "encoder_sha256": state_sha256(encoder.backbone),
             **stamp(),
         },
@@ -101,3 +114,24 @@ def read_finished_run(run: Path) -> dict[str, Any]:
             f"resume it with `embedkit pretrain --resume --output {run}`"
         )
     return json.loads((run / "config.json").read_text())
+
+
+def load_head(run: Path, encoder: Encoder) -> nn.Module:
+    """The exported output head of a finished run, on top of ``encoder``, in eval mode."""
+    from .backbones import load_state_dict
+    from .data import dataset_classes
+    from .methods import get_method, method_config
+
+    run = Path(run)
+    pretrain = read_finished_run(run)["pretrain"]
+    if not (run / HEAD_FILE).is_file():
+        raise RunError(
+            f"run {run} has no {HEAD_FILE} (made by an older embedkit): embed without "
+            f"--with-head, or pretrain it again"
+        )
+    method_cls = get_method(pretrain["method"])
+    config = method_config(method_cls, pretrain.get("method_params", {}))
+    n_classes = len(dataset_classes(pretrain["dataset"]))
+    head = method_cls(encoder, config, pretrain["size"], n_classes).output_head()
+    head.load_state_dict(load_state_dict(run / HEAD_FILE))
+    return head.eval()

@@ -121,11 +121,21 @@ class EmbeddingStore:
                 f"has {', '.join(self.splits(dataset))})"
             )
 
-    def get(self, dataset: str, split: str) -> EmbeddingSplit:
-        """Embeddings, labels and indices of one split, as numpy arrays."""
+    def get(self, dataset: str, split: str, head: bool = False) -> EmbeddingSplit:
+        """Embeddings, labels and indices of one split, as numpy arrays.
+
+        Args:
+            head: return the projection-head outputs (``embed --with-head``) instead of the
+                backbone features.
+        """
         self._require(dataset, split)
         group = self._root[f"{dataset}/{split}"]
-        embeddings = group["embeddings"][:]
+        if head and "projections" not in group:
+            raise StoreError(
+                f"{dataset}/{split} in store {self.path} has no projection-head outputs: "
+                f"embed it with `embedkit embed --run RUN --with-head`"
+            )
+        embeddings = group["projections" if head else "embeddings"][:]
         if not np.isfinite(embeddings).all():
             raise StoreError(
                 f"{dataset}/{split} in store {self.path} holds NaN or inf embeddings: "

@@ -11,7 +11,7 @@ import zarr
 
 from .errors import StoreError
 from .store import EmbeddingStore, child_groups
-from .store_writer import LOCK, chunk_digest
+from .store_writer import LOCK, chunk_digest, read_chunk
 
 
 def find_stores(paths: list[str | os.PathLike]) -> list[EmbeddingStore]:
@@ -86,7 +86,7 @@ def _check_split(store: EmbeddingStore, dataset: str, split: str) -> list[str]:
     finite = True
     for i in range(-(-embeddings.shape[0] // rows)):
         try:
-            values = embeddings[i * rows : (i + 1) * rows]
+            values = read_chunk(group, i, rows)
         except Exception as exc:  # zarr raises codec errors for truncated chunk files
             problems.append(f"chunk {i} unreadable ({type(exc).__name__})")
             continue

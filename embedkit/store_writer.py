@@ -43,6 +43,14 @@ def chunk_digest(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
+def read_chunk(group, chunk: int, rows: int) -> np.ndarray:
+    """The values a chunk's digest covers: its embeddings, and projections when stored."""
+    values = group["embeddings"][chunk * rows : (chunk + 1) * rows]
+    if "projections" in group:
+        values = np.hstack([values, group["projections"][chunk * rows : (chunk + 1) * rows]])
+    return values
+
+
 class StoreWriter:
     """Opens (or creates) the store of one encoder for writing; use it as a context manager.
 
@@ -111,8 +119,12 @@ class StoreWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def has_split(self, dataset: str, split: str) -> bool:
-        return split in EmbeddingStore(self.path).splits(dataset)
+    def has_split(self, dataset: str, split: str, head: bool = False) -> bool:
+        """Whether the split is complete (with projection-head outputs, for ``head``)."""
+        store = EmbeddingStore(self.path)
+        if split not in store.splits(dataset):
+            return False
+        return not head or bool(store.split_attrs(dataset, split).get("head_dim"))
 
     def _intact_chunks(self, staging: Path, identity: dict[str, Any], group) -> dict[int, str]:
         """Chunks of a staged split whose recorded digest matches their values."""
@@ -122,13 +134,13 @@ class StoreWriter:
             return {}
         if saved != identity:
             return {}
-        embeddings, rows, intact = group["embeddings"], identity["rows_per_chunk"], {}
+        rows, intact = identity["rows_per_chunk"], {}
         for log_file in sorted(staging.glob("progress*.jsonl")):
             for line in log_file.read_text().splitlines():
                 try:
                     record = json.loads(line)
                     chunk = int(record["chunk"])
-                    values = embeddings[chunk * rows : (chunk + 1) * rows]
+                    values = read_chunk(group, chunk, rows)
                 except Exception:  # a torn line or a truncated chunk file: not intact
                     continue
                 if record.get("sha256") == chunk_digest(values):
@@ -156,6 +168,14 @@ class StoreWriter:
                 dtype=identity["dtype"],
                 compressors=None,
             )
+            if identity["head_dim"]:
+                group.create_array(
+                    "projections",
+                    shape=(n, identity["head_dim"]),
+                    chunks=(rows, identity["head_dim"]),
+                    dtype=identity["dtype"],
+                    compressors=None,
+                )
             group.create_array("labels", data=labels, chunks=labels.shape, compressors=None)
             group.create_array("indices", data=indices, chunks=indices.shape, compressors=None)
         for old in staging.glob("progress.*.jsonl"):  # other ranks' logs: merged below
@@ -178,8 +198,12 @@ class StoreWriter:
         dataset_attrs: dict[str, Any],
         dtype: str = "float32",
         resume: bool = False,
+        head_dim: int = 0,
     ) -> None:
         """Write one split of ``n`` rows of ``dim`` embeddings.
+
+        With ``head_dim``, each produced row holds ``dim`` backbone features followed by
+        ``head_dim`` projection-head outputs, stored as ``embeddings`` and ``projections``.
 
         ``produce`` is a ``Producer`` (needed to resume and to shard) or simply an iterable
         of batches from row 0. With ``resume``, a staged split of the same shape, dtype and
@@ -197,6 +221,7 @@ class StoreWriter:
             "dtype": dtype,
             "rows_per_chunk": rows,
             "source": attrs.get("data_file", {}).get("md5", ""),
+            "head_dim": head_dim,
         }
         shard = self.shard
         intact = shard.on_main(
@@ -216,7 +241,7 @@ class StoreWriter:
             try:
                 mine.update(
                     self._write_chunks(
-                        self.root[staging_name]["embeddings"],
+                        self.root[staging_name],
                         produce,
                         (first, stop),
                         log_file,
@@ -238,17 +263,19 @@ class StoreWriter:
             self._publish(dataset, split, identity, digests, attrs)
         shard.gather(None)  # the split is visible to every rank once this returns
 
-    def _write_chunks(self, embeddings, produce, chunks: tuple[int, int], log_file: Path, where):
+    def _write_chunks(self, group, produce, chunks: tuple[int, int], log_file: Path, where):
         """Write chunks ``[first, stop)`` from ``produce``; return their digests."""
         first, stop = chunks
-        n, dim = embeddings.shape
-        rows = embeddings.chunks[0]
+        embeddings = group["embeddings"]
+        projections = group.get("projections", None)
+        (n, dim), rows = embeddings.shape, embeddings.chunks[0]
+        width = dim + (projections.shape[1] if projections is not None else 0)
         keep_from, end = first * rows, min(stop * rows, n)
         start, batches = produce(keep_from) if callable(produce) else (0, produce)
         if start > keep_from:
             raise StoreError(f"producer began at row {start}, after row {keep_from}")
         skip, position, digests = keep_from - start, keep_from, {}
-        buffer = np.empty((rows, dim), dtype=embeddings.dtype)
+        buffer = np.empty((rows, width), dtype=embeddings.dtype)
         filled = 0
         with open(log_file, "a") as progress:
             for batch in batches:
@@ -266,7 +293,9 @@ class StoreWriter:
                     batch, filled = batch[take:], filled + take
                     if filled == rows or position + filled == end:
                         values = buffer[:filled]
-                        embeddings[position : position + filled] = values  # one whole chunk
+                        embeddings[position : position + filled] = values[:, :dim]  # whole chunk
+                        if projections is not None:
+                            projections[position : position + filled] = values[:, dim:]
                         chunk, digest = position // rows, chunk_digest(values)
                         progress.write(json.dumps({"chunk": chunk, "sha256": digest}) + "\n")
                         progress.flush()
@@ -298,6 +327,7 @@ class StoreWriter:
                 "dim": identity["dim"],
                 "dtype": identity["dtype"],
                 "rows_per_chunk": identity["rows_per_chunk"],
+                "head_dim": identity["head_dim"],
                 "chunk_sha256": [digests[c] for c in range(n_chunks)],
                 **attrs,
                 **stamp(),

@@ -112,3 +112,50 @@ def test_run_encoder_store(tiny_run, data_root, tmp_path):
     before = store.get("demo-texture", "val").attrs["created"]
     embed(config, tmp_path / "simclr.zarr", progress=False)  # complete splits are kept
     assert store.get("demo-texture", "val").attrs["created"] == before
+
+
+def test_with_head_stores_the_projection_beside_the_features(tmp_path, tiny_run, data_root):
+    from embedkit.augment import to_float
+    from embedkit.data import load_split
+    from embedkit.embed import EmbedConfig, embed
+    from embedkit.errors import ConfigError, StoreError
+    from embedkit.runs import load_head
+    from embedkit.store_check import verify_store
+
+    config = EmbedConfig(
+        dataset="demo-texture",
+        splits=("test",),
+        run=str(tiny_run),
+        with_head=True,
+        device="cpu",
+        data_root=str(data_root),
+    )
+    store = embed(config, tmp_path / "h.zarr", progress=False)
+    features = store.get("demo-texture", "test")
+    projections = store.get("demo-texture", "test", head=True)
+    assert features.embeddings.shape[1] == 512 and projections.embeddings.shape == (
+        len(features.embeddings),
+        128,  # SimCLR's projection_dim
+    )
+    encoder = create_encoder("resnet18", str(tiny_run / "encoder.safetensors"), 28).eval()
+    head = load_head(tiny_run, encoder)
+    images = load_split("demo-texture", "test", 28, data_root).images[:8]
+    with torch.no_grad():
+        direct = encoder(to_float(torch.from_numpy(np.array(images))))
+        np.testing.assert_allclose(features.embeddings[:8], direct.numpy(), atol=1e-4)
+        np.testing.assert_allclose(projections.embeddings[:8], head(direct).numpy(), atol=1e-4)
+    assert verify_store(tmp_path / "h.zarr")["problems"].to_list() == [""]
+    chunk = tmp_path / "h.zarr" / "demo-texture" / "test" / "projections" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-8] + bytes(8))  # rot in the head output only
+    assert "checksum" in verify_store(tmp_path / "h.zarr")["problems"][0]
+    with pytest.raises(ConfigError, match="--with-head needs --run"):
+        embed(EmbedConfig(with_head=True), tmp_path / "x.zarr", progress=False)
+    plain = embed(
+        EmbedConfig(
+            dataset="demo-texture", splits=("test",), device="cpu", data_root=str(data_root)
+        ),
+        tmp_path / "p.zarr",
+        progress=False,
+    )
+    with pytest.raises(StoreError, match="no projection-head outputs"):
+        plain.get("demo-texture", "test", head=True)

@@ -65,6 +65,11 @@ class PretrainMethod(nn.Module):
         """Two augmented views of every image, stacked into one batch (first views first)."""
         return torch.cat([self.augment(images, generator), self.augment(images, generator)])
 
+    def output_head(self) -> nn.Module | None:
+        """The head whose output ``embed --with-head`` stores beside the backbone features
+        (the projection head; the classifier for the supervised baseline)."""
+        return getattr(self, "projection_head", None)
+
     def before_optimizer_step(self) -> None:
         """Hook between the backward pass and the optimiser step (to drop gradients)."""
 

@@ -48,6 +48,9 @@ class Supervised(PretrainMethod):
         super().__init__(encoder, config, image_size, n_classes)
         self.classifier = nn.Linear(encoder.feature_dim, n_classes)
 
+    def output_head(self) -> nn.Module:
+        return self.classifier
+
     def training_step(self, images, labels, generator) -> torch.Tensor:
         if labels is None:
             raise ValueError("the supervised baseline needs labels")
