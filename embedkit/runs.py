@@ -19,7 +19,18 @@ from .utils import stamp, write_json
 ENCODER_FILE = "encoder.safetensors"
 HEAD_FILE = "head.safetensors"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-RESUME_KEYS = ("method", "backbone", "dataset", "size", "patch_size")
+RESUME_KEYS = (
+    "method",
+    "backbone",
+    "dataset",
+    "size",
+    "patch_size",
+    "epochs",
+    "batch_size",
+    "accumulate",
+    "lr",
+    "seed",
+)
 
 
 def run_state(run: Path) -> dict[str, Any]:

@@ -108,3 +108,57 @@ def test_report_input_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         read_table(tmp_path / "none.parquet", "ood")
     assert read_table(tmp_path / "ood.parquet", "ood").height == 2 * 2 * 9
+
+
+def test_embedding_map_has_one_point_per_sampled_row_and_one_group_per_colour(demo_store):
+    from embedkit.plots import embedding_map
+
+    fig = embedding_map(demo_store, split="test", max_points=150)
+    collections = fig.axes[0].collections
+    assert [c.get_label() for c in collections] == sorted(demo_store.datasets())
+    assert [len(c.get_offsets()) for c in collections] == [150, 150, 150]
+    by_class = embedding_map(demo_store, datasets=("demo-med",), color_by="class", max_points=600)
+    names = demo_store.dataset_attrs("demo-med")["class_names"]
+    labels = [c.get_label() for c in by_class.axes[0].collections]
+    assert sorted(labels) == sorted(names)
+    assert sum(len(c.get_offsets()) for c in by_class.axes[0].collections) == 600
+    with pytest.raises(ConfigError, match="color_by"):
+        embedding_map(demo_store, color_by="split")
+
+
+def test_retrieval_grid_finds_the_query_itself_first(demo_store):
+    from embedkit.plots import retrieval_grid
+
+    fig = retrieval_grid(
+        demo_store, "demo-med", query_rows=(3, 40), k=4, query_split="train", bank_split="train"
+    )
+    assert len(fig.axes) == 2 * 5
+    assert all(isinstance(ax.images[0], AxesImage) for ax in fig.axes)
+    first = fig.axes[1]  # the first neighbour of the first query
+    assert first.get_title() == "demo-med 1.00"
+    query = fig.axes[0].images[0].get_array()
+    np.testing.assert_array_equal(first.images[0].get_array(), query)
+
+
+def test_score_histograms_and_roc_curves_show_every_dataset(demo_store):
+    from embedkit.eval import sample_scores
+    from embedkit.eval.metrics import ood_metrics
+    from embedkit.plots import roc_curves, score_histograms
+
+    scores = sample_scores(demo_store, "demo-med", "knn")
+    assert set(scores["dataset"].unique()) == {"demo-med", "demo-natural", "demo-texture"}
+    assert scores.filter(~pl.col("is_ood")).height == 600
+    histogram = score_histograms(scores)
+    legend = [t.get_text() for t in histogram.axes[0].get_legend().get_texts()]
+    assert legend == ["demo-med (ID)", "demo-natural", "demo-texture"]
+    roc = roc_curves(scores)
+    lines = roc.axes[0].get_lines()
+    assert len(lines) == 3  # two OOD datasets and the chance diagonal
+    id_scores = scores.filter(~pl.col("is_ood"))["score"].to_numpy()
+    natural = scores.filter(pl.col("dataset") == "demo-natural")["score"].to_numpy()
+    expected = ood_metrics(id_scores, natural)["auroc"]
+    assert lines[0].get_label() == f"demo-natural (AUROC {expected:.3f})"
+    fpr, tpr = lines[0].get_data()
+    assert fpr[0] == 0 and tpr[-1] == 1 and np.trapezoid(tpr, fpr) == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="needs columns"):
+        roc_curves(scores.drop("is_ood"))

@@ -2,7 +2,7 @@
 
 from .knn import KNNConfig, knn_classify
 from .metrics import classification_metrics, ood_metrics
-from .ood import OODConfig, evaluate_ood
+from .ood import OODConfig, evaluate_ood, sample_scores
 from .probe import ProbeConfig, probe, summarise_probe
 from .results import write_table
 
@@ -15,6 +15,7 @@ __all__ = [
     "knn_classify",
     "ood_metrics",
     "probe",
+    "sample_scores",
     "summarise_probe",
     "write_table",
 ]

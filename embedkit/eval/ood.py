@@ -143,9 +143,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-")
 
 
-def _save_scores(folder: Path, encoder: str, id_dataset: str, scorer: str, saved) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pl.concat(
+def sample_scores(
+    store: EmbeddingStore,
+    id_dataset: str,
+    scorer: Any = "knn",
+    ood_datasets: tuple[str, ...] = (),
+    params: dict[str, Any] | None = None,
+) -> pl.DataFrame:
+    """Per-sample scores of one scorer fitted on ``id_dataset``'s training split.
+
+    Args:
+        store: the store to read.
+        id_dataset: the in-distribution dataset.
+        scorer: a registry name, a ``file.py:Class`` plug-in or a scorer class.
+        ood_datasets: OOD datasets (test splits); empty means every other dataset.
+        params: keyword arguments of the scorer.
+
+    Returns:
+        ``encoder, id_dataset, scorer, dataset, split, index, score, is_ood`` for the ID test
+        split and each OOD test split (higher score = more in-distribution), the table that
+        ``score_histograms`` and ``roc_curves`` draw.
+    """
+    name, cls = resolve_scorer(scorer)
+    train = store.get(id_dataset, "train")
+    fitted = cls(**(params or {})).fit(train.embeddings, train.labels)
+    oods = [d for d in store_datasets(store, ood_datasets) if d != id_dataset]
+    saved = []
+    for dataset, is_ood in [(id_dataset, False), *[(d, True) for d in oods]]:
+        samples = _samples(store, dataset, ["test"])
+        saved.append((samples, _scores(fitted, samples.embeddings, name), is_ood))
+    return _score_table(store.encoder_name, id_dataset, name, saved)
+
+
+def _score_table(encoder: str, id_dataset: str, scorer: str, saved) -> pl.DataFrame:
+    return pl.concat(
         [
             pl.DataFrame(
                 {
@@ -162,6 +193,11 @@ def _save_scores(folder: Path, encoder: str, id_dataset: str, scorer: str, saved
             for samples, scores, is_ood in saved
         ]
     )
+
+
+def _save_scores(folder: Path, encoder: str, id_dataset: str, scorer: str, saved) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    table = _score_table(encoder, id_dataset, scorer, saved)
     path = folder / f"{_slug(encoder)}__{_slug(id_dataset)}__{_slug(scorer)}.parquet"
     tmp = path.with_name(f".{path.name}.tmp")
     table.write_parquet(tmp)

@@ -1,8 +1,7 @@
-"""Figures of evaluation tables (matplotlib, no global pyplot state).
+"""Figures of evaluation tables: the ID x OOD heatmap, probe curves, scorer bars.
 
 Each function takes a result table as the evaluations return it (or as read back from its
-parquet file) and returns a ``matplotlib.figure.Figure``; ``embedkit report`` and the
-notebooks use the same functions.
+parquet file) and returns a ``matplotlib.figure.Figure``.
 """
 
 from __future__ import annotations
@@ -11,10 +10,10 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
-def _select(table: pl.DataFrame, **equal) -> pl.DataFrame:
+def select_rows(table: pl.DataFrame, **equal) -> pl.DataFrame:
     for column, value in equal.items():
         table = table.filter(pl.col(column) == value)
     if table.is_empty():
@@ -24,7 +23,7 @@ def _select(table: pl.DataFrame, **equal) -> pl.DataFrame:
 
 def ood_heatmap(table: pl.DataFrame, encoder: str, scorer: str, metric: str = "auroc") -> Figure:
     """ID (rows) × OOD (columns) heatmap of one encoder and scorer, values written in cells."""
-    rows = _select(table, encoder=encoder, scorer=scorer)
+    rows = select_rows(table, encoder=encoder, scorer=scorer)
     ids = sorted(rows["id_dataset"].unique())
     oods = sorted(rows["ood_dataset"].unique())
     grid = np.full((len(ids), len(oods)), np.nan)
@@ -56,7 +55,7 @@ def ood_heatmap(table: pl.DataFrame, encoder: str, scorer: str, metric: str = "a
 
 def probe_curves(summary: pl.DataFrame, dataset: str, metric: str = "accuracy") -> Figure:
     """Probe ``metric`` against label fraction (log scale), one line per encoder, 95 % CIs."""
-    rows = _select(summary, dataset=dataset).sort("label_fraction")
+    rows = select_rows(summary, dataset=dataset).sort("label_fraction")
     fig = Figure(figsize=(5, 3.5), layout="constrained")
     ax = fig.subplots()
     for encoder in rows["encoder"].unique(maintain_order=True):

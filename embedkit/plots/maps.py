@@ -1,0 +1,147 @@
+"""Figures of a store's embeddings: 2-D maps, and nearest-neighbour retrieval grids."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..errors import ConfigError
+from ..eval.neighbors import NeighborIndex, l2_normalise
+from ..eval.results import store_datasets
+from ..store import EmbeddingStore
+
+PROJECTIONS = ("pca", "umap")
+
+
+def _project(x: np.ndarray, projection: str, seed: int) -> np.ndarray:
+    if projection == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(x)
+    if projection == "umap":
+        try:
+            import umap
+        except ImportError as exc:
+            raise ConfigError(
+                "UMAP maps need umap-learn: pip install 'embedkit[umap]', or use projection='pca'"
+            ) from exc
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(x)
+    raise ConfigError(f"unknown projection '{projection}': use {' or '.join(PROJECTIONS)}")
+
+
+def embedding_map(
+    store: EmbeddingStore,
+    datasets: tuple[str, ...] = (),
+    split: str = "test",
+    color_by: str = "dataset",
+    projection: str = "pca",
+    max_points: int = 1000,
+    seed: int = 0,
+) -> Figure:
+    """A 2-D map (PCA, or UMAP with umap-learn) of a store's embeddings.
+
+    Args:
+        store: the store.
+        datasets: datasets to show; empty means all.
+        split: the split to show.
+        color_by: ``dataset`` (one colour per dataset) or ``class`` (one per class name;
+            single-label datasets only).
+        projection: ``pca`` or ``umap``.
+        max_points: at most this many points per dataset (a seeded random subset).
+        seed: seeds the subsets and UMAP.
+    """
+    if color_by not in ("dataset", "class"):
+        raise ConfigError(f"color_by must be 'dataset' or 'class', not '{color_by}'")
+    rng = np.random.default_rng(seed)
+    points, groups = [], []
+    for dataset in store_datasets(store, datasets):
+        part = store.get(dataset, split)
+        keep = np.sort(rng.permutation(len(part.embeddings))[:max_points])
+        points.append(l2_normalise(part.embeddings[keep].astype(np.float32)))
+        if color_by == "dataset":
+            groups += [dataset] * len(keep)
+        else:
+            if part.labels.shape[1] > 1:
+                raise ConfigError(f"{dataset} is multi-label: colour it by dataset")
+            names = store.dataset_attrs(dataset)["class_names"]
+            prefix = f"{dataset}: " if len(store_datasets(store, datasets)) > 1 else ""
+            groups += [f"{prefix}{names[i]}" for i in part.labels[keep, 0]]
+    xy = _project(np.concatenate(points), projection, seed)
+    groups_array = np.array(groups)
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.subplots()
+    for group in dict.fromkeys(groups):
+        mask = groups_array == group
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=6, alpha=0.7, label=group)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{store.encoder_name}: {split} split, {projection.upper()}", fontsize=10)
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    return fig
+
+
+def split_images(store: EmbeddingStore, dataset: str, split: str, rows: np.ndarray) -> np.ndarray:
+    """The images of stored rows, read back from the data file recorded in the store."""
+    from pathlib import Path
+
+    from ..data.npz import read_member
+
+    attrs = store.split_attrs(dataset, split)
+    path = Path(attrs["data_file"]["path"])
+    if not path.is_file():
+        raise ConfigError(
+            f"the data file of {dataset}/{split}, {path}, is gone: the store holds "
+            f"embeddings only; put the file back to see its images"
+        )
+    indices = store.get(dataset, split).indices[rows]
+    return read_member(path, f"{split}_images")[indices]
+
+
+def retrieval_grid(
+    store: EmbeddingStore,
+    query_dataset: str,
+    query_rows: tuple[int, ...] = (0, 1, 2, 3),
+    k: int = 5,
+    bank_datasets: tuple[str, ...] = (),
+    query_split: str = "test",
+    bank_split: str = "train",
+) -> Figure:
+    """Each query image (first column) and its ``k`` nearest images (cosine) in the bank.
+
+    Args:
+        store: the store; images are read from the data files its provenance names.
+        query_dataset: dataset of the queries.
+        query_rows: rows of the query split to show.
+        k: neighbours per query.
+        bank_datasets: datasets searched (their ``bank_split``); empty means all.
+        query_split, bank_split: the splits of queries and bank.
+    """
+    banks = store_datasets(store, bank_datasets)
+    parts = [store.get(d, bank_split) for d in banks]
+    owner = np.concatenate([np.full(len(p.embeddings), i) for i, p in enumerate(parts)])
+    row = np.concatenate([np.arange(len(p.embeddings)) for p in parts])
+    bank = l2_normalise(np.concatenate([p.embeddings for p in parts]).astype(np.float32))
+    query = store.get(query_dataset, query_split)
+    rows = np.asarray(query_rows)
+    similarity, neighbours = NeighborIndex(bank, metric="ip").search(
+        l2_normalise(query.embeddings[rows].astype(np.float32)), k
+    )
+    fig = Figure(figsize=(1.3 * (k + 1), 1.45 * len(rows)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows), k + 1))
+    queries = split_images(store, query_dataset, query_split, rows)
+
+    def show(ax, image, title, colour="black"):
+        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
+        ax.set_title(title, fontsize=6, color=colour)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for i in range(len(rows)):
+        show(axes[i, 0], queries[i], f"query {query_dataset}", "tab:blue")
+        for j in range(k):
+            n = neighbours[i, j]
+            dataset = banks[owner[n]]
+            image = split_images(store, dataset, bank_split, np.array([row[n]]))[0]
+            show(axes[i, j + 1], image, f"{dataset} {similarity[i, j]:.2f}")
+    fig.suptitle(f"{store.encoder_name}: nearest {bank_split} images", fontsize=9)
+    return fig
