@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import embedkit.backbones as backbones
 from embedkit.backbones import create_encoder, patch_size_for
+from embedkit.data import dataset_classes
 from embedkit.errors import ConfigError, WeightsUnavailableError
 from embedkit.methods import get_method
 from embedkit.methods.dino import local_crop_size
@@ -146,33 +147,6 @@ def test_accumulation_and_the_knn_monitor(tmp_path, data_root):
     assert monitor[-1]["knn_accuracy"] > 0.5  # supervised features separate the textures
 
 
-@pytest.mark.parametrize("method", ["dino", "mocov3"])  # EMA teacher, centre, schedules
-def test_resume_continues_exactly_for_momentum_schedules(tmp_path, data_root, monkeypatch, method):
-    import embedkit.pretrain as module
-
-    params = {
-        "dino": {"output_dim": 256, "hidden_dim": 64, "n_local": 2},
-        "mocov3": {"hidden_dim": 512},
-    }[method]
-    config = _config(data_root, method=method, batch_size=200, method_params=params)
-    straight = pretrain(config, tmp_path / "straight", progress=False)
-    real_mark = module.mark_progress
-
-    def killed_after_first_checkpoint(output, epochs_done):
-        real_mark(output, epochs_done)
-        if epochs_done == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(module, "mark_progress", killed_after_first_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(config, tmp_path / "resumed", progress=False)
-    monkeypatch.undo()
-    resumed = pretrain(config, tmp_path / "resumed", resume=True, progress=False)
-    a, b = load_file(straight / "encoder.safetensors"), load_file(resumed / "encoder.safetensors")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-
-
 def test_bad_engine_options_are_refused(tmp_path, data_root):
     with pytest.raises(ConfigError, match="does not split over 2 processes"):
         pretrain(_config(data_root, devices=2, batch_size=101), tmp_path / "a", progress=False)
@@ -216,3 +190,16 @@ def test_two_process_data_parallel_run_on_gloo(tmp_path, data_root):
         len(lines) == 1200 // 200
         and json.loads((run / "run.json").read_text())["status"] == "complete"
     )
+
+
+def test_multi_domain_supervised_pretraining_sees_every_domain(tmp_path, data_root):
+    config = _config(data_root, dataset="demo-med+demo-texture", method="supervised", epochs=1)
+    run = pretrain(config, tmp_path / "run", progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    assert [f["path"].rsplit("/", 1)[1] for f in saved["data_files"]] == [
+        "demo-med_28.npz",
+        "demo-texture_28.npz",
+    ]
+    assert saved["n_train"] == 2400
+    head = load_file(run / "head.safetensors")  # one logit per class of both domains
+    assert head["weight"].shape[0] == len(dataset_classes("demo-med+demo-texture"))

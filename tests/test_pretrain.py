@@ -125,11 +125,20 @@ def _config(data_root, **changes):
     return PretrainConfig(**{**base, **changes})
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2"])  # mocov2: momentum encoder and queue
+RESUME_PARAMS = {  # mocov2: queue; mocov3: momentum schedule; dino: centre, teacher schedules
+    "simclr": {},
+    "mocov2": {},
+    "mocov3": {"hidden_dim": 512},
+    "dino": {"output_dim": 256, "hidden_dim": 64, "n_local": 2},
+}
+
+
+@pytest.mark.parametrize("method", sorted(RESUME_PARAMS))
 def test_resume_continues_exactly(tmp_path, data_root, monkeypatch, method):
     import embedkit.pretrain as module
 
-    straight = pretrain(_config(data_root, method=method), tmp_path / "straight", progress=False)
+    config = _config(data_root, method=method, method_params=RESUME_PARAMS[method])
+    straight = pretrain(config, tmp_path / "straight", progress=False)
     real_mark = module.mark_progress
 
     def killed_after_first_checkpoint(output, epochs_done):
@@ -139,13 +148,11 @@ def test_resume_continues_exactly(tmp_path, data_root, monkeypatch, method):
 
     monkeypatch.setattr(module, "mark_progress", killed_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(_config(data_root, method=method), tmp_path / "resumed", progress=False)
+        pretrain(config, tmp_path / "resumed", progress=False)
     monkeypatch.undo()
     assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "running"
     assert not (tmp_path / "resumed" / "encoder.safetensors").exists()
-    resumed = pretrain(
-        _config(data_root, method=method), tmp_path / "resumed", resume=True, progress=False
-    )
+    resumed = pretrain(config, tmp_path / "resumed", resume=True, progress=False)
     a = load_file(straight / "encoder.safetensors")
     b = load_file(resumed / "encoder.safetensors")
     assert a.keys() == b.keys()
