@@ -5,7 +5,8 @@ any --methods) on ../shared/data/pneumoniamnist_28.npz, embeds train/val/test wi
 with the same backbone's random weights, and compares a 100 % linear probe (mean of 3
 seeds) and weighted kNN on the test split. Pass: every method beats random weights on both.
 
-Run: python bench/real_data_learning.py [--epochs 10] [--backbone resnet18] [--out DIR]
+Run: python bench/real_data_learning.py [--epochs 10] [--methods simclr,vicreg]
+     [--param vicreg.hidden_dim=2048] [--backbone resnet18] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="keep runs and stores here")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        help="METHOD.NAME=VALUE, e.g. vicreg.hidden_dim=2048",
+    )
     args = parser.parse_args()
 
     from embedkit.embed import EmbedConfig, embed
@@ -48,6 +55,11 @@ def main() -> None:
         resume=True,
     )
     stores = [embed(replace(base, init="random"), out / "random.zarr", progress=False)]
+    params: dict[str, dict] = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        method, _, name = key.partition(".")
+        params.setdefault(method, {})[name] = float(value) if "." in value else int(value)
     minutes = {}
     for method in args.methods.split(","):
         config = PretrainConfig(
@@ -60,6 +72,7 @@ def main() -> None:
             lr=args.lr,
             device=args.device,
             data_root=str(data_root),
+            method_params=params.get(method, {}),
         )
         start = time.perf_counter()
         run = pretrain(config, out / f"{method}-run", resume=True, progress=False)

@@ -11,7 +11,8 @@ import zarr
 
 from .errors import StoreError
 from .store import EmbeddingStore, child_groups
-from .store_writer import LOCK, chunk_digest, read_chunk
+from .store_chunks import chunk_digest, read_chunk
+from .store_lock import LOCK
 
 
 def find_stores(paths: list[str | os.PathLike]) -> list[EmbeddingStore]:

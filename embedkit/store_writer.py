@@ -11,11 +11,10 @@ A store belongs to one encoder (by weights checksum) and takes one writer at a t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,12 @@ import zarr
 from .distributed import Shard
 from .errors import StoreError
 from .store import FORMAT_VERSION, EmbeddingStore, chunk_rows
+from .store_chunks import (
+    NonFiniteError,
+    Producer,
+    intact_chunks,
+    write_chunks,
+)
 from .store_lock import LOCK, take_lock
 from .utils import stamp
 
@@ -32,23 +37,6 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16")
 PROGRESS = "progress.jsonl"
-
-# produce(keep_from) -> (start, batches): consecutive (B, dim) batches from row ``start``
-# (<= keep_from, so that a producer can restart at one of its own batch boundaries).
-Producer = Callable[[int], tuple[int, Iterable[np.ndarray]]]
-
-
-def chunk_digest(values: np.ndarray) -> str:
-    """SHA-256 of a chunk's values (independent of how zarr pads the last chunk on disk)."""
-    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
-
-
-def read_chunk(group, chunk: int, rows: int) -> np.ndarray:
-    """The values a chunk's digest covers: its embeddings, and projections when stored."""
-    values = group["embeddings"][chunk * rows : (chunk + 1) * rows]
-    if "projections" in group:
-        values = np.hstack([values, group["projections"][chunk * rows : (chunk + 1) * rows]])
-    return values
 
 
 class StoreWriter:
@@ -126,34 +114,13 @@ class StoreWriter:
             return False
         return not head or bool(store.split_attrs(dataset, split).get("head_dim"))
 
-    def _intact_chunks(self, staging: Path, identity: dict[str, Any], group) -> dict[int, str]:
-        """Chunks of a staged split whose recorded digest matches their values."""
-        try:
-            saved = json.loads((staging / "zarr.json").read_text())["attributes"]["staging"]
-        except (OSError, ValueError, KeyError):
-            return {}
-        if saved != identity:
-            return {}
-        rows, intact = identity["rows_per_chunk"], {}
-        for log_file in sorted(staging.glob("progress*.jsonl")):
-            for line in log_file.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                    chunk = int(record["chunk"])
-                    values = read_chunk(group, chunk, rows)
-                except Exception:  # a torn line or a truncated chunk file: not intact
-                    continue
-                if record.get("sha256") == chunk_digest(values):
-                    intact[chunk] = record["sha256"]
-        return intact
-
     def _stage(self, dataset, split, identity, labels, indices, dataset_attrs, resume):
         """Create (or, resuming, check) the staging group; return its intact chunks."""
         self.root.require_group(dataset).attrs.update(dataset_attrs)
         name, staging = f"{dataset}/.{split}.partial", self.path / dataset / f".{split}.partial"
         intact = {}
         if resume and name in self.root:
-            intact = self._intact_chunks(staging, identity, self.root[name])
+            intact = intact_chunks(staging, identity, self.root[name])
             log.info("%s/%s: resuming with %d intact chunks", dataset, split, len(intact))
         if not intact:
             if name in self.root:
@@ -240,7 +207,7 @@ class StoreWriter:
             log_file = staging / (PROGRESS if shard.is_main else f"progress.{shard.rank}.jsonl")
             try:
                 mine.update(
-                    self._write_chunks(
+                    write_chunks(
                         self.root[staging_name],
                         produce,
                         (first, stop),
@@ -262,53 +229,6 @@ class StoreWriter:
         if shard.is_main:
             self._publish(dataset, split, identity, digests, attrs)
         shard.gather(None)  # the split is visible to every rank once this returns
-
-    def _write_chunks(self, group, produce, chunks: tuple[int, int], log_file: Path, where):
-        """Write chunks ``[first, stop)`` from ``produce``; return their digests."""
-        first, stop = chunks
-        embeddings = group["embeddings"]
-        projections = group.get("projections", None)
-        (n, dim), rows = embeddings.shape, embeddings.chunks[0]
-        width = dim + (projections.shape[1] if projections is not None else 0)
-        keep_from, end = first * rows, min(stop * rows, n)
-        start, batches = produce(keep_from) if callable(produce) else (0, produce)
-        if start > keep_from:
-            raise StoreError(f"producer began at row {start}, after row {keep_from}")
-        skip, position, digests = keep_from - start, keep_from, {}
-        buffer = np.empty((rows, width), dtype=embeddings.dtype)
-        filled = 0
-        with open(log_file, "a") as progress:
-            for batch in batches:
-                if not np.isfinite(batch).all():
-                    raise NonFiniteError(
-                        f"NaN or inf embeddings in {where}: the encoder's weights are broken; "
-                        f"nothing of this split was kept"
-                    )
-                if skip:
-                    dropped = min(skip, len(batch))
-                    batch, skip = batch[dropped:], skip - dropped
-                while len(batch) and position < end:
-                    take = min(len(batch), rows - filled)
-                    buffer[filled : filled + take] = batch[:take]
-                    batch, filled = batch[take:], filled + take
-                    if filled == rows or position + filled == end:
-                        values = buffer[:filled]
-                        embeddings[position : position + filled] = values[:, :dim]  # whole chunk
-                        if projections is not None:
-                            projections[position : position + filled] = values[:, dim:]
-                        chunk, digest = position // rows, chunk_digest(values)
-                        progress.write(json.dumps({"chunk": chunk, "sha256": digest}) + "\n")
-                        progress.flush()
-                        digests[chunk] = digest
-                        position, filled = position + filled, 0
-                if position >= end:
-                    break  # the next rank's rows are not this rank's to compute
-        if position != end:
-            raise StoreError(
-                f"{where}: {position} embeddings written, {end} expected; run again with "
-                f"--resume to continue"
-            )
-        return digests
 
     def _publish(self, dataset, split, identity, digests: dict[int, str], attrs) -> None:
         """Record the split's attributes and rename it into view (rank 0)."""
@@ -339,7 +259,3 @@ class StoreWriter:
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
-
-
-class NonFiniteError(StoreError):
-    """An encoder produced NaN or inf embeddings."""
