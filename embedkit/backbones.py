@@ -227,8 +227,7 @@ def create_encoder(
             f"weights file"
         )
     encoder = Encoder(_create(spec, image_size, patch, None), name, patch)
-    state = load_state_dict(path)
-    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    state = backbone_keys(load_state_dict(path))
     missing, _ = encoder.backbone.load_state_dict(state, strict=False)
     if missing:
         raise WeightsUnavailableError(
@@ -238,14 +237,45 @@ def create_encoder(
     return encoder
 
 
+# torchvision's ResNet children as nn.Sequential(*list(resnet.children())[:-1]), the way
+# lightly's examples build a backbone: position -> timm / torchvision module name.
+_SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3"}
+_SEQUENTIAL_RESNET["7"] = "layer4"
+
+
+def backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone's tensors of a checkpoint under timm's names.
+
+    Keeps the keys under ``backbone.`` when there are any (an embedkit run, a lightly
+    LightningModule checkpoint, whose heads and momentum copies are dropped), and renames
+    the positions of a torchvision ResNet wrapped in ``nn.Sequential`` (lightly's examples).
+    """
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
+    renamed = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        renamed[f"{_SEQUENTIAL_RESNET.get(head, head)}.{rest}" if rest else key] = value
+    return renamed
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read tensors from a safetensors file or a ``torch.save``d state dict (no pickled code)."""
+    import pickle
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        raise WeightsUnavailableError(
+            f"{path} holds pickled Python objects besides tensors, which embedkit does not "
+            f"execute: save its state_dict alone (torch.save(ckpt['state_dict'], 'weights.pt'), "
+            f"if you trust the file)"
+        ) from exc
     for key in ("state_dict", "model", "backbone"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

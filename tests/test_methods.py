@@ -1,5 +1,6 @@
 """What the newer methods, backbones and engine options promise, checked on values."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -203,3 +204,25 @@ def test_multi_domain_supervised_pretraining_sees_every_domain(tmp_path, data_ro
     assert saved["n_train"] == 2400
     head = load_file(run / "head.safetensors")  # one logit per class of both domains
     assert head["weight"].shape[0] == len(dataset_classes("demo-med+demo-texture"))
+
+
+def test_lightly_style_checkpoints_load_by_module_name(tmp_path):
+    torch.manual_seed(3)
+    reference = create_encoder("resnet18").backbone.state_dict()
+    positions = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6"}
+    positions["layer4"] = "7"
+    sequential = {}
+    for key, value in reference.items():
+        head, _, rest = key.partition(".")
+        if head in positions:  # torchvision children in nn.Sequential, without fc
+            sequential[f"backbone.{positions[head]}.{rest}"] = value
+    sequential["projection_head.layers.0.weight"] = torch.zeros(4, 512)  # dropped
+    sequential["backbone_momentum.0.weight"] = torch.zeros(1)  # dropped
+    torch.save({"state_dict": sequential, "epoch": 99}, tmp_path / "lightly.ckpt")
+    loaded = create_encoder("resnet18", str(tmp_path / "lightly.ckpt")).backbone.state_dict()
+    for key in ("conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight"):
+        torch.testing.assert_close(loaded[key], reference[key], rtol=0, atol=0)
+    hparams = argparse.Namespace(lr=0.1)  # what Lightning checkpoints often pickle
+    torch.save({"state_dict": sequential, "hyper_parameters": hparams}, tmp_path / "p.ckpt")
+    with pytest.raises(WeightsUnavailableError, match="pickled Python objects"):
+        create_encoder("resnet18", str(tmp_path / "p.ckpt"))
