@@ -1,9 +1,11 @@
 """Does pretraining learn on real data? A few CPU minutes on PneumoniaMNIST (issue 3).
 
-Pretrains the same small backbone with SimCLR (contrastive) and SimSiam (non-contrastive, or
+Pretrains the same small backbone with SimCLR (contrastive) and VICReg (non-contrastive, or
 any --methods) on ../shared/data/pneumoniamnist_28.npz, embeds train/val/test with each and
 with the same backbone's random weights, and compares a 100 % linear probe (mean of 3
 seeds) and weighted kNN on the test split. Pass: every method beats random weights on both.
+VICReg and Barlow Twins get 2048-d projectors unless --param says otherwise: the papers'
+8192-d ones cost ~15x more on a CPU (BENCHMARKS.md).
 
 Run: python bench/real_data_learning.py [--epochs 10] [--methods simclr,vicreg]
      [--param vicreg.hidden_dim=2048] [--backbone resnet18] [--out DIR]
@@ -22,7 +24,7 @@ import polars as pl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="simclr,simsiam")
+    parser.add_argument("--methods", default="simclr,vicreg")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -55,7 +57,9 @@ def main() -> None:
         resume=True,
     )
     stores = [embed(replace(base, init="random"), out / "random.zarr", progress=False)]
-    params: dict[str, dict] = {}
+    params: dict[str, dict] = {
+        name: {"hidden_dim": 2048, "projection_dim": 2048} for name in ("vicreg", "barlowtwins")
+    }
     for item in args.param:
         key, _, value = item.partition("=")
         method, _, name = key.partition(".")
