@@ -226,3 +226,21 @@ def test_lightly_style_checkpoints_load_by_module_name(tmp_path):
     torch.save({"state_dict": sequential, "hyper_parameters": hparams}, tmp_path / "p.ckpt")
     with pytest.raises(WeightsUnavailableError, match="pickled Python objects"):
         create_encoder("resnet18", str(tmp_path / "p.ckpt"))
+
+
+def test_a_vit_run_embeds_with_its_own_patch_size(tmp_path, data_root):
+    from embedkit.embed import EmbedConfig, embed
+
+    config = _config(data_root, backbone="vit_tiny", method="supervised", epochs=1, batch_size=600)
+    run = pretrain(config, tmp_path / "run", progress=False)
+    assert json.loads((run / "config.json").read_text())["pretrain"]["patch_size"] == 4
+    embed_config = EmbedConfig(
+        dataset="demo-texture",
+        splits=("test",),
+        run=str(run),
+        device="cpu",
+        data_root=str(data_root),
+    )
+    store = embed(embed_config, tmp_path / "s.zarr", progress=False)
+    assert store.get("demo-texture", "test").embeddings.shape == (600, 192)
+    assert store.encoder["patch_size"] == 4 and store.encoder["backbone"] == "vit_tiny"
