@@ -177,8 +177,10 @@ def encode(
     Reading overlaps compute (``prefetched_batches``); on a GPU the batches are pinned and
     copied asynchronously, run in bf16 autocast and channels_last.
     """
-    encoder.eval().to(device)
     on_gpu = device.type == "cuda"
+    encoder.eval().to(device)
+    if on_gpu:  # weights in the layout of the inputs, so convolutions skip a conversion
+        encoder.to(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu)
     bar = tqdm(
         total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False
