@@ -213,12 +213,16 @@ def report(
     transfer: Annotated[
         Path | None, typer.Option("--transfer", help="Table of `embedkit transfer --out`.")
     ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option("--scores", help="Folder of `embedkit ood --save-scores`: histograms, ROC."),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="markdown or html.")] = "markdown",
     title: Annotated[str, typer.Option("--title")] = "embedkit report",
     debug: DebugOpt = False,
 ) -> None:
     """A Markdown or HTML summary of result tables, with heatmaps and charts as PNG files."""
-    from embedkit.report import ReportConfig, build_report, read_table
+    from embedkit.report import ReportConfig, build_report, read_scores, read_table
 
     def action():
         tables = {
@@ -226,6 +230,8 @@ def report(
             for name, path in (("probe", probe), ("knn", knn), ("ood", ood), ("transfer", transfer))
             if path is not None
         }
+        if scores is not None:
+            tables["scores"] = read_scores(scores)
         path = build_report(output, **tables, config=ReportConfig(title=title, format=format))
         print(f"wrote {path}")
 

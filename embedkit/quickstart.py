@@ -18,7 +18,7 @@ from .eval import KNNConfig, OODConfig, ProbeConfig, evaluate_ood, knn_classify,
 from .eval.probe import summarise_probe
 from .eval.results import write_table
 from .pretrain import PretrainConfig, pretrain
-from .report import ReportConfig, build_report
+from .report import ReportConfig, build_report, read_scores
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,9 @@ def quickstart(
         datasets=(ID_DATASET,), label_fractions=config.label_fractions, seeds=config.seeds
     )
     knn_config = KNNConfig(datasets=(ID_DATASET,))
-    ood_config = OODConfig(id_datasets=(ID_DATASET,), ood_datasets=OOD_DATASETS)
+    ood_config = OODConfig(
+        id_datasets=(ID_DATASET,), ood_datasets=OOD_DATASETS, save_scores=str(output / "scores")
+    )
     tables = {
         "probe": write_table(
             probe(list(stores), probe_config), output / "probe.parquet", probe_config, list(stores)
@@ -113,6 +115,7 @@ def quickstart(
         probe=pl.read_parquet(tables["probe"]),
         knn=pl.read_parquet(tables["knn"]),
         ood=pl.read_parquet(tables["ood"]),
+        scores=read_scores(output / "scores"),
         config=ReportConfig(title="embedkit quickstart: SimCLR against random weights"),
     )
     return QuickstartResult(summary, run, tuple(s.path for s in stores), tables)

@@ -16,7 +16,7 @@ import polars as pl
 
 from .errors import ConfigError
 from .eval.probe import summarise_probe
-from .plots import ood_bars, ood_heatmap, probe_curves
+from .plots import ood_bars, ood_heatmap, probe_curves, roc_curves, score_histograms
 from .utils import stamp
 
 FORMATS = ("markdown", "html")
@@ -157,11 +157,41 @@ def _ood_section(doc: _Document, table: pl.DataFrame) -> None:
             )
 
 
+def _scores_section(doc: _Document, scores: pl.DataFrame) -> None:
+    doc.heading("OOD score distributions")
+    doc.text(
+        "Per-sample scores (higher = more in-distribution) of the ID test split and each OOD set."
+    )
+    groups = scores.select("encoder", "id_dataset", "scorer").unique(maintain_order=True)
+    for encoder, id_dataset, scorer in groups.iter_rows():
+        part = scores.filter(
+            (pl.col("encoder") == encoder)
+            & (pl.col("id_dataset") == id_dataset)
+            & (pl.col("scorer") == scorer)
+        )
+        name = f"{encoder}-{id_dataset}-{scorer}"
+        what = f"{encoder}, {scorer}, ID {id_dataset}"
+        doc.figure(score_histograms(part), f"hist-{name}", f"Score histograms: {what}")
+        doc.figure(roc_curves(part), f"roc-{name}", f"ROC curves: {what}")
+
+
+def read_scores(folder: str | Path) -> pl.DataFrame:
+    """Read every per-sample score table that ``embedkit ood --save-scores DIR`` wrote."""
+    files = sorted(Path(folder).glob("*.parquet"))
+    if not files:
+        raise ConfigError(
+            f"--scores {folder} holds no score tables: write them with "
+            f"`embedkit ood --save-scores {folder}`"
+        )
+    return pl.concat([read_table(path, "scores") for path in files])
+
+
 REQUIRED_COLUMNS = {
     "probe": {"encoder", "dataset", "label_fraction", "accuracy"},
     "knn": {"encoder", "dataset", "accuracy"},
     "ood": {"encoder", "id_dataset", "ood_dataset", "scorer", "auroc"},
     "transfer": {"encoder", "dataset", "accuracy"},
+    "scores": {"encoder", "id_dataset", "scorer", "dataset", "score", "is_ood"},
 }
 
 
@@ -192,11 +222,16 @@ def build_report(
     ood: pl.DataFrame | None = None,
     transfer: pl.DataFrame | None = None,
     config: ReportConfig = ReportConfig(),
+    scores: pl.DataFrame | None = None,
 ) -> Path:
-    """Write the report and its figures into ``output``; return the report's path."""
+    """Write the report and its figures into ``output``; return the report's path.
+
+    ``scores`` are per-sample OOD scores (``read_scores``), drawn as histograms and ROC
+    curves per encoder, ID dataset and scorer.
+    """
     if config.format not in FORMATS:
         raise ConfigError(f"unknown report format '{config.format}': use markdown or html")
-    if all(t is None for t in (probe, knn, ood, transfer)):
+    if all(t is None for t in (probe, knn, ood, transfer, scores)):
         raise ConfigError("nothing to report: pass at least one result table (--probe, --ood, ...)")
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
@@ -211,6 +246,8 @@ def build_report(
         doc.table(_pivot(knn, "encoder", "dataset", "accuracy"))
     if ood is not None:
         _ood_section(doc, ood)
+    if scores is not None:
+        _scores_section(doc, scores)
     if transfer is not None:
         doc.heading("Transfer")
         doc.text("Probe accuracy of each encoder (rows, with its pretraining data) on each target.")

@@ -162,3 +162,24 @@ def test_score_histograms_and_roc_curves_show_every_dataset(demo_store):
     assert fpr[0] == 0 and tpr[-1] == 1 and np.trapezoid(tpr, fpr) == pytest.approx(expected)
     with pytest.raises(ConfigError, match="needs columns"):
         roc_curves(scores.drop("is_ood"))
+
+
+def test_report_draws_saved_scores(tmp_path, demo_store):
+    from embedkit.eval import OODConfig, evaluate_ood
+    from embedkit.report import read_scores
+
+    config = OODConfig(
+        id_datasets=("demo-med", "demo-texture"),
+        scorers=("knn", "mahalanobis"),
+        save_scores=str(tmp_path / "scores"),
+    )
+    evaluate_ood([demo_store], config)
+    scores = read_scores(tmp_path / "scores")
+    assert scores.select("id_dataset", "scorer").unique().height == 4
+    path = build_report(tmp_path / "r", scores=scores)
+    pngs = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    assert len(pngs) == 4 * 2  # a histogram and a ROC figure per ID dataset and scorer
+    assert sum(p.startswith("roc-") for p in pngs) == 4
+    assert all(p in path.read_text() for p in pngs)
+    with pytest.raises(ConfigError, match="holds no score tables"):
+        read_scores(tmp_path / "empty")
