@@ -8,17 +8,12 @@ become floats there; embeddings are written as whole chunks (see ``embedkit.stor
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
-from tqdm.auto import tqdm
 
-from .augment import to_float
 from .backbones import Encoder, create_encoder, state_sha256
 from .data import (
     SPLITS,
@@ -32,6 +27,7 @@ from .data import (
 from .data.loading import candidate_files, data_root
 from .distributed import Shard
 from .errors import ConfigError, DataNotFoundError
+from .inference import EncoderWithHead, encode
 from .runs import ENCODER_FILE, load_head, read_finished_run
 from .store import EmbeddingStore
 from .store_writer import StoreWriter
@@ -81,21 +77,6 @@ class EmbedConfig:
     with_head: bool = False
 
 
-class EncoderWithHead(nn.Module):
-    """Backbone features followed by the head's output, in one row per image."""
-
-    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.head = encoder, head
-        self.feature_dim = encoder.feature_dim
-        with torch.no_grad():
-            self.head_dim = int(head(torch.zeros(2, encoder.feature_dim)).shape[1])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(images)
-        return torch.cat([features, self.head(features)], dim=1)
-
-
 def load_encoder(config: EmbedConfig) -> tuple[Encoder | EncoderWithHead, dict[str, Any]]:
     """Build the encoder (with the run's head for ``with_head``) and its identity record for
     the store's provenance."""
@@ -141,57 +122,6 @@ def load_encoder(config: EmbedConfig) -> tuple[Encoder | EncoderWithHead, dict[s
         identity["head_sha256"] = state_sha256(head)
         return EncoderWithHead(encoder, head), identity
     return encoder, identity
-
-
-def prefetched_batches(images: np.ndarray, batch_size: int, pin: bool):
-    """Yield ``(start, uint8 tensor)`` batches, reading the next one in a background thread
-    while the caller computes on the current one; pinned for asynchronous copies to a GPU."""
-
-    def load(start: int) -> torch.Tensor:
-        batch = torch.from_numpy(np.array(images[start : start + batch_size]))
-        return batch.pin_memory() if pin else batch
-
-    starts = range(0, len(images), batch_size)
-    if not starts:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedkit-read") as pool:
-        pending = pool.submit(load, starts[0])
-        for i, start in enumerate(starts):
-            batch = pending.result()
-            if i + 1 < len(starts):
-                pending = pool.submit(load, starts[i + 1])
-            yield start, batch
-
-
-@torch.inference_mode()
-def encode(
-    encoder: Encoder,
-    images: np.ndarray,
-    batch_size: int,
-    device: torch.device,
-    progress: bool = False,
-    desc: str = "",
-):
-    """Yield ``(start, embeddings)`` for consecutive batches of uint8 ``(N, H, W, C)`` images.
-
-    Reading overlaps compute (``prefetched_batches``); on a GPU the batches are pinned and
-    copied asynchronously, run in bf16 autocast and channels_last.
-    """
-    on_gpu = device.type == "cuda"
-    encoder.eval().to(device)
-    if on_gpu:  # weights in the layout of the inputs, so convolutions skip a conversion
-        encoder.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu)
-    bar = tqdm(
-        total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False
-    )
-    for start, batch in prefetched_batches(images, batch_size, pin=on_gpu):
-        batch = to_float(batch.to(device, non_blocking=True))
-        with autocast:
-            features = encoder(batch.contiguous(memory_format=torch.channels_last))
-        yield start, features.float().cpu().numpy()
-        bar.update(len(batch))
-    bar.close()
 
 
 def _producer(encoder: Encoder, data: SplitData, config: EmbedConfig, device, progress: bool):

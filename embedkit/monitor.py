@@ -15,6 +15,7 @@ from .backbones import Encoder
 from .data import SplitData
 from .eval.knn import KNNConfig, knn_predict
 from .eval.metrics import classification_metrics
+from .inference import encode
 
 
 class KNNMonitor:
@@ -46,8 +47,6 @@ class KNNMonitor:
         self.task, self.n_classes, self.batch_size = task, n_classes, batch_size
 
     def _embed(self, encoder: Encoder, images: np.ndarray, device: torch.device) -> np.ndarray:
-        from .embed import encode
-
         return np.concatenate(
             [f for _, f in encode(encoder, images, self.batch_size, device)]
         ).astype(np.float32)

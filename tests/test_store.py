@@ -7,8 +7,9 @@ import zarr
 
 from embedkit.backbones import create_encoder
 from embedkit.data import load_split
-from embedkit.embed import EmbedConfig, embed, encode
+from embedkit.embed import EmbedConfig, embed
 from embedkit.errors import RunError, StoreError
+from embedkit.inference import encode
 from embedkit.store import EmbeddingStore, chunk_rows
 
 
