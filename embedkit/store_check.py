@@ -55,6 +55,7 @@ def list_stores(paths: list[str | os.PathLike]) -> pl.DataFrame:
                         "split": split,
                         "n": attrs["n"],
                         "dim": attrs["dim"],
+                        "head_dim": attrs.get("head_dim", 0),
                         "dtype": attrs.get("dtype", "float32"),
                         "size": attrs.get("size"),
                         "origin": attrs.get("data_file", {}).get("origin", ""),

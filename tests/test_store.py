@@ -146,6 +146,9 @@ def test_with_head_stores_the_projection_beside_the_features(tmp_path, tiny_run,
         np.testing.assert_allclose(features.embeddings[:8], direct.numpy(), atol=1e-4)
         np.testing.assert_allclose(projections.embeddings[:8], head(direct).numpy(), atol=1e-4)
     assert verify_store(tmp_path / "h.zarr")["problems"].to_list() == [""]
+    from embedkit.store_check import list_stores
+
+    assert list_stores([tmp_path / "h.zarr"])["head_dim"].to_list() == [128]
     chunk = tmp_path / "h.zarr" / "demo-texture" / "test" / "projections" / "c" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:-8] + bytes(8))  # rot in the head output only
     assert "checksum" in verify_store(tmp_path / "h.zarr")["problems"][0]
