@@ -18,9 +18,12 @@ class MethodConfig:
 
     Attributes:
         augment: view augmentation strengths (lightly's SimCLRTransform defaults).
+        augment_second: the second view's, for asymmetric views (BYOL-style blur and
+            solarisation); None draws both views like the first.
     """
 
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment_second: AugmentConfig | None = None
 
 
 class PretrainMethod(nn.Module):
@@ -52,6 +55,7 @@ class PretrainMethod(nn.Module):
         self.image_size = image_size
         self.n_classes = n_classes
         self.augment = BatchAugment(image_size, config.augment)
+        self.augment_second = BatchAugment(image_size, config.augment_second or config.augment)
         self.progress = 0.0
         self.epoch = 0
 
@@ -63,7 +67,7 @@ class PretrainMethod(nn.Module):
 
     def two_views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Two augmented views of every image, stacked into one batch (first views first)."""
-        return torch.cat([self.augment(images, generator), self.augment(images, generator)])
+        return torch.cat([self.augment(images, generator), self.augment_second(images, generator)])
 
     def output_head(self) -> nn.Module | None:
         """The head whose output ``embed --with-head`` stores beside the backbone features

@@ -70,7 +70,7 @@ class DINOConfig(MethodConfig):
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(min_scale=0.4, **_JITTER, blur_prob=1.0)
     )
-    augment_second: AugmentConfig = field(
+    augment_second: AugmentConfig | None = field(
         default_factory=lambda: AugmentConfig(
             min_scale=0.4, **_JITTER, blur_prob=0.1, solarize_prob=0.2
         )
@@ -113,7 +113,6 @@ class DINO(MomentumMethod):
             student_temp=config.student_temp,
             center_momentum=config.center_momentum,
         )
-        self.augment_second = BatchAugment(image_size, config.augment_second)
         low, high = config.local_scale
         local = replace(config.augment, min_scale=low, max_scale=high, blur_prob=0.5)
         self.augment_local = BatchAugment(local_crop_size(image_size, encoder.patch_size), local)
@@ -126,9 +125,7 @@ class DINO(MomentumMethod):
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         n = len(images)
-        global_views = torch.cat(
-            [self.augment(images, generator), self.augment_second(images, generator)]
-        )
+        global_views = self.two_views(images, generator)
         teacher = self.momentum_forward(global_views).chunk(2)
         student = list(self.projection_head(self.encoder(global_views)).chunk(2))
         if self.config.n_local:

@@ -20,7 +20,7 @@ from lightly.models.modules.heads import ProjectionHead
 from lightly.utils import dist
 from torch import nn
 
-from ..augment import AugmentConfig, BatchAugment
+from ..augment import AugmentConfig
 from ..backbones import Encoder
 from . import register_method
 from ._momentum import MomentumMethod
@@ -49,7 +49,7 @@ class MoCoV3Config(MethodConfig):
     momentum: float = 0.99
     momentum_end: float = 1.0
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(**_BYOL, blur_prob=1.0))
-    augment_second: AugmentConfig = field(
+    augment_second: AugmentConfig | None = field(
         default_factory=lambda: AugmentConfig(**_BYOL, blur_prob=0.1, solarize_prob=0.2)
     )
 
@@ -85,10 +85,9 @@ class MoCoV3(MomentumMethod):
             [(out, hidden, nn.BatchNorm1d(hidden), nn.ReLU()), (hidden, out, None, None)]
         )
         self.init_momentum_branch()
-        self.augment_second = BatchAugment(image_size, config.augment_second)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
-        views = torch.cat([self.augment(images, generator), self.augment_second(images, generator)])
+        views = self.two_views(images, generator)
         predictions = self.prediction_head(self.projection_head(self.encoder(views)))
         keys = self.momentum_forward(views)
         p0, p1 = predictions.chunk(2)
