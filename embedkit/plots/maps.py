@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -54,7 +56,8 @@ def embedding_map(
         raise ConfigError(f"color_by must be 'dataset' or 'class', not '{color_by}'")
     rng = np.random.default_rng(seed)
     points, groups = [], []
-    for dataset in store_datasets(store, datasets):
+    shown = store_datasets(store, datasets)
+    for dataset in shown:
         part = store.get(dataset, split)
         keep = np.sort(rng.permutation(len(part.embeddings))[:max_points])
         points.append(l2_normalise(part.embeddings[keep].astype(np.float32)))
@@ -64,7 +67,7 @@ def embedding_map(
             if part.labels.shape[1] > 1:
                 raise ConfigError(f"{dataset} is multi-label: colour it by dataset")
             names = store.dataset_attrs(dataset)["class_names"]
-            prefix = f"{dataset}: " if len(store_datasets(store, datasets)) > 1 else ""
+            prefix = f"{dataset}: " if len(shown) > 1 else ""
             groups += [f"{prefix}{names[i]}" for i in part.labels[keep, 0]]
     xy = _project(np.concatenate(points), projection, seed)
     groups_array = np.array(groups)
@@ -80,20 +83,19 @@ def embedding_map(
     return fig
 
 
-def split_images(store: EmbeddingStore, dataset: str, split: str, rows: np.ndarray) -> np.ndarray:
-    """The images of stored rows, read back from the data file recorded in the store."""
-    from pathlib import Path
-
+def split_images(
+    store: EmbeddingStore, dataset: str, split: str, indices: np.ndarray
+) -> np.ndarray:
+    """Images of a split by their row in the data file (a stored ``indices`` value), read
+    back from the data file the store's provenance names."""
     from ..data.npz import read_member
 
-    attrs = store.split_attrs(dataset, split)
-    path = Path(attrs["data_file"]["path"])
+    path = Path(store.split_attrs(dataset, split)["data_file"]["path"])
     if not path.is_file():
         raise ConfigError(
             f"the data file of {dataset}/{split}, {path}, is gone: the store holds "
             f"embeddings only; put the file back to see its images"
         )
-    indices = store.get(dataset, split).indices[rows]
     return read_member(path, f"{split}_images")[indices]
 
 
@@ -126,9 +128,16 @@ def retrieval_grid(
     similarity, neighbours = NeighborIndex(bank, metric="ip").search(
         l2_normalise(query.embeddings[rows].astype(np.float32)), k
     )
+    queries = split_images(store, query_dataset, query_split, query.indices[rows])
+    found: dict[tuple[int, int], np.ndarray] = {}  # datasets may differ in channels
+    for i, part in enumerate(parts):  # one read of each bank dataset's file
+        places = np.argwhere(owner[neighbours] == i)
+        if len(places):
+            file_rows = part.indices[row[neighbours[tuple(places.T)]]]
+            images = split_images(store, banks[i], bank_split, file_rows)
+            found.update(zip(map(tuple, places), images, strict=True))
     fig = Figure(figsize=(1.3 * (k + 1), 1.45 * len(rows)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(rows), k + 1))
-    queries = split_images(store, query_dataset, query_split, rows)
 
     def show(ax, image, title, colour="black"):
         ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
@@ -139,9 +148,7 @@ def retrieval_grid(
     for i in range(len(rows)):
         show(axes[i, 0], queries[i], f"query {query_dataset}", "tab:blue")
         for j in range(k):
-            n = neighbours[i, j]
-            dataset = banks[owner[n]]
-            image = split_images(store, dataset, bank_split, np.array([row[n]]))[0]
-            show(axes[i, j + 1], image, f"{dataset} {similarity[i, j]:.2f}")
+            dataset = banks[owner[neighbours[i, j]]]
+            show(axes[i, j + 1], found[i, j], f"{dataset} {similarity[i, j]:.2f}")
     fig.suptitle(f"{store.encoder_name}: nearest {bank_split} images", fontsize=9)
     return fig
