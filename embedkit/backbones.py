@@ -69,7 +69,6 @@ for _spec in (
     BACKBONES[_spec.name] = _spec
 
 get_backbone = BACKBONES.__getitem__
-INITS = ("random", "imagenet", "timm:TAG", "PATH")
 VIT_PATCH_SIZES = {28: 4, 64: 8, 128: 16, 224: 16}
 
 
@@ -239,8 +238,14 @@ def create_encoder(
 
 # torchvision's ResNet children as nn.Sequential(*list(resnet.children())[:-1]), the way
 # lightly's examples build a backbone: position -> timm / torchvision module name.
-_SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3"}
-_SEQUENTIAL_RESNET["7"] = "layer4"
+_SEQUENTIAL_RESNET = {
+    "0": "conv1",
+    "1": "bn1",
+    "4": "layer1",
+    "5": "layer2",
+    "6": "layer3",
+    "7": "layer4",
+}
 
 
 def backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
