@@ -45,9 +45,8 @@ def main() -> None:
 
     from embedkit.backbones import create_encoder
     from embedkit.data import load_split
-    from embedkit.embed import EmbedConfig, embed
-    from embedkit.inference import encode
-    from embedkit.store_writer import StoreWriter
+    from embedkit.embed import EmbedConfig, embed, encode
+    from embedkit.store import StoreWriter
     from embedkit.utils import resolve_device
 
     device = resolve_device(args.device)

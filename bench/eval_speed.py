@@ -60,8 +60,7 @@ def bench_knn(bank_size: int, queries: int, dim: int, k: int) -> None:
 
 def synthetic_store(path: Path, scale: float, dim: int):
     from embedkit.data import MEDMNIST_2D, get_info
-    from embedkit.store import EmbeddingStore
-    from embedkit.store_writer import StoreWriter
+    from embedkit.store import EmbeddingStore, StoreWriter
 
     rng = np.random.default_rng(0)
     writer = StoreWriter(

@@ -20,7 +20,7 @@ def ls(
     debug: DebugOpt = False,
 ) -> None:
     """Every store, dataset and split with sizes and provenance."""
-    from embedkit.store_check import list_stores
+    from embedkit.store import list_stores
 
     run_command(debug, lambda: show_table(list_stores(paths)))
 
@@ -31,7 +31,7 @@ def verify(
     debug: DebugOpt = False,
 ) -> None:
     """Completeness, shapes, dtypes, NaN/inf, chunk checksums, provenance; exit 1 on problems."""
-    from embedkit.store_check import verify_store
+    from embedkit.store import verify_store
 
     def action():
         table = verify_store(store)

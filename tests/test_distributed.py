@@ -8,8 +8,7 @@ import pytest
 
 from embedkit.distributed import Shard
 from embedkit.embed import EmbedConfig, embed
-from embedkit.store import EmbeddingStore
-from embedkit.store_check import verify_store
+from embedkit.store import EmbeddingStore, verify_store
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])

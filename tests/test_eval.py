@@ -232,7 +232,7 @@ def test_transfer_matrix(demo_store, tiny_run, data_root, tmp_path):
 
 
 def test_store_writer_rejects_nan_batches(tmp_path):
-    from embedkit.store_writer import StoreWriter
+    from embedkit.store import StoreWriter
 
     writer = StoreWriter(tmp_path / "w.zarr", {"name": "x", "weights_sha256": "1" * 64})
     batches = [np.ones((4, 8), np.float32), np.full((4, 8), np.nan, np.float32)]
@@ -253,7 +253,7 @@ def test_store_writer_rejects_nan_batches(tmp_path):
 
 
 def test_stores_of_one_backbone_must_agree_on_size(demo_store, tmp_path):
-    from embedkit.store_writer import StoreWriter
+    from embedkit.store import StoreWriter
 
     identity = {**demo_store.encoder, "weights_sha256": "2" * 64, "name": "projection/resnet18"}
     writer = StoreWriter(tmp_path / "p.zarr", identity)
@@ -275,7 +275,7 @@ def test_stores_of_one_backbone_must_agree_on_size(demo_store, tmp_path):
 @pytest.fixture(scope="module")
 def multi_label_store(tmp_path_factory):
     """A ChestMNIST-shaped store: 5 binary labels, embeddings that carry them."""
-    from embedkit.store_writer import StoreWriter
+    from embedkit.store import StoreWriter
 
     rng = np.random.default_rng(0)
     directions = rng.normal(size=(5, 32))
@@ -336,7 +336,7 @@ def test_multi_label_probe_knn_and_ood(multi_label_store):
 
 
 def test_class_absent_from_training_split(tmp_path):
-    from embedkit.store_writer import StoreWriter
+    from embedkit.store import StoreWriter
 
     writer = StoreWriter(
         tmp_path / "s.zarr",

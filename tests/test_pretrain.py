@@ -135,7 +135,7 @@ RESUME_PARAMS = {  # mocov2: queue; mocov3: momentum schedule; dino: centre, tea
 
 @pytest.mark.parametrize("method", sorted(RESUME_PARAMS))
 def test_resume_continues_exactly(tmp_path, data_root, monkeypatch, method):
-    import embedkit.pretrain as module
+    import embedkit.pretrain.loop as module
 
     config = _config(data_root, method=method, method_params=RESUME_PARAMS[method])
     straight = pretrain(config, tmp_path / "straight", progress=False)

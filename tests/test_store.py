@@ -7,9 +7,8 @@ import zarr
 
 from embedkit.backbones import create_encoder
 from embedkit.data import load_split
-from embedkit.embed import EmbedConfig, embed
+from embedkit.embed import EmbedConfig, embed, encode
 from embedkit.errors import RunError, StoreError
-from embedkit.inference import encode
 from embedkit.store import EmbeddingStore, chunk_rows
 
 
@@ -120,8 +119,8 @@ def test_with_head_stores_the_projection_beside_the_features(tmp_path, tiny_run,
     from embedkit.data import load_split
     from embedkit.embed import EmbedConfig, embed
     from embedkit.errors import ConfigError, StoreError
-    from embedkit.runs import load_head
-    from embedkit.store_check import verify_store
+    from embedkit.pretrain import load_head
+    from embedkit.store import verify_store
 
     config = EmbedConfig(
         dataset="demo-texture",
@@ -146,7 +145,7 @@ def test_with_head_stores_the_projection_beside_the_features(tmp_path, tiny_run,
         np.testing.assert_allclose(features.embeddings[:8], direct.numpy(), atol=1e-4)
         np.testing.assert_allclose(projections.embeddings[:8], head(direct).numpy(), atol=1e-4)
     assert verify_store(tmp_path / "h.zarr")["problems"].to_list() == [""]
-    from embedkit.store_check import list_stores
+    from embedkit.store import list_stores
 
     assert list_stores([tmp_path / "h.zarr"])["head_dim"].to_list() == [128]
     chunk = tmp_path / "h.zarr" / "demo-texture" / "test" / "projections" / "c" / "0" / "0"

@@ -16,9 +16,7 @@ from typer.testing import CliRunner
 from embedkit.cli.main import app
 from embedkit.embed import EmbedConfig, embed
 from embedkit.errors import StoreError
-from embedkit.store import EmbeddingStore
-from embedkit.store_check import list_stores, verify_store
-from embedkit.store_writer import LOCK, StoreWriter
+from embedkit.store import LOCK, EmbeddingStore, StoreWriter, list_stores, verify_store
 
 IDENTITY = {
     "name": "t/x",

@@ -8,8 +8,8 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import StoreError
-from .utils import stamp
+from ..errors import StoreError
+from ..utils import stamp
 
 log = logging.getLogger(__name__)
 LOCK = ".lock"

@@ -1,5 +1,5 @@
 """Chunk-level I/O of a staged split: whole-chunk writes, their SHA-256 log, and which
-chunks of an interrupted split are intact (see ``embedkit.store_writer``)."""
+chunks of an interrupted split are intact (see ``embedkit.store.writer``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
+from ..errors import StoreError
 
 # produce(keep_from) -> (start, batches): consecutive (B, dim) batches from row ``start``
 # (<= keep_from, so that a producer can restart at one of its own batch boundaries).

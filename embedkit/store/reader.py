@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import zarr
 
-from .errors import StoreError
+from ..errors import StoreError
 
 FORMAT_VERSION = 1
 

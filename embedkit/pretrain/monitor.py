@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .backbones import Encoder
-from .data import SplitData
-from .eval.knn import KNNConfig, knn_predict
-from .eval.metrics import classification_metrics
-from .inference import encode
+from ..backbones import Encoder
+from ..data import SplitData
+from ..embed import encode
+from ..eval.knn import KNNConfig, knn_predict
+from ..eval.metrics import classification_metrics
 
 
 class KNNMonitor:

@@ -21,17 +21,17 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .distributed import Shard
-from .errors import StoreError
-from .store import FORMAT_VERSION, EmbeddingStore, chunk_rows
-from .store_chunks import (
+from ..distributed import Shard
+from ..errors import StoreError
+from ..utils import stamp
+from .chunks import (
     NonFiniteError,
     Producer,
     intact_chunks,
     write_chunks,
 )
-from .store_lock import LOCK, take_lock
-from .utils import stamp
+from .lock import LOCK, take_lock
+from .reader import FORMAT_VERSION, EmbeddingStore, chunk_rows
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .augment import to_float
-from .backbones import Encoder
+from ..augment import to_float
+from ..backbones import Encoder
 
 
 class EncoderWithHead(nn.Module):

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from .backbones import get_backbone
-from .data import check_size
-from .errors import ConfigError
+from ..backbones import get_backbone
+from ..data import check_size
+from ..errors import ConfigError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .backbones import Encoder, create_encoder, state_sha256
-from .data import (
+from ..backbones import Encoder, create_encoder, state_sha256
+from ..data import (
     SPLITS,
     SplitData,
     check_size,
@@ -24,14 +24,13 @@ from .data import (
     load_split,
     parse_dataset_spec,
 )
-from .data.loading import candidate_files, data_root
-from .distributed import Shard
-from .errors import ConfigError, DataNotFoundError
+from ..data.loading import candidate_files, data_root
+from ..distributed import Shard
+from ..errors import ConfigError, DataNotFoundError
+from ..pretrain import ENCODER_FILE, load_head, read_finished_run
+from ..store import EmbeddingStore, StoreWriter
+from ..utils import resolve_device, to_jsonable
 from .inference import EncoderWithHead, encode
-from .runs import ENCODER_FILE, load_head, read_finished_run
-from .store import EmbeddingStore
-from .store_writer import StoreWriter
-from .utils import resolve_device, to_jsonable
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import zarr
 
-from .errors import StoreError
-from .store import EmbeddingStore, child_groups
-from .store_chunks import chunk_digest, read_chunk
-from .store_lock import LOCK
+from ..errors import StoreError
+from .chunks import chunk_digest, read_chunk
+from .lock import LOCK
+from .reader import EmbeddingStore, child_groups
 
 
 def find_stores(paths: list[str | os.PathLike]) -> list[EmbeddingStore]:

@@ -31,13 +31,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .augment import to_float
-from .backbones import create_encoder, patch_size_for
-from .data import dataset_classes, dataset_task, load_split
-from .errors import RunError
-from .methods import get_method, method_config
+from ..augment import to_float
+from ..backbones import create_encoder, patch_size_for
+from ..data import dataset_classes, dataset_task, load_split
+from ..errors import RunError
+from ..methods import get_method, method_config
+from ..utils import resolve_device, stamp, to_jsonable
+from .engine import check_config, make_fabric, make_scheduler
 from .monitor import KNNMonitor
-from .pretrain_setup import check_config, make_fabric, make_scheduler
 from .runs import (
     CHECKPOINT,
     export_encoder,
@@ -46,7 +47,6 @@ from .runs import (
     run_state,
     truncate_metrics,
 )
-from .utils import resolve_device, stamp, to_jsonable
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 20  # optimiser steps between metric lines' flush (and loss checks)
