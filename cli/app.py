@@ -7,6 +7,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
@@ -14,15 +15,54 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from embedkit.backbones import BACKBONES
 from embedkit.data import SIZES
 from embedkit.errors import EmbedkitError
 from embedkit.methods import METHODS
+from embedkit.utils import USER_OS_ERRNOS, os_errno, os_error_message
 
 from .output import split_names
 
+try:  # typer >= 0.20 ships its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+
+class _OneLineUsageError(UsageError):
+    """A usage error shown as one line (click shows a usage block, a hint and the error)."""
+
+    def show(self, file=None) -> None:
+        command = self.ctx.command_path if self.ctx else "embedkit"
+        print(f"error: {self.format_message()} (see `{command} --help`)", file=file or sys.stderr)
+
+
+class EmbedkitGroup(TyperGroup):
+    """The command group: bad options and values end in one line and exit code 2."""
+
+    def make_context(self, *args, **kwargs) -> typer.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: typer.Context):
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage():
+    try:
+        yield
+    except (NoArgsIsHelpError, _OneLineUsageError):
+        raise
+    except UsageError as exc:
+        raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
+
+
 app = typer.Typer(
+    cls=EmbedkitGroup,
     name="embedkit",
     help="SSL benchmarks on MedMNIST over cached embedding stores: pretrain → embed → evaluate.",
     no_args_is_help=True,
@@ -80,6 +120,11 @@ def run_command(debug: bool, action):
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # a full disk, a read-only or forbidden path: no traceback
+        if debug or os_errno(exc) not in USER_OS_ERRNOS:
+            raise
+        print(f"error: {os_error_message(exc, 'cannot write or read a file')}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 

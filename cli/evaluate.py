@@ -42,9 +42,11 @@ def probe(
     """Linear probes at label fractions over cached embeddings."""
     from embedkit.eval import ProbeConfig, summarise_probe, write_table
     from embedkit.eval import probe as run_probe
+    from embedkit.eval.results import check_table_path
     from embedkit.store import open_stores
 
     def action():
+        check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = ProbeConfig(
             datasets=dataset_option(dataset),
@@ -83,9 +85,11 @@ def knn(
 ) -> None:
     """kNN classification of each test split from its training split (FAISS)."""
     from embedkit.eval import KNNConfig, knn_classify, write_table
+    from embedkit.eval.results import check_table_path
     from embedkit.store import open_stores
 
     def action():
+        check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = KNNConfig(
             datasets=dataset_option(dataset),
@@ -135,9 +139,11 @@ def ood(
 ) -> None:
     """OOD detection: every scorer on every ID × OOD pair (OpenOOD metrics, OOD positive)."""
     from embedkit.eval import OODConfig, evaluate_ood, write_table
+    from embedkit.eval.results import check_table_path
     from embedkit.store import open_stores
 
     def action():
+        check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = OODConfig(
             id_datasets=dataset_option(id_dataset),
@@ -179,6 +185,7 @@ def transfer(
     """Cross-dataset transfer: every encoder probed on every target, as a matrix."""
     from embedkit.errors import ConfigError
     from embedkit.eval import ProbeConfig, write_table
+    from embedkit.eval.results import check_table_path
     from embedkit.eval.transfer import METRICS, TransferConfig, transfer_matrix
     from embedkit.eval.transfer import transfer as run_transfer
     from embedkit.store import open_stores
@@ -186,6 +193,7 @@ def transfer(
     def action():
         if metric not in METRICS:
             raise ConfigError(f"unknown metric '{metric}': use {', '.join(METRICS)}")
+        check_table_path(out)
         stores = open_stores(store)
         probe_config = ProbeConfig(
             label_fractions=split_floats(label_fraction), seeds=split_ints(seeds), device=device
@@ -223,8 +231,10 @@ def report(
 ) -> None:
     """A Markdown or HTML summary of result tables, with heatmaps and charts as PNG files."""
     from embedkit.report import ReportConfig, build_report, read_scores, read_table
+    from embedkit.utils import check_output_folder
 
     def action():
+        check_output_folder(output)  # before reading the tables, which takes a while
         tables = {
             name: read_table(path, name)
             for name, path in (("probe", probe), ("knn", knn), ("ood", ood), ("transfer", transfer))

@@ -12,8 +12,8 @@ Three stages share one embedding store; the package tree follows them:
 - ``embedkit.quickstart``: the whole chain on the demo data.
 
 Shared pieces: ``data`` (the dataset registry and loading), ``backbones`` (timm encoders and
-their weights), ``augment`` (batched tensor augmentations), ``registry``, ``distributed``,
-``errors``, ``utils``.
+their weights), ``augment`` (batched tensor augmentations), ``lock`` (one writer per
+folder), ``registry``, ``distributed``, ``errors``, ``utils``.
 """
 
 __version__ = "0.1.0"

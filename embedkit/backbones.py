@@ -26,6 +26,7 @@ from torch import nn
 
 from .errors import ConfigError, WeightsUnavailableError
 from .registry import Registry
+from .utils import torch_file_problem
 
 
 @dataclass(frozen=True)
@@ -270,16 +271,34 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as exc:
+            raise WeightsUnavailableError(
+                f"weights file {path} is not a readable safetensors file ({exc}): "
+                f"write it again, or pass another --init"
+            ) from exc
+    problem = torch_file_problem(path)
+    if problem:
+        raise WeightsUnavailableError(
+            f"weights file {path} cannot be read: {problem}; pass a .safetensors file or a "
+            f"torch.save'd state dict"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as exc:
+    except pickle.UnpicklingError as exc:
         raise WeightsUnavailableError(
             f"{path} holds pickled Python objects besides tensors, which embedkit does not "
             f"execute: save its state_dict alone (torch.save(ckpt['state_dict'], 'weights.pt'), "
             f"if you trust the file)"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise WeightsUnavailableError(
+            f"weights file {path} is damaged ({type(exc).__name__}): write it again, or pass "
+            f"another --init"
         ) from exc
     for key in ("state_dict", "model", "backbone"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -19,6 +19,7 @@ from .eval.probe import summarise_probe
 from .eval.results import write_table
 from .pretrain import PretrainConfig, pretrain
 from .report import ReportConfig, build_report, read_scores
+from .utils import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def quickstart(
     config: QuickstartConfig, output: str | Path, progress: bool = True
 ) -> QuickstartResult:
     """Run the chain into ``output`` and return a one-row-per-encoder summary."""
-    output = Path(output)
+    output = check_output_folder(output)
     run = output / "simclr-run"  # pretrain creates the folders once its input checks pass
     pretrain_config = PretrainConfig(
         dataset=ID_DATASET,

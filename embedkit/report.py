@@ -17,7 +17,7 @@ import polars as pl
 from .errors import ConfigError
 from .eval.probe import summarise_probe
 from .plots import ood_bars, ood_heatmap, probe_curves, roc_curves, score_histograms
-from .utils import stamp
+from .utils import check_output_folder, stamp
 
 FORMATS = ("markdown", "html")
 
@@ -233,7 +233,7 @@ def build_report(
         raise ConfigError(f"unknown report format '{config.format}': use markdown or html")
     if all(t is None for t in (probe, knn, ood, transfer, scores)):
         raise ConfigError("nothing to report: pass at least one result table (--probe, --ood, ...)")
-    folder = Path(output)
+    folder = check_output_folder(output)
     folder.mkdir(parents=True, exist_ok=True)
     doc = _Document(folder)
     doc.heading(config.title, 1)

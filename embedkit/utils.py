@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +67,101 @@ def stamp() -> dict[str, str]:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
     }
+
+
+_OS_REASONS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or choose another location"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or choose another location"),
+    errno.EACCES: ("permission denied", "choose a location you can write to"),
+    errno.EPERM: ("operation not permitted", "choose a location you can write to"),
+    errno.EROFS: ("read-only file system", "choose a location you can write to"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "choose another path"),
+    errno.EISDIR: ("it is a folder, not a file", "choose a file path"),
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
+}
+# file-system errors that the CLI reports in one line (others keep their traceback)
+USER_OS_ERRNOS = frozenset(_OS_REASONS)
+
+
+def os_errno(exc: OSError) -> int | None:
+    """The errno of an OSError, also of those raised by Rust libraries (polars) that put it
+    only in the message: ``Read-only file system (os error 30): PATH``."""
+    if exc.errno is not None:
+        return exc.errno
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def os_error_message(exc: OSError, context: str) -> str:
+    """One line for a file-system error: what failed, where, why, and what to do."""
+    code = os_errno(exc)
+    if code in _OS_REASONS:
+        reason, action = _OS_REASONS[code]
+    else:
+        reason, action = exc.strerror or str(exc), "check the path"
+    filename = exc.filename or (str(exc).rpartition("): ")[2] if exc.errno is None else None)
+    where = f" ({filename})" if filename else ""
+    return f"{context}: {reason}{where}: {action}"
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Refuse ``path`` when its nearest existing folder cannot be written (read-only file
+    system, no permission), before any work is done."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(
+            f"cannot write {what} {path}: {existing} is read-only or not writable for you: "
+            f"choose a location you can write to"
+        )
+
+
+def disk_free(path: str | os.PathLike) -> int:
+    """Free bytes on the file system of ``path`` (or of its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def torch_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file (None when its structure looks sound).
+
+    torch writes a zip archive (older versions a pickle stream); a truncated archive has no
+    central directory, which ``zipfile`` notices without reading the tensors.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return os_error_message(exc, "cannot read it")
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path):
+                return None
+        except (zipfile.BadZipFile, OSError):
+            return "it is damaged (truncated or overwritten)"
+    if head[:1] == b"\x80":  # a pickle stream: torch.save's legacy format
+        return None
+    return "it is neither a torch checkpoint nor a safetensors file"
+
+
+def check_output_folder(path: str | os.PathLike, option: str = "--output") -> Path:
+    """Refuse an output folder path that names an existing file (before anything runs)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file: choose a folder")
+    return path

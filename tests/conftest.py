@@ -55,3 +55,23 @@ def demo_store(tmp_path_factory, data_root):
         dataset="demo", size=28, init="random", device="cpu", data_root=str(data_root)
     )
     return embed(config, tmp_path_factory.mktemp("stores") / "random.zarr", progress=False)
+
+
+@pytest.fixture
+def interrupt_after_first_epoch(monkeypatch):
+    """Call it to make ``pretrain`` stop with KeyboardInterrupt right after the checkpoint of
+    its first epoch, as a kill would; ``monkeypatch.undo()`` ends that."""
+
+    def activate() -> None:
+        import embedkit.pretrain.loop as loop
+
+        real = loop.mark_progress
+
+        def stop(output, epochs_done):
+            real(output, epochs_done)
+            if epochs_done == 1:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(loop, "mark_progress", stop)
+
+    return activate

@@ -134,19 +134,12 @@ RESUME_PARAMS = {  # mocov2: queue; mocov3: momentum schedule; dino: centre, tea
 
 
 @pytest.mark.parametrize("method", sorted(RESUME_PARAMS))
-def test_resume_continues_exactly(tmp_path, data_root, monkeypatch, method):
-    import embedkit.pretrain.loop as module
-
+def test_resume_continues_exactly(
+    tmp_path, data_root, monkeypatch, interrupt_after_first_epoch, method
+):
     config = _config(data_root, method=method, method_params=RESUME_PARAMS[method])
     straight = pretrain(config, tmp_path / "straight", progress=False)
-    real_mark = module.mark_progress
-
-    def killed_after_first_checkpoint(output, epochs_done):
-        real_mark(output, epochs_done)
-        if epochs_done == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(module, "mark_progress", killed_after_first_checkpoint)
+    interrupt_after_first_epoch()
     with pytest.raises(KeyboardInterrupt):
         pretrain(config, tmp_path / "resumed", progress=False)
     monkeypatch.undo()

@@ -7,11 +7,13 @@ become floats there; embeddings are written as whole chunks (see ``embedkit.stor
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..backbones import Encoder, create_encoder, state_sha256
@@ -26,10 +28,10 @@ from ..data import (
 )
 from ..data.loading import candidate_files, data_root
 from ..distributed import Shard
-from ..errors import ConfigError, DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError, StoreError
 from ..pretrain import ENCODER_FILE, load_head, read_finished_run
-from ..store import EmbeddingStore, StoreWriter
-from ..utils import resolve_device, to_jsonable
+from ..store import DTYPES, EmbeddingStore, StoreWriter, check_store_path
+from ..utils import disk_free, format_bytes, os_error_message, resolve_device, to_jsonable
 from .inference import EncoderWithHead, encode
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,37 @@ def _dataset_names(config: EmbedConfig) -> list[str]:
     return present
 
 
+def _splits_to_write(
+    path: Path, splits: list[SplitData], config: EmbedConfig, weights_sha256: str
+) -> list[SplitData]:
+    """The splits that ``embed`` will write (those not complete in the encoder's store)."""
+    if config.overwrite or not (path / "zarr.json").is_file():
+        return splits
+    store = EmbeddingStore(path)
+    if store.encoder.get("weights_sha256") != weights_sha256:
+        return splits  # refused by StoreWriter with its own message
+    todo = []
+    for data in splits:
+        complete = (
+            data.split in store.splits(data.dataset) if data.dataset in store.datasets() else False
+        )
+        if complete and config.with_head:
+            complete = bool(store.split_attrs(data.dataset, data.split).get("head_dim"))
+        if not complete:
+            todo.append(data)
+    return todo
+
+
+def _check_space(path: Path, needed: int, n_splits: int) -> None:
+    free = disk_free(path)
+    if needed > free:
+        raise StoreError(
+            f"not enough space for store {path}: the {n_splits} splits to write need about "
+            f"{format_bytes(needed)}, {format_bytes(free)} free: free some space or choose "
+            f"another --store"
+        )
+
+
 def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> EmbeddingStore:
     """Embed every requested dataset split into ``store`` and return it opened for reading.
 
@@ -185,6 +218,10 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     bad = [s for s in config.splits if s not in SPLITS]
     if bad:
         raise ConfigError(f"unknown split {', '.join(bad)}: choose from {', '.join(SPLITS)}")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"unknown --dtype '{config.dtype}': use {' or '.join(DTYPES)}")
+    path = Path(store)
+    check_store_path(path)
     names = _dataset_names(config)
     splits = [
         load_split(name, split, config.size, config.data_root, config.download)
@@ -196,35 +233,49 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
     encoder, identity = load_encoder(config)
     if len(set(shard.gather(identity["weights_sha256"]))) > 1:
         raise ConfigError("the ranks built different encoders: give every rank the same --seed")
-    path = Path(store)
-    with StoreWriter(path, identity, config.overwrite, shard) as writer:
-        for data in splits:
-            done = writer.has_split(data.dataset, data.split, head=config.with_head)
-            if not config.overwrite and done:
-                log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)
-                continue
-            info = get_info(data.dataset)
-            writer.write_split(
-                data.dataset,
-                data.split,
-                _producer(encoder, data, config, device, progress),
-                len(data),
-                encoder.feature_dim,
-                data.labels,
-                data.indices,
-                attrs={
-                    "size": config.size,
-                    "data_file": to_jsonable(data.files[0]),
-                    "normalisation": identity["normalisation"],
-                },
-                dataset_attrs={
-                    "task": info.task,
-                    "class_names": list(info.class_names),
-                    "n_channels": info.n_channels,
-                    "family": info.family,
-                },
-                dtype=config.dtype,
-                resume=config.resume,
-                head_dim=getattr(encoder, "head_dim", 0),
-            )
+    todo = _splits_to_write(path, splits, config, identity["weights_sha256"])
+    head_dim = getattr(encoder, "head_dim", 0)
+    row_bytes = (encoder.feature_dim + head_dim) * np.dtype(config.dtype).itemsize
+    needed = sum(len(data) for data in todo) * row_bytes
+    shard.on_main(lambda: _check_space(path, needed, len(todo)))
+    try:
+        with StoreWriter(path, identity, config.overwrite, shard) as writer:
+            for data in splits:
+                done = writer.has_split(data.dataset, data.split, head=config.with_head)
+                if not config.overwrite and done:
+                    log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)
+                    continue
+                info = get_info(data.dataset)
+                writer.write_split(
+                    data.dataset,
+                    data.split,
+                    _producer(encoder, data, config, device, progress),
+                    len(data),
+                    encoder.feature_dim,
+                    data.labels,
+                    data.indices,
+                    attrs={
+                        "size": config.size,
+                        "data_file": to_jsonable(data.files[0]),
+                        "normalisation": identity["normalisation"],
+                    },
+                    dataset_attrs={
+                        "task": info.task,
+                        "class_names": list(info.class_names),
+                        "n_channels": info.n_channels,
+                        "family": info.family,
+                    },
+                    dtype=config.dtype,
+                    resume=config.resume,
+                    head_dim=head_dim,
+                )
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(
+                f"no space left on the device writing store {path} ({exc.filename or path}): "
+                f"the splits to write need about {format_bytes(needed)} in all, "
+                f"{format_bytes(disk_free(path))} free now: free some space, then run the same "
+                f"command with --resume to keep the chunks already written"
+            ) from exc
+        raise StoreError(os_error_message(exc, f"cannot write store {path}")) from exc
     return EmbeddingStore(path)

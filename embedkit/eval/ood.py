@@ -97,9 +97,15 @@ def _evaluate_store(
     for id_dataset in store_datasets(store, config.id_datasets):
         ood_datasets = [d for d in store_datasets(store, config.ood_datasets) if d != id_dataset]
         if not ood_datasets:
+            others = [d for d in store.datasets() if d != id_dataset]
+            if config.ood_datasets and others:
+                raise ConfigError(
+                    f"--ood names only the ID dataset {id_dataset} itself: name other datasets "
+                    f"of store {store.path} ({', '.join(others)})"
+                )
             raise ConfigError(
-                f"no OOD dataset for {id_dataset}: the store holds no other dataset; "
-                f"embed one, or name it with --ood"
+                f"no OOD dataset for {id_dataset}: store {store.path} holds no other dataset; "
+                f"embed one (embedkit embed --dataset NAME --store {store.path})"
             )
         train = store.get(id_dataset, "train")
         id_test = _samples(store, id_dataset, ["test"])

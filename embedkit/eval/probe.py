@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from ..data.sampler import check_fraction, label_fraction_indices
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..store import EmbeddingStore
 from .linear import PROTOCOLS, LinearHead, fit_linear
 from .metrics import classification_metrics
@@ -88,6 +88,18 @@ def fit_probe(
     return best[1], best[2]
 
 
+def _require_splits(store: EmbeddingStore, dataset: str) -> None:
+    """A probe trains on train, picks L2 on val and scores test: all three must be stored."""
+    missing = [s for s in ("train", "val", "test") if s not in store.splits(dataset)]
+    if missing:
+        raise StoreError(
+            f"store {store.path} lacks the {', '.join(missing)} split of {dataset}, which the "
+            f"probe needs (train fits, val chooses L2, test scores): embed it with `embedkit "
+            f"embed --dataset {dataset} --splits train,val,test --store {store.path}` and the "
+            f"same encoder"
+        )
+
+
 def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> pl.DataFrame:
     """Linear-probe every dataset of every store; one row per fraction and seed.
 
@@ -107,6 +119,7 @@ def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> 
         for dataset in store_datasets(store, config.datasets):
             attrs = store.dataset_attrs(dataset)
             task, n_classes = attrs["task"], len(attrs["class_names"])
+            _require_splits(store, dataset)
             train, val, test = (store.get(dataset, s) for s in ("train", "val", "test"))
             _check_classes(train.labels, test.labels, task, dataset)
             for fraction in config.label_fractions:

@@ -11,7 +11,7 @@ from scipy import stats
 
 from ..errors import ConfigError, StoreError
 from ..store import EmbeddingStore
-from ..utils import stamp, write_json
+from ..utils import check_writable, stamp, write_json
 
 
 def encoder_columns(stores: list[EmbeddingStore]) -> list[dict[str, Any]]:
@@ -70,11 +70,25 @@ def check_stores(stores: list[EmbeddingStore]) -> None:
             )
 
 
-def write_table(table: pl.DataFrame, out: str | Path, config: Any, stores: list) -> Path:
-    """Write ``table`` as parquet and, beside it, a JSON of the config and stores that made it."""
+def check_table_path(out: str | Path) -> Path:
+    """Refuse a result-table path that cannot be written, before any work is done."""
     out = Path(out)
     if out.suffix != ".parquet":
         raise ConfigError(f"--out {out} must end in .parquet")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: name a .parquet file")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    check_writable(out, "result table")
+    return out
+
+
+def write_table(table: pl.DataFrame, out: str | Path, config: Any, stores: list) -> Path:
+    """Write ``table`` as parquet and, beside it, a JSON of the config and stores that made it."""
+    out = check_table_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     table.write_parquet(tmp)

@@ -20,6 +20,15 @@ def check_config(config, n_train: int, min_batch: int) -> None:
     for name in ("epochs", "accumulate", "devices", "num_nodes", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if not config.lr > 0:
+        raise ConfigError(f"--lr must be positive, not {config.lr}")
+    if not config.weight_decay >= 0:
+        raise ConfigError(f"--weight-decay must be 0 or positive, not {config.weight_decay}")
+    if not 0 <= config.warmup_fraction < 1:
+        raise ConfigError(
+            f"--warmup is a share of the steps, from 0 up to (not including) 1, not "
+            f"{config.warmup_fraction}"
+        )
     if config.knn_every < 0:
         raise ConfigError("--knn-every must be 0 (off) or positive")
     if config.precision not in PRECISIONS:

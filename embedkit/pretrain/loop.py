@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import shutil
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -43,9 +45,11 @@ from .runs import (
     CHECKPOINT,
     export_encoder,
     mark_progress,
+    open_run_folder,
     prepare_run,
     run_state,
     truncate_metrics,
+    unreadable_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -149,68 +153,82 @@ def pretrain(
         "world_size": fabric.world_size,
         **stamp(),
     }
-    load_checkpoint = False
+    load_checkpoint, lock, fresh = False, None, False
     if fabric.is_global_zero:  # before launching, so a refusal stops every rank
-        load_checkpoint = prepare_run(output, to_jsonable(config_json), resume)
-    fabric.launch()
-    load_checkpoint = fabric.broadcast(load_checkpoint, src=0)
-
-    if fabric.device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
-    if config.compile:
-        encoder.backbone.compile()
-    optimizer = torch.optim.AdamW(
-        method.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    updates_per_epoch = len(train) // config.batch_size // config.accumulate
-    total_updates = updates_per_epoch * config.epochs
-    scheduler = make_scheduler(optimizer, total_updates, config.warmup_fraction)
-    model, optimizer = fabric.setup(method, optimizer)
-    model.mark_forward_method("training_step")  # through the strategy wrapper and autocast
-    start_epoch = 0
-    checkpoint = output / CHECKPOINT
-    if load_checkpoint:
-        state = {"model": model, "optimizer": optimizer}
-        rest = fabric.load(checkpoint, state, weights_only=True)
-        scheduler.load_state_dict(rest["scheduler"])
-        start_epoch = int(rest["epoch"])
+        lock, fresh = open_run_folder(output)
+    try:
         if fabric.is_global_zero:
-            truncate_metrics(output / "metrics.jsonl", start_epoch * updates_per_epoch)
-        log.info("resuming %s after epoch %d", output, start_epoch)
-    if fabric.is_global_zero:
-        mark_progress(output, start_epoch)
-    monitor = None
-    if val is not None:
-        monitor = KNNMonitor(train, val, dataset_task(config.dataset), len(classes))
+            load_checkpoint = prepare_run(output, to_jsonable(config_json), resume)
+        fabric.launch()
+        load_checkpoint = fabric.broadcast(load_checkpoint, src=0)
 
-    loop = _Loop(config, fabric, model, method, optimizer, scheduler, train, updates_per_epoch)
-    metrics_file = output / "metrics.jsonl"
-    with open(metrics_file, "a") if fabric.is_global_zero else nullcontext() as metrics:
-        for epoch in range(start_epoch, config.epochs):
-            loop.run_epoch(epoch, metrics, progress)
-            done = epoch + 1
-            if monitor and (done % config.knn_every == 0 or done == config.epochs):
-                if fabric.is_global_zero:
-                    record = {"epoch": epoch, "step": done * updates_per_epoch - 1}
-                    record.update(monitor(encoder, fabric.device))
-                    metrics.write(json.dumps(record) + "\n")
-                    log.info("epoch %d kNN val accuracy %.4f", done, record["knn_accuracy"])
-                fabric.barrier()
-            if done % config.checkpoint_every == 0 or done == config.epochs:
-                state = {
-                    "model": model,
-                    "optimizer": optimizer,
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": done,
-                }
-                fabric.save(checkpoint, state)
-                if fabric.is_global_zero:
-                    metrics.flush()
-                    mark_progress(output, done)
-    if fabric.is_global_zero:
-        export_encoder(encoder, output, config.epochs, method.output_head())
-    fabric.barrier()
-    return output
+        if fabric.device.type == "cuda":
+            method = method.to(memory_format=torch.channels_last)
+        if config.compile:
+            encoder.backbone.compile()
+        optimizer = torch.optim.AdamW(
+            method.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        updates_per_epoch = len(train) // config.batch_size // config.accumulate
+        total_updates = updates_per_epoch * config.epochs
+        scheduler = make_scheduler(optimizer, total_updates, config.warmup_fraction)
+        model, optimizer = fabric.setup(method, optimizer)
+        model.mark_forward_method("training_step")  # through the strategy wrapper and autocast
+        start_epoch = 0
+        checkpoint = output / CHECKPOINT
+        if load_checkpoint:
+            state = {"model": model, "optimizer": optimizer}
+            try:
+                rest = fabric.load(checkpoint, state, weights_only=True)
+            except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+                raise unreadable_checkpoint(checkpoint, exc) from exc
+            scheduler.load_state_dict(rest["scheduler"])
+            start_epoch = int(rest["epoch"])
+            if fabric.is_global_zero:
+                truncate_metrics(output / "metrics.jsonl", start_epoch * updates_per_epoch)
+            log.info("resuming %s after epoch %d", output, start_epoch)
+        if fabric.is_global_zero:
+            mark_progress(output, start_epoch)
+        monitor = None
+        if val is not None:
+            monitor = KNNMonitor(train, val, dataset_task(config.dataset), len(classes))
+
+        loop = _Loop(config, fabric, model, method, optimizer, scheduler, train, updates_per_epoch)
+        metrics_file = output / "metrics.jsonl"
+        with open(metrics_file, "a") if fabric.is_global_zero else nullcontext() as metrics:
+            for epoch in range(start_epoch, config.epochs):
+                loop.run_epoch(epoch, metrics, progress)
+                done = epoch + 1
+                if monitor and (done % config.knn_every == 0 or done == config.epochs):
+                    if fabric.is_global_zero:
+                        record = {"epoch": epoch, "step": done * updates_per_epoch - 1}
+                        record.update(monitor(encoder, fabric.device))
+                        metrics.write(json.dumps(record) + "\n")
+                        log.info("epoch %d kNN val accuracy %.4f", done, record["knn_accuracy"])
+                    fabric.barrier()
+                if done % config.checkpoint_every == 0 or done == config.epochs:
+                    state = {
+                        "model": model,
+                        "optimizer": optimizer,
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": done,
+                    }
+                    fabric.save(checkpoint, state)
+                    if fabric.is_global_zero:
+                        metrics.flush()
+                        mark_progress(output, done)
+        if fabric.is_global_zero:
+            export_encoder(encoder, output, config.epochs, method.output_head())
+        fabric.barrier()
+        return output
+    except BaseException:
+        # a new run that stops before its first checkpoint leaves nothing behind
+        if fresh and not (output / CHECKPOINT).is_file():
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 class _Loop:

@@ -14,7 +14,8 @@ from torch import nn
 
 from ..backbones import Encoder, state_sha256
 from ..errors import RunError
-from ..utils import stamp, write_json
+from ..lock import LOCK, FolderLock
+from ..utils import os_error_message, stamp, torch_file_problem, write_json
 
 ENCODER_FILE = "encoder.safetensors"
 HEAD_FILE = "head.safetensors"
@@ -41,12 +42,27 @@ def run_state(run: Path) -> dict[str, Any]:
         return {}
 
 
-def prepare_run(output: Path, config_json: dict[str, Any], resume: bool) -> bool:
-    """Create or check a run folder; return whether a checkpoint is to be loaded."""
-    has_checkpoint = (output / CHECKPOINT).is_file()
+def open_run_folder(output: Path) -> tuple[FolderLock, bool]:
+    """Create ``output`` if needed and take its lock (one writer per run folder).
+
+    Returns:
+        The held lock, and whether the folder was new (nothing of an earlier run in it).
+    """
     if output.exists() and not output.is_dir():
         raise RunError(f"--output {output} is a file: choose a folder")
-    if output.exists() and any(output.iterdir()):
+    fresh = not output.exists() or not any(c.name != LOCK for c in output.iterdir())
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(os_error_message(exc, f"cannot create run folder {output}")) from exc
+    return FolderLock(output, "run folder", RunError).acquire(), fresh
+
+
+def prepare_run(output: Path, config_json: dict[str, Any], resume: bool) -> bool:
+    """Check a run folder (created and locked by ``open_run_folder``), write its config;
+    return whether a checkpoint is to be loaded."""
+    has_checkpoint = (output / CHECKPOINT).is_file()
+    if any(c.name != LOCK for c in output.iterdir()):
         if not resume:
             raise RunError(
                 f"run folder {output} already exists: pass --resume to continue it "
@@ -54,17 +70,57 @@ def prepare_run(output: Path, config_json: dict[str, Any], resume: bool) -> bool
             )
         if not (output / "config.json").is_file():
             raise RunError(f"cannot resume {output}: it is not a pretraining run folder")
-        saved = json.loads((output / "config.json").read_text())["pretrain"]
+        try:
+            saved = json.loads((output / "config.json").read_text())["pretrain"]
+        except (ValueError, KeyError):
+            raise RunError(
+                f"cannot resume {output}: its config.json is damaged; start a new run in "
+                f"another --output"
+            ) from None
         for key in RESUME_KEYS:
             if saved.get(key) != config_json["pretrain"][key]:
                 raise RunError(
                     f"cannot resume {output}: it was trained with {key} "
                     f"'{saved.get(key)}', not '{config_json['pretrain'][key]}'"
                 )
+    if has_checkpoint:
+        check_checkpoint(output / CHECKPOINT)
     (output / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
     if not has_checkpoint:
         write_json(output / "config.json", config_json)
     return has_checkpoint
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint that torch could not read, before any rank tries."""
+    problem = torch_file_problem(path)
+    if problem:
+        raise RunError(
+            f"cannot resume from {path}: {problem}; delete it to restart the run from its "
+            f"beginning (or from an older copy of the checkpoint)"
+        )
+
+
+def unreadable_checkpoint(path: Path, exc: Exception) -> RunError:
+    """The one line for a checkpoint that torch refused to load with ``weights_only``."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return RunError(
+            f"cannot resume from {path}: it holds Python objects besides tensors, which "
+            f"embedkit does not execute (it was not written by embedkit); delete it to restart "
+            f"the run"
+        )
+    if isinstance(exc, RuntimeError) and "state_dict" in str(exc):
+        return RunError(
+            f"cannot resume from {path}: its model does not match this configuration (a "
+            f"method parameter differs from the run's config.json); resume with the run's "
+            f"own --param values"
+        )
+    return RunError(
+        f"cannot resume from {path}: it is damaged ({type(exc).__name__}); delete it to "
+        f"restart the run from its beginning"
+    )
 
 
 def mark_progress(output: Path, epochs_done: int) -> None:

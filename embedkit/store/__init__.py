@@ -4,12 +4,13 @@
   notebook goes through it.
 - ``writer``: ``StoreWriter``, whole chunks, one split at a time, visible only when complete.
 - ``chunks``: chunk writes, SHA-256 digests and the intact-chunk scan used by resume.
-- ``lock``: one writer per store.
 - ``check``: ``list_stores`` and ``verify_store`` (``embedkit store ls / verify``).
+
+One writer at a time holds the store's ``.lock`` (``embedkit.lock``).
 """
 
+from ..lock import LOCK
 from .check import find_stores, list_stores, verify_store
-from .lock import LOCK
 from .reader import (
     FORMAT_VERSION,
     EmbeddingSplit,
@@ -18,7 +19,7 @@ from .reader import (
     chunk_rows,
     open_stores,
 )
-from .writer import DTYPES, StoreWriter
+from .writer import DTYPES, StoreWriter, check_store_path
 
 __all__ = [
     "DTYPES",
@@ -28,6 +29,7 @@ __all__ = [
     "EmbeddingStore",
     "StoreWriter",
     "child_groups",
+    "check_store_path",
     "chunk_rows",
     "find_stores",
     "list_stores",

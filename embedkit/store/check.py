@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import polars as pl
 import zarr
 
 from ..errors import StoreError
+from ..lock import LOCK
 from .chunks import chunk_digest, read_chunk
-from .lock import LOCK
 from .reader import EmbeddingStore, child_groups
 
 
@@ -66,7 +67,38 @@ def list_stores(paths: list[str | os.PathLike]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def _check_split(store: EmbeddingStore, dataset: str, split: str) -> list[str]:
+def _check_labels(labels: np.ndarray, dataset_attrs: dict) -> list[str]:
+    """Labels against the recorded task and classes (width, range)."""
+    task, n_classes = dataset_attrs.get("task"), len(dataset_attrs.get("class_names", ()))
+    if not n_classes or labels.ndim != 2 or not labels.size:
+        return [] if labels.ndim == 2 else [f"labels have shape {labels.shape}, expected (N, L)"]
+    width = n_classes if task == "multi-label" else 1
+    if labels.shape[1] != width:
+        return [f"labels have {labels.shape[1]} columns, {task} {n_classes} classes need {width}"]
+    high = 1 if task == "multi-label" else n_classes - 1
+    low_seen, high_seen = int(labels.min()), int(labels.max())
+    if low_seen < 0 or high_seen > high:
+        return [
+            f"labels range {low_seen}..{high_seen}, outside 0..{high} of the {n_classes} "
+            f"{'labels' if task == 'multi-label' else 'classes'} recorded for the dataset"
+        ]
+    return []
+
+
+def _split_folder_problem(folder: Path) -> str | None:
+    """Why a split folder is not a readable complete split (None when it is)."""
+    try:
+        meta = json.loads((folder / "zarr.json").read_text())
+    except FileNotFoundError:
+        return "split folder without zarr.json"
+    except (OSError, ValueError):
+        return "zarr.json is damaged (not valid JSON)"
+    if meta.get("attributes", {}).get("complete") is not True:
+        return "not marked complete (its zarr.json lacks complete: true)"
+    return None
+
+
+def _check_split(store: EmbeddingStore, dataset: str, split: str, dataset_attrs: dict) -> list[str]:
     problems = []
     group = zarr.open_group(str(store.path / dataset / split), mode="r", zarr_format=3)
     attrs = dict(group.attrs)
@@ -83,6 +115,8 @@ def _check_split(store: EmbeddingStore, dataset: str, split: str) -> list[str]:
         problems.append(f"embeddings are {embeddings.dtype}, attributes say {attrs.get('dtype')}")
     if labels.dtype != np.int64 or indices.dtype != np.int64:
         problems.append(f"labels {labels.dtype} / indices {indices.dtype}, expected int64")
+    elif labels.shape[0] == n:
+        problems.extend(_check_labels(labels[:], dataset_attrs))
     digests = attrs.get("chunk_sha256")
     rows = attrs.get("rows_per_chunk", embeddings.chunks[0])
     finite = True
@@ -100,6 +134,10 @@ def _check_split(store: EmbeddingStore, dataset: str, split: str) -> list[str]:
     if digests is None:
         problems.append("no chunk checksums recorded (store written by an older embedkit)")
     return problems
+
+
+def _problem_row(dataset: str, split: str, problem: str) -> dict:
+    return {"dataset": dataset, "split": split, "n": None, "status": "bad", "problems": problem}
 
 
 def verify_store(path: str | os.PathLike) -> pl.DataFrame:
@@ -124,8 +162,23 @@ def verify_store(path: str | os.PathLike) -> pl.DataFrame:
                     "problems": "staged, not visible: run embed again with --resume",
                 }
             )
-        for split in store.splits(dataset):
-            problems = _check_split(store, dataset, split)
+        try:
+            dataset_attrs = dict(zarr.open_group(str(store.path / dataset), mode="r").attrs)
+        except Exception as exc:  # zarr raises several kinds for a damaged zarr.json
+            dataset_attrs = {}
+            rows.append(_problem_row(dataset, "*", f"dataset zarr.json unreadable ({exc})"))
+        for folder in sorted((store.path / dataset).iterdir()):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            split = folder.name
+            problem = _split_folder_problem(folder)
+            if problem:
+                rows.append(_problem_row(dataset, split, problem + ": re-embed it"))
+                continue
+            try:
+                problems = _check_split(store, dataset, split, dataset_attrs)
+            except Exception as exc:  # a damaged array's metadata
+                problems = [f"unreadable ({type(exc).__name__}: {exc})"]
             attrs = store.split_attrs(dataset, split)
             rows.append(
                 {
@@ -140,7 +193,7 @@ def verify_store(path: str | os.PathLike) -> pl.DataFrame:
                 }
             )
     table = pl.DataFrame(rows, schema_overrides={"n": pl.Int64})
-    complete = table.filter(pl.col("status") != "unfinished") if "dim" in table.columns else None
+    complete = table.filter(pl.col("dim").is_not_null()) if "dim" in table.columns else None
     if complete is not None and complete.height:
         store_wide = []
         for column in ("dim", "size"):

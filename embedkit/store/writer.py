@@ -22,21 +22,40 @@ import numpy as np
 import zarr
 
 from ..distributed import Shard
-from ..errors import StoreError
-from ..utils import stamp
+from ..errors import ConfigError, StoreError
+from ..lock import LOCK, FolderLock
+from ..utils import check_writable, os_error_message, stamp
 from .chunks import (
     NonFiniteError,
     Producer,
     intact_chunks,
     write_chunks,
 )
-from .lock import LOCK, take_lock
 from .reader import FORMAT_VERSION, EmbeddingStore, chunk_rows
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16")
 PROGRESS = "progress.jsonl"
+
+
+def check_store_path(path: Path) -> None:
+    """Refuse a store path that is a file or a folder of something else (before writing)."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(
+            f"--store {path} is a file, not a store folder: remove it or choose another path"
+        )
+    try:
+        check_writable(path, "store")
+    except ConfigError as exc:
+        raise StoreError(str(exc)) from None
+    if path.is_dir() and not (path / "zarr.json").is_file():
+        others = [c.name for c in path.iterdir() if c.name != LOCK]
+        if others:
+            raise StoreError(
+                f"{path} exists and is not an embedding store (it holds {others[0]}): "
+                f"choose another --store"
+            )
 
 
 class StoreWriter:
@@ -58,23 +77,20 @@ class StoreWriter:
         overwrite: bool = False,
         shard: Shard = Shard(),
     ) -> None:
-        self.path, self.shard, self._locked = Path(path), shard, False
+        self.path, self.shard = Path(path), shard
+        self._lock = FolderLock(self.path, "store", StoreError)
         shard.on_main(lambda: self._open(encoder, overwrite))
         if not shard.is_main:
             self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
 
     def _open(self, encoder: dict[str, Any], overwrite: bool) -> None:
         path = self.path
-        if path.exists() and not path.is_dir():
-            raise StoreError(
-                f"store path {path} is a file: choose a folder name such as "
-                f"{path.with_suffix('.zarr')}"
-            )
-        if path.exists() and any(path.iterdir()) and not (path / "zarr.json").is_file():
-            raise StoreError(f"{path} exists and is not an embedding store: choose another --store")
-        path.mkdir(parents=True, exist_ok=True)
-        take_lock(path)
-        self._locked = True
+        check_store_path(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(os_error_message(exc, f"cannot create store {path}")) from exc
+        self._lock.acquire()
         try:
             if (path / "zarr.json").is_file():
                 existing = EmbeddingStore(path).encoder
@@ -97,9 +113,7 @@ class StoreWriter:
 
     def close(self) -> None:
         """Release the lock."""
-        if self._locked:
-            (self.path / LOCK).unlink(missing_ok=True)
-            self._locked = False
+        self._lock.release()
 
     def __enter__(self) -> StoreWriter:
         return self

@@ -1,0 +1,470 @@
+"""Faults and bad input: full disks, locks, damaged checkpoints and stores, one-line errors.
+
+The disk-full cases use a real size-limited tmpfs where this machine lets the test mount
+one (as root), and inject ENOSPC where it cannot or where a fault must land mid-write.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from embedkit.cli.main import app
+from embedkit.embed import EmbedConfig, embed
+from embedkit.errors import RunError, StoreError
+from embedkit.lock import LOCK, FolderLock
+from embedkit.pretrain import CHECKPOINT, PretrainConfig, pretrain
+from embedkit.store import EmbeddingStore, StoreWriter, verify_store
+
+runner = CliRunner()
+IDENTITY = {"name": "t/x", "method": "none", "backbone": "x", "weights_sha256": "5" * 64}
+
+
+def _cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    lines = result.stderr.strip().splitlines()
+    return result.exit_code, (lines[-1] if lines else ""), result.output + result.stderr
+
+
+def _pretrain_args(output, data_root, *extra):
+    return [
+        "pretrain",
+        "--output",
+        output,
+        "--dataset",
+        "demo-texture",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--data-root",
+        data_root,
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _embed_args(store, data_root, *extra):
+    return [
+        "embed",
+        "--store",
+        store,
+        "--dataset",
+        "demo-texture",
+        "--device",
+        "cpu",
+        "--data-root",
+        data_root,
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _one_line_error(args, message):
+    code, last, everything = _cli(*args)
+    assert code == 2, everything
+    assert last.startswith("error: ") and message in last, everything
+    assert "Traceback" not in everything
+    return last
+
+
+def _tmpfs(folder: Path, options: str) -> Path:
+    """Mount a tmpfs at ``folder``, or skip where this machine does not allow it."""
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(
+            "cannot mount a tmpfs here (needs root); the injected-ENOSPC tests cover the "
+            "same code paths"
+        )
+    return folder
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs: real ENOSPC."""
+    yield _tmpfs(tmp_path / "disk", "size=512k")
+    subprocess.run(["umount", "-l", str(tmp_path / "disk")], check=False)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A read-only tmpfs: real EROFS, which root cannot bypass (unlike permission bits)."""
+    yield _tmpfs(tmp_path / "ro", "ro,size=64m")
+    subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
+
+
+def _fill(folder: Path) -> None:
+    fd = os.open(folder / "filler", os.O_CREAT | os.O_WRONLY)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+# --- locks -------------------------------------------------------------------------------
+
+
+def test_a_full_disk_leaves_no_lock_and_says_so(small_disk):
+    store = small_disk / "s.zarr"
+    store.mkdir()
+    _fill(small_disk)
+    with pytest.raises(StoreError, match="no space left on the device") as caught:
+        StoreWriter(store, IDENTITY)
+    assert str(store) in str(caught.value)
+    assert sorted(p.name for p in store.iterdir()) == []  # no 0-byte lock, no temp file
+
+
+@pytest.mark.parametrize("content", ["", '{"pid": ', "\x00\x00"])
+def test_an_empty_or_unreadable_lock_is_taken_over(tmp_path, content, caplog):
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    (store / LOCK).write_text(content)  # what an older embedkit left on a full disk
+    with StoreWriter(store, IDENTITY) as writer:
+        assert json.loads((store / LOCK).read_text())["pid"] == os.getpid()
+        writer.root.attrs["probe"] = 1
+    assert "empty or unreadable lock" in caplog.text
+    assert not (store / LOCK).exists()
+
+
+def test_a_live_writer_is_named_and_a_dead_one_is_taken_over(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    with subprocess.Popen(["sleep", "30"]) as live:
+        record = {"pid": live.pid, "host": socket.gethostname(), "created": "then"}
+        (folder / LOCK).write_text(json.dumps(record))
+        with pytest.raises(RunError, match=f"being written by process {live.pid} on "):
+            FolderLock(folder, "run folder", RunError).acquire()
+        live.kill()
+    live.wait()
+    with FolderLock(folder, "run folder", RunError) as lock:
+        assert lock.held and json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not (folder / LOCK).exists()
+
+
+# --- pretraining run folders -------------------------------------------------------------
+
+
+def _config(data_root, **overrides):
+    base = {
+        "dataset": "demo-texture",
+        "epochs": 2,
+        "batch_size": 64,
+        "device": "cpu",
+        "data_root": str(data_root),
+    }
+    return PretrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, data_root, monkeypatch, interrupt_after_first_epoch):
+    """A run stopped after its first of two epochs (checkpoint written)."""
+    interrupt_after_first_epoch()
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_config(data_root), tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / CHECKPOINT).is_file()
+    assert not (tmp_path / "run" / LOCK).exists()  # released on the way out
+    return tmp_path / "run"
+
+
+def test_a_second_writer_of_a_run_folder_is_refused(interrupted_run, data_root):
+    metrics = (interrupted_run / "metrics.jsonl").read_text()
+    with subprocess.Popen(["sleep", "30"]) as live:
+        (interrupted_run / LOCK).write_text(
+            json.dumps({"pid": live.pid, "host": socket.gethostname(), "created": "now"})
+        )
+        with pytest.raises(RunError, match=f"run folder .* is being written by process {live.pid}"):
+            pretrain(_config(data_root), interrupted_run, resume=True, progress=False)
+        live.kill()
+    assert (interrupted_run / "metrics.jsonl").read_text() == metrics  # untouched
+    (interrupted_run / LOCK).unlink()
+    pretrain(_config(data_root), interrupted_run, resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in (interrupted_run / "metrics.jsonl").open()]
+    assert steps == sorted(set(steps))  # no step logged twice
+    assert not (interrupted_run / LOCK).exists()
+
+
+def test_a_truncated_checkpoint_is_one_line(interrupted_run, data_root):
+    checkpoint = interrupted_run / CHECKPOINT
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    args = _pretrain_args(interrupted_run, data_root, "--resume", "--epochs", "2")
+    last = _one_line_error(args, "is damaged (truncated or overwritten)")
+    assert "delete it" in last
+
+
+def test_a_checkpoint_with_objects_is_refused_without_unsafe_advice(interrupted_run, data_root):
+    checkpoint = interrupted_run / CHECKPOINT
+    torch.save({"model": {}, "epoch": 1, "payload": Path("anything")}, checkpoint)
+    with pytest.raises(RunError, match="holds Python objects") as caught:
+        pretrain(_config(data_root), interrupted_run, resume=True, progress=False)
+    assert "weights_only" not in str(caught.value)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(
+    tmp_path, data_root, monkeypatch
+):
+    from embedkit.methods.simclr import SimCLR
+
+    def broken(self, images, labels, generator):
+        raise ValueError("broken augmentation")
+
+    monkeypatch.setattr(SimCLR, "training_step", broken)
+    with pytest.raises(ValueError, match="broken augmentation"):
+        pretrain(_config(data_root), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# --- extraction on a full disk -----------------------------------------------------------
+
+
+def _embed_config(data_root, **overrides):
+    base = {"dataset": "demo-texture", "device": "cpu", "data_root": str(data_root)}
+    return EmbedConfig(**{**base, **overrides})
+
+
+def test_a_store_that_cannot_fit_is_refused_before_writing(small_disk, data_root):
+    args = _embed_args(small_disk / "s.zarr", data_root)
+    last = _one_line_error(args, "not enough space for store")
+    assert "free" in last and "MB" in last
+    assert not (small_disk / "s.zarr").exists()
+
+
+def test_disk_full_mid_write_is_one_line_and_resumable(tmp_path, data_root, monkeypatch):
+    import embedkit.store.writer as writer_module
+
+    real = writer_module.write_chunks
+    calls = []
+
+    def fills_up(group, produce, chunk_range, log_file, name):
+        calls.append(name)
+        if len(calls) == 2:  # the second split hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device", str(log_file))
+        return real(group, produce, chunk_range, log_file, name)
+
+    monkeypatch.setattr(writer_module, "write_chunks", fills_up)
+    store = tmp_path / "s.zarr"
+    args = _embed_args(store, data_root)
+    last = _one_line_error(args, f"no space left on the device writing store {store}")
+    assert "--resume" in last and "MB in all" in last
+    assert not (store / LOCK).exists()
+    assert EmbeddingStore(store).splits("demo-texture") == ["train"]
+    monkeypatch.undo()
+    assert _cli(*args, "--resume")[0] == 0
+    assert EmbeddingStore(store).splits("demo-texture") == ["train", "val", "test"]
+
+
+def test_read_only_targets_are_one_line(read_only_disk, data_root, demo_store):
+    embed_args = _embed_args(read_only_disk / "s.zarr", data_root)
+    _one_line_error(embed_args, f"{read_only_disk} is read-only or not writable")
+    pretrain_args = _pretrain_args(read_only_disk / "run", data_root, "--epochs", "1")
+    _one_line_error(pretrain_args, f"cannot create run folder {read_only_disk / 'run'}")
+    table = read_only_disk / "k.parquet"
+    _one_line_error(["knn", "--store", demo_store.path, "--out", table], "is read-only")
+    assert list(read_only_disk.iterdir()) == []
+
+
+def test_os_errors_of_rust_libraries_are_read_from_their_message():
+    from embedkit.utils import os_errno, os_error_message
+
+    polars_style = OSError("Read-only file system (os error 30): /x/t.parquet")
+    assert os_errno(polars_style) == errno.EROFS
+    assert os_error_message(polars_style, "cannot write") == (
+        "cannot write: read-only file system (/x/t.parquet): choose a location you can write to"
+    )
+    full = OSError(errno.ENOSPC, "No space left on device", "/x/c/0")
+    assert os_error_message(full, "cannot write store s.zarr").startswith(
+        "cannot write store s.zarr: no space left on the device (/x/c/0): free some space"
+    )
+
+
+# --- nothing half-written ----------------------------------------------------------------
+
+
+def test_bad_dtype_creates_no_store(tmp_path, data_root):
+    with pytest.raises(Exception, match="unknown --dtype 'float64'"):
+        embed(_embed_config(data_root, dtype="float64"), tmp_path / "new.zarr", progress=False)
+    assert not (tmp_path / "new.zarr").exists()
+    embed(_embed_config(data_root, splits=("test",)), tmp_path / "new.zarr", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--lr", "-1", "--lr must be positive"),
+        ("--weight-decay", "-0.1", "--weight-decay must be 0 or positive"),
+        ("--warmup", "1.5", "--warmup is a share of the steps"),
+    ],
+)
+def test_bad_optimiser_options_create_no_run_folder(tmp_path, data_root, option, value, message):
+    args = _pretrain_args(tmp_path / "run", data_root, option, value)
+    _one_line_error(args, message)
+    assert not (tmp_path / "run").exists()
+
+
+# --- store verify ------------------------------------------------------------------------
+
+
+def _store(tmp_path, labels=None):
+    path = tmp_path / "s.zarr"
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    with StoreWriter(path, IDENTITY) as writer:
+        for split in ("train", "test"):
+            writer.write_split(
+                "d",
+                split,
+                [x],
+                40,
+                8,
+                (np.arange(40) % 3).reshape(-1, 1) if labels is None else labels,
+                np.arange(40),
+                attrs={},
+                dataset_attrs={"task": "multi-class", "class_names": ["a", "b", "c"]},
+            )
+    return path
+
+
+def _damage_marker(split_folder: Path) -> None:
+    meta = json.loads((split_folder / "zarr.json").read_text())
+    del meta["attributes"]["complete"]
+    (split_folder / "zarr.json").write_text(json.dumps(meta))
+
+
+def _damage_json(split_folder: Path) -> None:
+    with open(split_folder / "zarr.json", "a") as f:
+        f.write("garbage}")
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_damage_marker, "not marked complete"),
+        (_damage_json, "zarr.json is damaged (not valid JSON)"),
+    ],
+)
+def test_verify_reports_a_split_that_lost_its_metadata(tmp_path, damage, problem):
+    path = _store(tmp_path)
+    damage(path / "d" / "test")
+    table = verify_store(path)
+    rows = {r["split"]: r for r in table.iter_rows(named=True)}
+    assert rows["train"]["status"] == "ok"
+    assert rows["test"]["status"] == "bad" and problem in rows["test"]["problems"]
+    code, _, output = _cli("store", "verify", "--store", path)
+    assert code == 1 and "test" in output and problem in output
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        (
+            np.where(np.arange(40) == 5, 99, np.arange(40) % 3).reshape(-1, 1),
+            "labels range 0..99, outside 0..2 of the 3 classes",
+        ),
+        (np.full((40, 1), -1), "labels range -1..-1, outside 0..2"),
+        (np.zeros((40, 3), np.int64), "labels have 3 columns, multi-class 3 classes need 1"),
+    ],
+)
+def test_verify_checks_labels_against_the_dataset(tmp_path, labels, problem):
+    table = verify_store(_store(tmp_path, labels=labels.astype(np.int64)))
+    assert table["status"].to_list() == ["bad", "bad"]
+    assert all(problem in p for p in table["problems"])
+
+
+def test_verify_checks_the_label_dtype(tmp_path):
+    import zarr
+
+    path = _store(tmp_path)
+    group = zarr.open_group(str(path / "d" / "test"), mode="r+")
+    del group["labels"]
+    group.create_array("labels", data=np.zeros((40, 1), np.float32))
+    rows = {r["split"]: r["problems"] for r in verify_store(path).iter_rows(named=True)}
+    assert "labels float32 / indices int64, expected int64" in rows["test"]
+
+
+# --- messages ----------------------------------------------------------------------------
+
+
+def test_messages_say_what_to_do(tmp_path, data_root, demo_store):
+    (tmp_path / "afile.zarr").write_text("x")
+    last = _one_line_error(
+        _embed_args(tmp_path / "afile.zarr", data_root), "is a file, not a store folder"
+    )
+    assert "such as" not in last
+    (tmp_path / "weights.txt").write_text("these are not weights\n")
+    _one_line_error(
+        _embed_args(tmp_path / "w.zarr", data_root, "--init", tmp_path / "weights.txt"),
+        "neither a torch checkpoint nor a safetensors file",
+    )
+    last = _one_line_error(
+        ["ood", "--store", demo_store.path, "--id", "demo-med", "--ood", "demo-med"],
+        "--ood names only the ID dataset demo-med itself",
+    )
+    assert "demo-natural, demo-texture" in last
+    _one_line_error(
+        ["pretrain", "--output", tmp_path / "r", "--epochs", "abc"], "Invalid value for '--epochs'"
+    )
+    for command in (["report", "--probe", "x.parquet"], ["quickstart"]):
+        _one_line_error(
+            [*command, "--output", tmp_path / "afile.zarr"],
+            f"--output {tmp_path / 'afile.zarr'} is a file",
+        )
+    _one_line_error(
+        ["probe", "--store", demo_store.path, "--out", tmp_path / "afile.zarr" / "p.parquet"],
+        f"{tmp_path / 'afile.zarr'} is a file, not a folder",
+    )
+    scores = tmp_path / "afile.zarr" / "scores"  # found by the file system, not a check
+    _one_line_error(
+        [
+            "ood",
+            "--store",
+            demo_store.path,
+            "--id",
+            "demo-med",
+            "--scorer",
+            "knn",
+            "--out",
+            tmp_path / "o" / "o.parquet",
+            "--save-scores",
+            scores,
+        ],
+        "a part of the path is a file, not a folder",
+    )
+    shutil.rmtree(tmp_path / "o", ignore_errors=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.zarr", "weights.txt"]
+
+
+def test_probe_without_a_val_split_says_how_to_embed_it(tmp_path, data_root):
+    store = embed(
+        _embed_config(data_root, splits=("train", "test")), tmp_path / "s.zarr", progress=False
+    )
+    last = _one_line_error(["probe", "--store", store.path], "lacks the val split of demo-texture")
+    assert "--splits train,val,test" in last
+
+
+def test_usage_errors_are_one_line():
+    for args, message in [
+        (["pretrain", "--output", "r", "--epochs", "abc"], "Invalid value for '--epochs'"),
+        (["store", "verify", "--bogus"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["--bogus"], "No such option: --bogus"),
+    ]:
+        code, last, everything = _cli(*args)
+        assert code == 2 and last.startswith("error: ") and message in last
+        assert "Usage:" not in everything
