@@ -4,6 +4,7 @@
 from . import stages  # noqa: F401  (registered first: --help lists the pipeline in order)
 from . import evaluate  # noqa: F401
 from . import store  # noqa: F401
+from . import grid  # noqa: F401
 from .app import app
 
 

@@ -165,3 +165,11 @@ def check_output_folder(path: str | os.PathLike, option: str = "--output") -> Pa
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file: choose a folder")
     return path
+
+
+def stable_hash(value: Any) -> str:
+    """SHA-256 of a JSON-able value's canonical JSON (sorted keys): a content address."""
+    import hashlib
+
+    text = json.dumps(to_jsonable(value), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

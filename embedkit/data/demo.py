@@ -55,6 +55,12 @@ _DESCRIPTIONS = {
     "demo-texture": "Patches of brick, grass and gravel textures: near out-of-distribution.",
 }
 
+_MODALITIES = {
+    "demo-med": "microscopy and fundus",
+    "demo-natural": "natural photograph",
+    "demo-texture": "texture photograph",
+}
+
 
 def _info(name: str) -> DatasetInfo:
     classes = tuple(_SOURCES[name])
@@ -67,6 +73,7 @@ def _info(name: str) -> DatasetInfo:
         n_samples=MappingProxyType(n_samples),
         family="demo",
         description=_DESCRIPTIONS[name],
+        modality=_MODALITIES[name],
     )
 
 

@@ -37,6 +37,22 @@ MEDMNIST_2D: tuple[str, ...] = (
     "organsmnist",
 )
 
+# Yang et al. 2023, MedMNIST v2, Scientific Data 10:41, Table 1.
+MODALITIES: dict[str, str] = {
+    "pathmnist": "colon pathology",
+    "chestmnist": "chest x-ray",
+    "dermamnist": "dermatoscope",
+    "octmnist": "retinal oct",
+    "pneumoniamnist": "chest x-ray",
+    "retinamnist": "fundus camera",
+    "breastmnist": "breast ultrasound",
+    "bloodmnist": "blood cell microscope",
+    "tissuemnist": "kidney cortex microscope",
+    "organamnist": "abdominal ct",
+    "organcmnist": "abdominal ct",
+    "organsmnist": "abdominal ct",
+}
+
 _TASKS: dict[str, Task] = {
     "multi-class": "multi-class",
     "binary-class": "binary",
@@ -58,6 +74,8 @@ class DatasetInfo:
         family: ``medmnist`` or ``demo``.
         urls: download address per image size (empty for the demo family).
         md5: official file checksum per image size (empty for the demo family).
+        modality: the imaging modality (MedMNIST v2, Yang et al. 2023, Table 1), which the
+            benchmark grid uses to tell multi-modality from single-modality training sets.
     """
 
     name: str
@@ -69,6 +87,7 @@ class DatasetInfo:
     urls: Mapping[int, str] = field(default_factory=dict)
     md5: Mapping[int, str] = field(default_factory=dict)
     description: str = ""
+    modality: str = ""
 
     @property
     def n_classes(self) -> int:
@@ -95,6 +114,7 @@ def _from_medmnist(name: str) -> DatasetInfo:
         urls=MappingProxyType(urls),
         md5=MappingProxyType(md5),
         description=info["description"],
+        modality=MODALITIES[name],
     )
 
 

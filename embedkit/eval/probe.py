@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,9 +175,12 @@ def _check_classes(train_labels, test_labels, task: str, dataset: str) -> None:
         )
 
 
-def summarise_probe(table: pl.DataFrame) -> pl.DataFrame:
-    """Mean and 95 % t-interval over seeds per encoder, dataset and label fraction."""
-    keys = ["encoder", "dataset", "label_fraction"]
+def summarise_probe(
+    table: pl.DataFrame, keys: Sequence[str] = ("encoder", "dataset", "label_fraction")
+) -> pl.DataFrame:
+    """Mean and 95 % t-interval over seeds per encoder, dataset and label fraction (or
+    per ``keys``)."""
+    keys = list(keys)
     rows = []
     for key, group in table.group_by(keys, maintain_order=True):
         row = dict(zip(keys, key, strict=True))

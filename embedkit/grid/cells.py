@@ -1,0 +1,387 @@
+"""Cells: one encoder of the grid, pretrained (or not), embedded and evaluated.
+
+A cell is identified by a hash of its full configuration (the encoder's and the evaluation
+plan's), so a finished cell is never redone, a changed parameter makes a new cell, and an
+interrupted one continues (pretraining and extraction resume bit for bit). Encoders that
+agree share a run folder and a store, whichever grid or cell asks for them.
+
+The grid's output folder::
+
+    OUT/grid.json                 the grid's name (an output folder belongs to one grid)
+    OUT/grid.toml                 the grid file of the latest ``grid run``
+    OUT/cells/ID/cell.json        the cell's configuration, state, stage, times, error
+    OUT/cells/ID/*.parquet        its probe, knn and ood tables (each with a JSON beside it)
+    OUT/cells/ID/error.txt        the traceback of a failed attempt
+    OUT/runs/ENCODER/             pretraining run folders
+    OUT/stores/ENCODER.zarr       embedding stores
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data import components, get_info
+from ..errors import ConfigError, EmbedkitError, RunError
+from ..lock import LOCK, FolderLock, _pid_alive
+from ..utils import stamp, to_jsonable, write_json
+from .spec import AXES, GridSpec, encoder_axes, identity_hash, resolve_init
+
+log = logging.getLogger(__name__)
+STATES = ("pending", "running", "done", "failed")
+STAGES = ("pretrain", "embed", "evaluate")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One encoder of a grid and its evaluation.
+
+    Attributes:
+        kind: ``pretrain`` (an SSL or supervised run) or ``baseline`` (weights as they are).
+        axes: the grid's axis values of this cell (method, dataset, backbone, init, size,
+            and any varied option or method parameter); baselines have method ``none``.
+        encoder: everything that makes the encoder (hashed into ``encoder_id``).
+        evaluate: the evaluation plan.
+        label: a readable unique name, used as the ``encoder`` column of collected tables.
+    """
+
+    kind: str
+    axes: dict[str, Any]
+    encoder: dict[str, Any]
+    evaluate: dict[str, Any]
+    label: str
+
+    @property
+    def id(self) -> str:
+        return identity_hash({"encoder": self.encoder, "evaluate": self.evaluate})
+
+    @property
+    def encoder_id(self) -> str:
+        return identity_hash(self.encoder)
+
+    @property
+    def store_id(self) -> str:
+        return identity_hash({"encoder": self.encoder, "dtype": self.evaluate["dtype"]})
+
+    @property
+    def pretrain_datasets(self) -> list[str]:
+        """The datasets the encoder was pretrained on (none for baselines)."""
+        return [] if self.kind == "baseline" else components(self.axes["dataset"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, **to_jsonable(dataclasses.asdict(self))}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> Cell:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in fields})
+
+
+def _pretrain_config(spec: GridSpec, axes: dict[str, Any]) -> dict[str, Any]:
+    from ..pretrain import PretrainConfig
+
+    options = {name: values[0] for name, values in spec.pretrain.items()}
+    options.update({k: v for k, v in axes.items() if "." not in k})
+    method = axes["method"]
+    params = {k: v[0] for k, v in spec.params.get(method, {}).items()}
+    params.update({k.split(".", 1)[1]: v for k, v in axes.items() if k.startswith(f"{method}.")})
+    config = PretrainConfig(
+        **{k: v for k, v in options.items() if k != "init"},
+        init=resolve_init(spec, axes["init"], axes["backbone"]),
+        method_params=params,
+    )
+    record = to_jsonable(config)
+    for resource in ("device", "devices", "num_nodes", "data_root", "download"):
+        record.pop(resource)
+    return record
+
+
+def expand(spec: GridSpec) -> list[Cell]:
+    """The grid's cells: pretraining cells in grid order, then the baselines."""
+    evaluate = to_jsonable(dataclasses.asdict(spec.evaluate))
+    varied = [n for n, v in spec.pretrain.items() if len(v) > 1 and n not in AXES.values()]
+    multi_size = len(spec.pretrain["size"]) > 1
+    cells = []
+    for axes in encoder_axes(spec):
+        label = f"{axes['method']}/{axes['backbone']}/{axes['init']}@{axes['dataset']}"
+        extras = [f"{n}={axes[n]}" for n in varied]
+        extras += [f"{k}={v}" for k, v in axes.items() if "." in k]
+        if multi_size:
+            extras.insert(0, f"{axes['size']}px")
+        if extras:
+            label += f" ({', '.join(extras)})"
+        encoder = {"kind": "pretrain", "pretrain": _pretrain_config(spec, axes)}
+        cells.append(Cell("pretrain", axes, encoder, evaluate, label))
+    seed = spec.pretrain.get("seed", [0])[0]
+    patch = spec.pretrain.get("patch_size", [0])[0]
+    for backbone in spec.pretrain["backbone"]:
+        for size in spec.pretrain["size"]:
+            for init in spec.baselines:
+                resolved = resolve_init(spec, init, backbone)
+                encoder = {
+                    "kind": "baseline",
+                    "backbone": backbone,
+                    "init": resolved,
+                    "size": size,
+                    "seed": seed if resolved == "random" else None,
+                    "patch_size": patch,
+                }
+                axes = {"method": "none", "dataset": "none", "backbone": backbone}
+                axes.update({"init": init, "size": size})
+                label = f"{init}/{backbone}" + (f" ({size}px)" if multi_size else "")
+                cells.append(Cell("baseline", axes, encoder, evaluate, label))
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"grid {spec.origin}: two cells have the same configuration")
+    return cells
+
+
+def cost(cell: Cell) -> dict[str, float]:
+    """Images the cell processes: pretraining image-epochs and extracted images."""
+    datasets = cell.evaluate["datasets"]
+    embed_images = sum(sum(get_info(d).n_samples.values()) for d in datasets)
+    if cell.kind == "baseline":
+        return {"image_epochs": 0.0, "embed_images": float(embed_images)}
+    pretrain = cell.encoder["pretrain"]
+    n_train = sum(get_info(d).n_samples["train"] for d in cell.pretrain_datasets)
+    return {
+        "image_epochs": float(n_train * pretrain["epochs"]),
+        "embed_images": float(embed_images),
+    }
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+def cell_folder(output: Path, cell_id: str) -> Path:
+    return Path(output) / "cells" / cell_id
+
+
+def read_record(output: Path, cell_id: str) -> dict[str, Any]:
+    try:
+        return json.loads((cell_folder(output, cell_id) / "cell.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_record(output: Path, cell: Cell, **changes: Any) -> dict[str, Any]:
+    """Update the cell's ``cell.json`` (atomically) and return it."""
+    folder = cell_folder(output, cell.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = read_record(output, cell.id) or {"cell": cell.to_json(), "state": "pending"}
+    record.update(changes)
+    write_json(folder / "cell.json", record)
+    return record
+
+
+def cell_state(output: Path, cell_id: str) -> dict[str, Any]:
+    """The record with its ``state`` made current: a ``running`` cell whose process is gone
+    reads ``interrupted`` (it continues on the next ``grid run``)."""
+    record = read_record(output, cell_id)
+    if not record:
+        return {"state": "pending"}
+    if record.get("state") == "running":
+        lock = cell_folder(output, cell_id) / LOCK
+        try:
+            holder = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            holder = {}
+        same_host = holder.get("host") == socket.gethostname()
+        if not holder or (same_host and not _pid_alive(int(holder.get("pid", 0)))):
+            record["state"] = "interrupted"
+    return record
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where and how cells run (not part of their identity)."""
+
+    device: str = "auto"
+    data_root: str | None = None
+    devices: int = 1
+    num_nodes: int = 1
+    progress: bool = False
+
+
+def run_cell(output: Path, cell: Cell, resources: Resources = Resources()) -> dict[str, Any]:
+    """Pretrain (or load), embed and evaluate one cell, continuing whatever an earlier
+    attempt finished. A failure is recorded (``state: failed`` with its error) and returned,
+    not raised; an interrupt leaves the cell to continue next time.
+
+    Raises:
+        RunError: another live process is running this cell.
+    """
+    output = Path(output)
+    folder = cell_folder(output, cell.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
+    if rank != 0:  # a multi-process cell: the other ranks only join the training
+        if cell.kind == "pretrain":
+            _pretrain(output, cell, resources)
+        return {}
+    lock = FolderLock(folder, "grid cell", RunError).acquire()
+    start = time.time()
+    record = read_record(output, cell.id)
+    write_record(
+        output,
+        cell,
+        state="running",
+        stage=None,
+        error=None,
+        started=stamp()["created"],
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        attempts=int(record.get("attempts", 0)) + 1,
+        job_id=os.environ.get("SLURM_JOB_ID") or record.get("job_id"),
+    )
+    try:
+        if cell.kind == "pretrain":
+            write_record(output, cell, stage="pretrain")
+            _pretrain(output, cell, resources)
+        write_record(output, cell, stage="embed")
+        store = _embed(output, cell, resources)
+        write_record(output, cell, stage="evaluate")
+        _evaluate(folder, cell, store, resources)
+    except KeyboardInterrupt:
+        write_record(output, cell, state="pending", error="interrupted")
+        raise
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, EmbedkitError) else f"{type(exc).__name__}: {exc}"
+        (folder / "error.txt").write_text(traceback.format_exc())
+        log.error("cell %s (%s) failed: %s", cell.id, cell.label, message)
+        return write_record(
+            output, cell, state="failed", error=message, duration_s=time.time() - start
+        )
+    finally:
+        lock.release()
+    return write_record(
+        output,
+        cell,
+        state="done",
+        stage=None,
+        finished=stamp()["created"],
+        duration_s=round(time.time() - start, 1),
+    )
+
+
+def run_folder(output: Path, cell: Cell) -> Path:
+    return Path(output) / "runs" / cell.encoder_id
+
+
+def store_path(output: Path, cell: Cell) -> Path:
+    return Path(output) / "stores" / f"{cell.store_id}.zarr"
+
+
+def _pretrain(output: Path, cell: Cell, resources: Resources) -> Path:
+    from ..pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(
+        **cell.encoder["pretrain"],
+        device=resources.device,
+        devices=resources.devices,
+        num_nodes=resources.num_nodes,
+        data_root=resources.data_root,
+    )
+    return pretrain(config, run_folder(output, cell), resume=True, progress=resources.progress)
+
+
+def _embed(output: Path, cell: Cell, resources: Resources):
+    from ..embed import EmbedConfig, embed
+
+    plan, encoder = cell.evaluate, cell.encoder
+    if cell.kind == "pretrain":
+        source = {"run": str(run_folder(output, cell))}
+        size = encoder["pretrain"]["size"]
+    else:
+        source = {"backbone": encoder["backbone"], "init": encoder["init"]}
+        source["seed"] = encoder["seed"] or 0
+        size = encoder["size"]
+    config = EmbedConfig(
+        dataset=",".join(plan["datasets"]),
+        size=size,
+        batch_size=plan["batch_size"],
+        dtype=plan["dtype"],
+        device=resources.device,
+        data_root=resources.data_root,
+        resume=True,
+        **source,
+    )
+    return embed(config, store_path(output, cell), progress=resources.progress)
+
+
+def _evaluate(folder: Path, cell: Cell, store, resources: Resources) -> None:
+    """Probe, kNN and OOD tables of the cell; each one written is kept on a retry."""
+    from ..eval import (
+        KNNConfig,
+        OODConfig,
+        ProbeConfig,
+        evaluate_ood,
+        knn_classify,
+        probe,
+        write_table,
+    )
+
+    plan = cell.evaluate
+    datasets = tuple(plan["datasets"])
+    own = tuple(d for d in datasets if d in cell.pretrain_datasets)
+    device = resources.device
+    probe_datasets = datasets if plan["transfer"] or not own else own
+    steps = [
+        (
+            "probe",
+            lambda: ProbeConfig(
+                datasets=probe_datasets,
+                label_fractions=tuple(plan["label_fractions"]),
+                seeds=tuple(plan["seeds"]),
+                protocol=plan["protocol"],
+                device=device,
+            ),
+            probe,
+        ),
+    ]
+    if plan["knn"]:
+        steps.append(("knn", lambda: KNNConfig(datasets=datasets, k=plan["knn_k"]), knn_classify))
+    id_datasets = own if plan["ood_id"] == "in-domain" and own else datasets
+    if plan["scorers"] and len(datasets) > 1:
+
+        def ood(stores, config: OODConfig):
+            import polars as pl
+
+            tables = []
+            for id_dataset in config.id_datasets:  # OOD: every dataset outside the training set
+                others = tuple(d for d in datasets if d != id_dataset and d not in own)
+                if others:
+                    pair = dataclasses.replace(
+                        config, id_datasets=(id_dataset,), ood_datasets=others
+                    )
+                    tables.append(evaluate_ood(stores, pair))
+            return pl.concat(tables) if tables else None
+
+        steps.append(
+            (
+                "ood",
+                lambda: OODConfig(
+                    id_datasets=id_datasets,
+                    scorers=tuple(plan["scorers"]),
+                    scorer_params=plan["params"],
+                    ood_splits=plan["ood_splits"],
+                ),
+                ood,
+            )
+        )
+    for name, make_config, evaluate in steps:
+        out = folder / f"{name}.parquet"
+        if out.is_file():
+            continue
+        config = make_config()
+        table = evaluate([store], config)
+        if table is not None:
+            write_table(table, out, config, [store])

@@ -1,0 +1,378 @@
+"""The benchmark grid: grid files, plan, idempotent runs, resume, SLURM through submitit,
+and the study's findings from collected tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from embedkit.cli.main import app
+from embedkit.errors import ConfigError
+from embedkit.grid import (
+    Resources,
+    SlurmOptions,
+    collect,
+    expand,
+    load_grid,
+    parse_grid,
+    run_grid,
+    status,
+)
+from embedkit.grid.cells import read_record, run_folder
+
+runner = CliRunner()
+
+MINI = """
+name = "mini"
+[pretrain]
+methods = ["simclr"]
+datasets = ["demo-texture"]
+backbones = ["resnet18"]
+inits = ["random"]
+sizes = [28]
+epochs = 2
+batch_size = 64
+[evaluate]
+datasets = ["demo-texture", "demo-natural"]
+label_fractions = [1.0]
+seeds = [0]
+knn = false
+scorers = ["knn"]
+"""
+
+
+def _cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+# --- grid files ---------------------------------------------------------------------------
+
+
+def test_presets_parse_and_the_paper_grid_has_the_studys_cells():
+    paper = load_grid(preset="paper")
+    cells = expand(paper)
+    # 9 methods x 16 training sets x 2 backbones x 3 inits, minus supervised on the 5
+    # multi-domain sets, plus 3 baselines per backbone
+    assert len(cells) == 9 * 16 * 2 * 3 - 5 * 2 * 3 + 3 * 2 == 840
+    assert len(paper.evaluate.datasets) == 11 and "chestmnist" not in paper.evaluate.datasets
+    vit_ssl = [c for c in cells if c.axes["backbone"] == "vit_small"]
+    assert {c.encoder.get("init") or c.encoder["pretrain"]["init"] for c in vit_ssl} == {
+        "random",
+        "imagenet",
+        "timm:dino",
+    }
+    assert len({c.id for c in cells}) == 840
+    demo = expand(load_grid(preset="demo"))
+    assert [c.label for c in demo] == [
+        "simclr/resnet18/random@demo-med",
+        "simclr/resnet18/random@demo-med+demo-texture",
+        "vicreg/resnet18/random@demo-med",
+        "supervised/resnet18/random@demo-med",
+        "random/resnet18",
+    ]
+
+
+def test_plan_of_the_paper_preset_counts_cells_and_cost():
+    code, output = _cli("grid", "plan", "--preset", "paper")
+    assert code == 0, output
+    assert "grid 'paper': 840 cells (834 pretraining, 6 baselines)" in output
+    hours = float(output.split("about ")[1].split(" GPU-hours")[0].replace(",", ""))
+    assert hours > 100  # 834 runs of 400 epochs on MedMNIST at 64 px
+    code, output = _cli("grid", "plan", "--preset", "paper", "--throughput", "1000")
+    stated = float(output.split("about ")[1].split(" GPU-hours")[0].replace(",", ""))
+    assert code == 0 and stated != hours and "(stated)" in output
+
+
+def test_a_changed_parameter_changes_only_its_cells():
+    base = expand(parse_grid(MINI, "mini"))
+    changed = expand(parse_grid(MINI.replace("epochs = 2", "epochs = 3"), "mini"))
+    assert [c.kind for c in base] == ["pretrain"]
+    assert base[0].id != changed[0].id
+    vary = MINI.replace('methods = ["simclr"]', 'methods = ["simclr", "vicreg"]') + (
+        "\n[pretrain.params.vicreg]\nhidden_dim = [256, 512]\n"
+    ).replace("[evaluate]", "")
+    cells = expand(parse_grid(vary.replace("[evaluate]\n", "[evaluate]\n"), "mini"))
+    assert [c.label for c in cells] == [
+        "simclr/resnet18/random@demo-texture",
+        "vicreg/resnet18/random@demo-texture (vicreg.hidden_dim=256)",
+        "vicreg/resnet18/random@demo-texture (vicreg.hidden_dim=512)",
+    ]
+    assert cells[0].id == base[0].id  # an added method leaves the other cells as they were
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('name = "mini"', 'name = "mini"\nmethodz = 1'), "unknown key"),
+        (('["simclr"]', '["simclr", "byol"]'), "unknown method 'byol'"),
+        (
+            ('["demo-texture"]\nbackbones', '["demo-med+demo-textur"]\nbackbones'),
+            "unknown dataset 'demo-textur'",
+        ),
+        (('methods = ["simclr"]', "methods = []"), "pretrain.methods: an empty axis"),
+        (("epochs = 2", "epoch = 2"), "pretrain.epoch: unknown key: did you mean 'epochs'?"),
+        (("sizes = [28]", "sizes = [32]"), "unknown size '32'"),
+        (('scorers = ["knn"]', 'scorers = ["odin"]'), "unknown scorer 'odin'"),
+        (
+            ('inits = ["random"]', 'inits = ["imagenet_ssl"]', "[inits]\nimagenet_ssl = {}"),
+            "inits.imagenet_ssl: no init for backbone resnet18",
+        ),
+        (("epochs = 2", 'epochs = "two"'), "'two' is not a int"),
+        (('name = "mini"', ""), "give the grid a name"),
+    ],
+)
+def test_bad_grid_files_are_one_line(tmp_path, edit, message):
+    grid = tmp_path / "grid.toml"
+    old, new, *appended = edit
+    grid.write_text(MINI.replace(old, new, 1) + "".join(appended))
+    code, output = _cli("grid", "plan", grid)
+    assert code == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: grid ") and message in lines[0]
+
+
+def test_a_method_parameter_is_checked_against_the_method(tmp_path):
+    with pytest.raises(ConfigError, match="pretrain.params.simclr.temp: unknown key"):
+        parse_grid(MINI + "\n[pretrain.params.simclr]\ntemp = 0.1\n", "mini")
+
+
+def test_an_output_folder_of_another_grid_is_refused(tmp_path, data_root):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "grid.json").write_text(json.dumps({"name": "paper"}))
+    grid = tmp_path / "mini.toml"
+    grid.write_text(MINI)
+    code, output = _cli("grid", "run", grid, "--output", tmp_path / "out")
+    assert code == 2 and "holds grid 'paper', not 'mini'" in output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grid.json"]
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_grid_end_to_end_then_nothing_to_redo_then_only_the_changed_cell(
+    tmp_path, data_root, caplog
+):
+    caplog.set_level(logging.INFO, logger="embedkit")
+    out = tmp_path / "demo"
+    args = [
+        "grid",
+        "run",
+        "--preset",
+        "demo",
+        "--output",
+        out,
+        "--device",
+        "cpu",
+        "--data-root",
+        data_root,
+    ]
+    code, output = _cli(*args)
+    assert code == 0, output
+    assert "5 done" in output
+    table = status(out)
+    assert table["state"].to_list() == ["done"] * 5 and table["attempts"].to_list() == [1] * 5
+
+    collected = collect(out)
+    assert [f.name for f in collected.findings] == [
+        "in_domain",
+        "ranking",
+        "initialisation",
+        "backbone",
+        "multi_domain",
+        "ssl_vs_supervised",
+    ]
+    probe = collected.tables["probe"]
+    for column in (
+        "cell",
+        "encoder",
+        "kind",
+        "method",
+        "pretrain_dataset",
+        "multi_domain",
+        "backbone",
+        "init",
+        "size",
+        "dataset",
+        "label_fraction",
+        "seed",
+        "in_domain",
+    ):
+        assert column in probe.columns
+    assert probe["encoder"].n_unique() == 5 and set(probe["kind"]) == {
+        "ssl",
+        "supervised",
+        "baseline",
+    }
+    ood = collected.tables["ood"]
+    simclr = ood.filter(pl.col("encoder") == "simclr/resnet18/random@demo-med")
+    assert set(simclr["id_dataset"]) == {"demo-med"}
+    assert set(simclr["ood_dataset"]) == {"demo-texture", "demo-natural"}
+    multi = ood.filter(pl.col("pretrain_dataset") == "demo-med+demo-texture")
+    assert set(multi["ood_dataset"]) == {"demo-natural"}  # never a training dataset
+    sentences = {f.name: f.sentences for f in collected.findings}
+    ranking = collected.findings[1].table.filter(pl.col("label_fraction") == 1.0)
+    winner = ranking.sort("best_on", descending=True).row(0, named=True)
+    assert f"{winner['method']} is best on 1 of 1 datasets" in " ".join(sentences["ranking"])
+    assert "one initialisation (random)" in sentences["initialisation"][0]
+    assert "one backbone (resnet18)" in sentences["backbone"][0]
+    assert sentences["multi_domain"][0].startswith("Multi-modality training sets (1)")
+    versus = collected.findings[5].table.filter(pl.col("label_fraction") == 1.0)
+    wins = int(versus["ssl_wins"].sum())
+    assert f"supervised-from-random on {wins} of 1 datasets" in " ".join(
+        sentences["ssl_vs_supervised"]
+    )
+    findings_md = (out / "results" / "findings.md").read_text()
+    assert "5 of 5 cells done." in findings_md and "## 6. SSL vs supervised" in findings_md
+    assert (out / "results" / "report" / "report.md").is_file()
+
+    started = {c: read_record(out, c)["started"] for c in table["cell"]}
+    caplog.clear()
+    code, output = _cli(*args)  # nothing to redo
+    assert code == 0 and "0 of 5 cells to run" in caplog.text
+    assert {c: read_record(out, c)["started"] for c in table["cell"]} == started
+
+    changed = tmp_path / "demo.toml"
+    text = load_grid(preset="demo").text.replace("hidden_dim = 512", "hidden_dim = 256")
+    changed.write_text(text)
+    caplog.clear()
+    code, output = _cli(
+        "grid", "run", changed, "--output", out, "--device", "cpu", "--data-root", data_root
+    )
+    assert code == 0 and "1 of 5 cells to run" in caplog.text
+    after = status(out)
+    new = set(after["cell"]) - set(table["cell"])
+    assert len(new) == 1 and after.filter(pl.col("cell").is_in(list(new)))["label"][0].startswith(
+        "vicreg/"
+    )
+    for cell in set(after["cell"]) & set(table["cell"]):
+        assert read_record(out, cell)["started"] == started[cell]
+
+
+def test_a_killed_cell_continues_through_the_slurm_executor(
+    tmp_path, data_root, monkeypatch, interrupt_after_first_epoch
+):
+    spec = parse_grid(MINI, "mini")
+    out = tmp_path / "mini"
+    resources = Resources(device="cpu", data_root=str(data_root))
+    interrupt_after_first_epoch()
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(spec, out, resources)
+    monkeypatch.undo()
+    (cell,) = expand(spec)
+    assert status(out)["state"].to_list() == ["pending"]
+    run = run_folder(out, cell)
+    first_epoch = (run / "metrics.jsonl").read_text()
+    assert json.loads((run / "run.json").read_text())["epochs_done"] == 1
+
+    # submitit's local executor: real subprocesses, the same code path as a cluster array
+    jobs = run_grid(spec, out, resources, executor="slurm", slurm=SlurmOptions(gpus_per_node=0))
+    assert len(jobs) == 1 and jobs[0].result()["state"] == "done"
+    assert (run / "metrics.jsonl").read_text().startswith(first_epoch)  # continued, not redone
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
+    assert steps == sorted(set(steps))
+    record = read_record(out, cell.id)
+    assert record["state"] == "done" and record["attempts"] == 2 and record["job_id"]
+    assert sorted(p.name for p in (out / "cells" / cell.id).glob("*.parquet")) == [
+        "ood.parquet",
+        "probe.parquet",
+    ]
+
+
+def test_the_sbatch_script_submitit_writes(tmp_path, monkeypatch, data_root):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    captured = tmp_path / "submitted.sh"
+    for name, body in (
+        ("srun", "#!/bin/sh\nexit 0\n"),
+        ("sbatch", f'#!/bin/sh\ncp "$1" {captured}\necho "Submitted batch job 4242"\n'),
+    ):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spec = parse_grid(
+        MINI.replace('methods = ["simclr"]', 'methods = ["simclr", "vicreg"]'), "mini"
+    )
+    options = SlurmOptions(
+        partition="gpu",
+        account="lab",
+        gpus_per_node=2,
+        time_min=120,
+        parallel=1,
+        sbatch={"constraint": "a100"},
+        setup=("module load cuda",),
+    )
+    jobs = run_grid(
+        spec,
+        tmp_path / "out",
+        Resources(data_root=str(data_root)),
+        executor="slurm",
+        slurm=options,
+        wait=False,
+    )
+    assert [job.job_id for job in jobs] == ["4242_0", "4242_1"]
+    script = captured.read_text()
+    for line in (
+        "#SBATCH --array=0-1%1",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --time=120",
+        "#SBATCH --constraint=a100",
+        "module load cuda",
+        "#SBATCH --signal=USR2@90",
+    ):
+        assert line in script, line
+    for cell in expand(spec):
+        assert read_record(tmp_path / "out", cell.id)["job_id"].startswith("4242_")
+
+
+def test_failing_cells_are_recorded_and_the_others_go_on_in_parallel(tmp_path, data_root):
+    grid = tmp_path / "broken.toml"
+    broken = MINI.replace('methods = ["simclr"]', 'methods = ["simclr", "vicreg"]')
+    broken = broken.replace('inits = ["random"]', 'inits = ["weights/none.safetensors"]')
+    broken = broken.replace('["demo-texture", "demo-natural"]', '["demo-texture"]')
+    grid.write_text(broken + '\n[baselines]\ninits = ["random"]\n')
+    out = tmp_path / "out"
+    code, output = _cli(
+        "grid",
+        "run",
+        grid,
+        "--output",
+        out,
+        "--jobs",
+        "2",
+        "--device",
+        "cpu",
+        "--data-root",
+        data_root,
+    )
+    assert code == 0, output
+    table = status(out)
+    states = dict(zip(table["label"], table["state"], strict=True))
+    assert states == {
+        "simclr/resnet18/weights/none.safetensors@demo-texture": "failed",
+        "vicreg/resnet18/weights/none.safetensors@demo-texture": "failed",
+        "random/resnet18": "done",
+    }
+    errors = table.filter(pl.col("state") == "failed")["error"].to_list()
+    assert all("none.safetensors" in error for error in errors)
+    for cell in table.filter(pl.col("state") == "failed")["cell"]:
+        assert "Traceback" in (out / "cells" / cell / "error.txt").read_text()
+    assert "1 done, 2 failed" in output
+    collected = collect(out, report=False)
+    assert sorted(label for label, state, _ in collected.missing) == [
+        "simclr/resnet18/weights/none.safetensors@demo-texture",
+        "vicreg/resnet18/weights/none.safetensors@demo-texture",
+    ]
+    findings = (out / "results" / "findings.md").read_text()
+    assert "1 of 3 cells done." in findings and "none.safetensors" in findings
+    assert collected.tables["probe"]["encoder"].unique().to_list() == ["random/resnet18"]
