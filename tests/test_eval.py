@@ -363,3 +363,21 @@ def test_class_absent_from_training_split(tmp_path):
         )
     with pytest.raises(ConfigError, match=r"classes \[2\] appear in test but not in the training"):
         probe([EmbeddingStore(tmp_path / "s.zarr")], ProbeConfig(label_fractions=(0.5,)))
+
+
+def test_evaluations_say_what_they_are_doing(demo_store, caplog):
+    import logging
+
+    from embedkit.eval import KNNConfig, OODConfig, ProbeConfig, evaluate_ood, knn_classify, probe
+
+    caplog.set_level(logging.INFO, logger="embedkit")
+    config = ProbeConfig(datasets=("demo-texture",), label_fractions=(0.1, 1.0), seeds=(0, 1))
+    probe([demo_store], config)
+    knn_classify([demo_store], KNNConfig(datasets=("demo-texture",)))
+    evaluate_ood([demo_store], OODConfig(id_datasets=("demo-med",), scorers=("knn", "vim")))
+    messages = [r.getMessage() for r in caplog.records]
+    assert "probe random/resnet18 on demo-texture: 3 fits" in messages
+    assert "knn random/resnet18 on demo-texture" in messages
+    assert "ood random/resnet18: ID demo-med against demo-natural, demo-texture (2 scorers)" in (
+        messages
+    )

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -136,7 +137,8 @@ def _config(data_root, **changes):
     return PretrainConfig(**{**base, "data_root": str(data_root), **changes})
 
 
-def test_accumulation_and_the_knn_monitor(tmp_path, data_root):
+def test_accumulation_and_the_knn_monitor(tmp_path, data_root, caplog):
+    caplog.set_level(logging.INFO, logger="embedkit")
     config = _config(data_root, method="supervised", accumulate=2, knn_every=1, lr=1e-3)
     run = pretrain(config, tmp_path / "run", progress=False)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -146,6 +148,13 @@ def test_accumulation_and_the_knn_monitor(tmp_path, data_root):
     assert [r["epoch"] for r in monitor] == [0, 1]
     assert all(0 <= r["knn_accuracy"] <= 1 for r in monitor)
     assert monitor[-1]["knn_accuracy"] > 0.5  # supervised features separate the textures
+    # one line per epoch, without a terminal: the epoch's mean loss, the monitor's accuracy
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2 and lines[1].startswith("epoch 2/2: loss ")
+    epoch_two = [r["loss"] for r in steps if r["epoch"] == 1]
+    assert f"loss {sum(epoch_two) / len(epoch_two):.4f}," in lines[1]
+    assert f"kNN val acc {monitor[1]['knn_accuracy']:.3f}," in lines[1]
+    assert " img/s, lr " in lines[0] and lines[1].endswith("about 0:00:00 left")
 
 
 def test_bad_engine_options_are_refused(tmp_path, data_root):

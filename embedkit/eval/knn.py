@@ -9,6 +9,7 @@ minus its distance).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from ..store import EmbeddingStore
 from .metrics import classification_metrics
 from .neighbors import NeighborIndex, l2_normalise
 from .results import check_stores, encoder_columns, store_datasets
+
+log = logging.getLogger(__name__)
 
 WEIGHTINGS = ("weighted", "majority")
 METRICS = ("cosine", "l2")
@@ -82,6 +85,7 @@ def knn_classify(stores: list[EmbeddingStore], config: KNNConfig = KNNConfig()) 
     rows = []
     for store, columns in zip(stores, encoder_columns(stores), strict=True):
         for dataset in store_datasets(store, config.datasets):
+            log.info("knn %s on %s", columns["encoder"], dataset)
             attrs = store.dataset_attrs(dataset)
             train, test = store.get(dataset, "train"), store.get(dataset, "test")
             proba = knn_predict(

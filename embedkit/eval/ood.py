@@ -7,6 +7,7 @@ split and the OOD datasets' splits are scored; metrics follow OpenOOD (OOD posit
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from ..ood.plugins import resolve_scorer
 from ..store import EmbeddingStore
 from .metrics import ood_metrics
 from .results import check_stores, encoder_columns, store_datasets
+
+log = logging.getLogger(__name__)
 
 OOD_SPLITS = ("test", "all")
 
@@ -107,6 +110,13 @@ def _evaluate_store(
                 f"no OOD dataset for {id_dataset}: store {store.path} holds no other dataset; "
                 f"embed one (embedkit embed --dataset NAME --store {store.path})"
             )
+        log.info(
+            "ood %s: ID %s against %s (%d scorers)",
+            columns["encoder"],
+            id_dataset,
+            ", ".join(ood_datasets),
+            len(scorers),
+        )
         train = store.get(id_dataset, "train")
         id_test = _samples(store, id_dataset, ["test"])
         for name, cls in scorers:

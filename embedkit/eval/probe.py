@@ -123,6 +123,8 @@ def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> 
             _require_splits(store, dataset)
             train, val, test = (store.get(dataset, s) for s in ("train", "val", "test"))
             _check_classes(train.labels, test.labels, task, dataset)
+            fits = sum(1 if f == 1.0 else len(config.seeds) for f in config.label_fractions)
+            log.info("probe %s on %s: %d fits", columns["encoder"], dataset, fits)
             for fraction in config.label_fractions:
                 for seed in config.seeds[:1] if fraction == 1.0 else config.seeds:
                     subset = label_fraction_indices(

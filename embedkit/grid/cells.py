@@ -342,6 +342,7 @@ def _evaluate(folder: Path, cell: Cell, store, resources: Resources) -> None:
                 label_fractions=tuple(plan["label_fractions"]),
                 seeds=tuple(plan["seeds"]),
                 protocol=plan["protocol"],
+                l2_grid=tuple(plan["l2_grid"]),
                 device=device,
             ),
             probe,

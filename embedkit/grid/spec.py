@@ -42,6 +42,7 @@ from typing import Any
 from ..backbones import BACKBONES
 from ..data import SIZES, components, parse_dataset_spec
 from ..errors import ConfigError, EmbedkitError
+from ..eval.probe import ProbeConfig
 from ..methods import METHODS, get_method
 from ..utils import stable_hash
 
@@ -80,6 +81,7 @@ EVALUATE_OPTIONS = {
     "label_fractions": list,
     "seeds": list,
     "protocol": str,
+    "l2_grid": list,
     "knn": bool,
     "knn_k": int,
     "scorers": list,
@@ -101,7 +103,8 @@ class EvaluationPlan:
     Attributes:
         datasets: embedded and evaluated for every encoder (default: every dataset the
             pretraining specs are made of).
-        label_fractions, seeds, protocol: the linear probe (``embedkit.eval.ProbeConfig``).
+        label_fractions, seeds, protocol, l2_grid: the linear probe
+            (``embedkit.eval.ProbeConfig``; the L2 strength is chosen on val from the grid).
         knn: weighted kNN classification; ``knn_k`` neighbours.
         scorers: OOD scorers; ``params`` their keyword arguments (``{"knn": {"k": 50}}``).
         ood_id: ``in-domain`` (ID = the datasets an encoder was pretrained on; every dataset
@@ -115,6 +118,7 @@ class EvaluationPlan:
     label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     protocol: str = "lbfgs"
+    l2_grid: tuple[float, ...] = ProbeConfig.l2_grid
     knn: bool = True
     knn_k: int = 20
     scorers: tuple[str, ...] = ("knn", "mahalanobis")
@@ -316,6 +320,11 @@ def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> E
         raise _error(origin, "evaluate.label_fractions", "fractions lie in (0, 1]")
     values["label_fractions"] = tuple(float(f) for f in fractions)
     _check_type(origin, "evaluate.seeds", list(values.get("seeds", [0])), int)
+    l2_grid = list(values.get("l2_grid", EvaluationPlan.l2_grid))
+    _check_type(origin, "evaluate.l2_grid", l2_grid, float)
+    if any(v < 0 for v in l2_grid):
+        raise _error(origin, "evaluate.l2_grid", "L2 strengths are 0 or positive")
+    values["l2_grid"] = tuple(float(v) for v in l2_grid)
     scorers = list(values.get("scorers", EvaluationPlan.scorers))
     _check_choice(
         origin, "evaluate.scorers", [s for s in scorers if ":" not in s], list(SCORERS), "scorer"
@@ -338,8 +347,10 @@ def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> E
 
 def load_grid(path: str | os.PathLike | None = None, preset: str | None = None) -> GridSpec:
     """Read a grid file, or a preset shipped with embedkit (``demo``, ``paper``)."""
-    if (path is None) == (preset is None):
-        raise ConfigError("give a grid file or --preset NAME (not both)")
+    if path is None and preset is None:
+        raise ConfigError(f"give a grid file (TOML) or --preset NAME ({', '.join(presets())})")
+    if path is not None and preset is not None:
+        raise ConfigError("give a grid file or --preset NAME, not both")
     if preset is not None:
         file = PRESETS_DIR / f"{preset}.toml"
         if not file.is_file():

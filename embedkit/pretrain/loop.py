@@ -196,16 +196,21 @@ def pretrain(
         loop = _Loop(config, fabric, model, method, optimizer, scheduler, train, updates_per_epoch)
         metrics_file = output / "metrics.jsonl"
         with open(metrics_file, "a") if fabric.is_global_zero else nullcontext() as metrics:
+            started = time.perf_counter()
             for epoch in range(start_epoch, config.epochs):
-                loop.run_epoch(epoch, metrics, progress)
+                summary = loop.run_epoch(epoch, metrics, progress)
                 done = epoch + 1
                 if monitor and (done % config.knn_every == 0 or done == config.epochs):
                     if fabric.is_global_zero:
                         record = {"epoch": epoch, "step": done * updates_per_epoch - 1}
                         record.update(monitor(encoder, fabric.device))
                         metrics.write(json.dumps(record) + "\n")
-                        log.info("epoch %d kNN val accuracy %.4f", done, record["knn_accuracy"])
+                        summary["knn_accuracy"] = record["knn_accuracy"]
                     fabric.barrier()
+                if fabric.is_global_zero:  # one line per epoch, on a terminal or not
+                    elapsed = time.perf_counter() - started
+                    left = elapsed / (done - start_epoch) * (config.epochs - done)
+                    log.info("%s", epoch_line(done, config.epochs, summary, elapsed, left))
                 if done % config.checkpoint_every == 0 or done == config.epochs:
                     state = {
                         "model": model,
@@ -231,6 +236,26 @@ def pretrain(
             lock.release()
 
 
+def _clock(seconds: float) -> str:
+    minutes, second = divmod(int(round(seconds)), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}"
+
+
+def epoch_line(done: int, epochs: int, summary: dict[str, float], elapsed: float, left: float):
+    """``epoch 3/100: loss 4.1234, 1,234 img/s, lr 2.90e-04, kNN val acc 0.812, elapsed
+    0:01:23, about 0:45:12 left`` (the kNN part only on monitored epochs)."""
+    parts = [
+        f"epoch {done}/{epochs}: loss {summary['loss']:.4f}",
+        f"{summary['images_per_s']:,.0f} img/s",
+        f"lr {summary['lr']:.2e}",
+    ]
+    if "knn_accuracy" in summary:
+        parts.append(f"kNN val acc {summary['knn_accuracy']:.3f}")
+    parts += [f"elapsed {_clock(elapsed)}", f"about {_clock(left)} left"]
+    return ", ".join(parts)
+
+
 class _Loop:
     """One epoch of optimiser steps: sampling, accumulation, hooks and metric lines."""
 
@@ -248,7 +273,8 @@ class _Loop:
         batch = to_float(batch).contiguous(memory_format=torch.channels_last)
         return batch, self.labels[rows].to(self.fabric.device)
 
-    def run_epoch(self, epoch: int, metrics, progress: bool) -> None:
+    def run_epoch(self, epoch: int, metrics, progress: bool) -> dict[str, float]:
+        """Train one epoch; return its mean loss, images per second and last lr."""
         config, fabric, method = self.config, self.fabric, self.method
         self.model.train()
         order = np.random.default_rng([config.seed, epoch]).permutation(self.n_train)
@@ -263,6 +289,7 @@ class _Loop:
             unit="step",
         )
         pending, window_start = [], time.perf_counter()
+        self.epoch_losses, epoch_start = [], time.perf_counter()
         for update in bar:
             global_step = epoch * self.updates + update
             method.progress = global_step / (self.updates * config.epochs)
@@ -286,10 +313,18 @@ class _Loop:
                 rate /= time.perf_counter() - window_start
                 self._flush(pending, epoch, rate, metrics, bar)
                 pending, window_start = [], time.perf_counter()
+        seconds = time.perf_counter() - epoch_start
+        images = self.updates * config.batch_size * config.accumulate
+        return {
+            "loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
+            "images_per_s": images / seconds if seconds > 0 else 0.0,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
 
     def _flush(self, pending, epoch: int, rate: float, metrics, bar) -> None:
         losses = self.fabric.all_reduce(torch.stack([p[1] for p in pending]), reduce_op="mean")
         losses = losses.float().cpu().tolist()
+        self.epoch_losses.extend(losses)
         for (step, _, lr), loss in zip(pending, losses, strict=True):
             if not np.isfinite(loss):
                 raise RunError(
