@@ -21,10 +21,11 @@ def label_fraction_indices(
 ) -> np.ndarray:
     """Choose ``fraction`` of the samples, stratified by class, with every class present.
 
-    Multi-class (``labels`` of shape ``(N,)`` or ``(N, 1)``): each class keeps
-    ``round(fraction * n_class)`` samples, at least one. Multi-label (``(N, L)`` of 0/1):
-    every label that has positives gets at least one positive sample, rarest label first,
-    then random samples fill up to ``round(fraction * N)``.
+    The protocol: ``n = int(N * fraction)`` samples in all (at least one per class),
+    shared out over the classes in proportion to their sizes by largest remainders; a
+    class that would get none gets one, taken from the class with the most. Multi-label
+    (``(N, L)`` of 0/1): every label that has positives gets at least one positive sample,
+    rarest label first, then random samples fill up to ``int(N * fraction)``.
 
     Args:
         labels: the training labels.
@@ -43,12 +44,28 @@ def label_fraction_indices(
     if multi_label:
         return _multi_label(np.asarray(labels).reshape(n, -1), fraction, rng)
     flat = np.asarray(labels).reshape(n, -1)[:, 0]
-    chosen = []
-    for cls in np.unique(flat):
-        members = np.flatnonzero(flat == cls)
-        take = max(1, int(round(fraction * len(members))))
-        chosen.append(rng.choice(members, size=take, replace=False))
+    classes, sizes = np.unique(flat, return_counts=True)
+    counts = class_counts(sizes, fraction)
+    chosen = [
+        rng.choice(np.flatnonzero(flat == cls), size=int(take), replace=False)
+        for cls, take in zip(classes, counts, strict=True)
+    ]
     return np.sort(np.concatenate(chosen))
+
+
+def class_counts(sizes: np.ndarray, fraction: float) -> np.ndarray:
+    """Samples per class: ``int(sum(sizes) * fraction)`` in all, proportional by largest
+    remainders, at least one per class (taken from the largest allocation)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = max(int(sizes.sum() * fraction), len(sizes))
+    quotas = sizes * (total / sizes.sum())
+    counts = np.floor(quotas).astype(np.int64)
+    order = np.lexsort((np.arange(len(sizes)), -(quotas - counts)))  # largest remainder first
+    counts[order[: total - counts.sum()]] += 1
+    for cls in np.flatnonzero(counts == 0):
+        counts[cls] = 1
+        counts[np.argmax(counts)] -= 1
+    return np.minimum(counts, sizes)
 
 
 def _multi_label(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -59,7 +76,7 @@ def _multi_label(labels: np.ndarray, fraction: float, rng: np.random.Generator) 
         if positives[label] == 0 or labels[selected, label].any():
             continue
         selected[rng.choice(np.flatnonzero(labels[:, label]))] = True
-    target = max(int(round(fraction * n)), int(selected.sum()))
+    target = max(int(fraction * n), int(selected.sum()))
     rest = np.flatnonzero(~selected)
     selected[rng.choice(rest, size=target - int(selected.sum()), replace=False)] = True
     return np.flatnonzero(selected)

@@ -3,6 +3,10 @@
 OOD metrics follow OpenOOD's definitions: OOD is the positive class, scores are "higher =
 more in-distribution" and this module owns the sign flip. AUROC, FPR at 95 % TPR and the
 areas under both precision-recall curves are computed from one sort of the scores.
+
+FPR@95 is the share of ID samples flagged as OOD at the threshold that detects 95 % of the
+OOD samples (OOD positive, as OpenOOD v1.5 and pytorch-ood compute it; not OpenOOD v1.0's
+variant at 95 % of the ID samples).
 """
 
 from __future__ import annotations

@@ -5,14 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def whitening(covariance: np.ndarray, rcond: float = 1e-10) -> np.ndarray:
+def whitening(covariance: np.ndarray, rcond: float | None = None) -> np.ndarray:
     """``(D, K)`` matrix ``T`` with ``|x T|^2 = x pinv(covariance) x^T``.
 
-    Directions whose eigenvalue is below ``rcond`` times the largest are dropped, as the
-    pseudo-inverse drops them.
+    Directions whose eigenvalue is at most ``rcond`` times the largest are dropped, as the
+    pseudo-inverse drops them. The default cutoff, ``D`` times float64's machine epsilon, is
+    that of ``scipy.linalg.pinvh``, which scikit-learn's ``EmpiricalCovariance`` (and so
+    OpenOOD's Mahalanobis scores) use: real but small directions of a rank-deficient
+    covariance (dead ReLU units) are kept, rounding noise is not.
     """
+    if rcond is None:
+        rcond = covariance.shape[0] * np.finfo(np.float64).eps
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    keep = eigenvalues > rcond * eigenvalues.max()
+    keep = eigenvalues > rcond * np.abs(eigenvalues).max()
     return eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import weakref
+import hashlib
 
 import numpy as np
 
@@ -11,25 +11,29 @@ from ..eval.linear import LinearHead, fit_linear
 from .base import OODScorer
 
 # The last head fitted, so that msp, energy, maxlogit, vim and residual evaluated on the same
-# training embeddings (as ``embedkit ood`` does) share one fit instead of five. The cache
-# holds X weakly and compares identity, labels and l2: a new or changed array refits.
-_last_head: tuple[weakref.ref, float, bytes, LinearHead] | None = None
+# training embeddings (as ``embedkit ood`` does) share one fit instead of five. The cache is
+# keyed on the content of X and y (a BLAKE2 digest) and l2: an array changed in place refits.
+_last_head: tuple[str, float, LinearHead] | None = None
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def _shared_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
     global _last_head
-    labels = np.ascontiguousarray(y).tobytes()
-    if _last_head is not None:
-        ref, cached_l2, cached_labels, head = _last_head
-        if ref() is X and cached_l2 == l2 and cached_labels == labels:
-            return head
+    key = _digest(X, y)
+    if _last_head is not None and _last_head[0] == key and _last_head[1] == l2:
+        return _last_head[2]
     multi_label = y.shape[1] > 1
     n_outputs = y.shape[1] if multi_label else int(y.max()) + 1
     head = fit_linear(X, y, n_outputs, multi_label, l2=l2)
-    try:
-        _last_head = (weakref.ref(X), l2, labels, head)
-    except TypeError:  # an object that takes no weak reference is simply not cached
-        _last_head = None
+    _last_head = (key, l2, head)
     return head
 
 

@@ -1,0 +1,59 @@
+"""OOD numerics against references: the pseudo-inverse cutoff of scikit-learn / scipy,
+MSP without float saturation, and the shared probe head keyed on content."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.covariance import EmpiricalCovariance
+
+from embedkit.eval.linear import LinearHead
+from embedkit.ood import get_scorer
+
+
+def _rank_deficient(n: int, seed: int) -> np.ndarray:
+    """48-d features: 40 ordinary units, 4 dead ones, 4 whose variance is ~1e-12 of the
+    largest (real directions that a 1e-10 cutoff would drop)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 40))
+    small = base[:, :4] @ np.random.default_rng(99).normal(size=(4, 4)) * 1e-6
+    return np.hstack([base, np.zeros((n, 4)), small + 1e-6 * rng.normal(size=(n, 4))])
+
+
+def test_mahalanobis_matches_scikit_learn_on_a_rank_deficient_covariance():
+    train, test = _rank_deficient(600, 0), _rank_deficient(80, 1)
+    ours = -get_scorer("mahalanobis")().fit(train).score_samples(test)
+    reference = EmpiricalCovariance().fit(train).mahalanobis(test)  # squared, pinvh
+    np.testing.assert_allclose(ours, reference, rtol=1e-3)
+    # the small directions matter: without them the distances differ by far more
+    without = -get_scorer("mahalanobis")().fit(train[:, :44]).score_samples(test[:, :44])
+    assert np.abs(without / reference - 1).max() > 0.01
+
+
+def test_msp_ranks_samples_whose_probability_saturates_at_one():
+    scorer = get_scorer("msp")()
+    scorer.head_ = LinearHead(np.array([[1.0, 0.0], [0.0, 1.0]]), np.zeros(2), False)
+    x = np.array([[560.0, 0.0], [520.0, 0.0], [40.0, 0.0], [0.0, 0.3]])
+    assert (scorer.head_.probabilities(x[:3]).max(axis=1) == 1.0).all()  # float64 ties
+    scores = scorer.score_samples(x)
+    assert scores[0] > scores[1] > scores[2] > scores[3]
+    np.testing.assert_allclose(scores[3], np.log(scorer.head_.probabilities(x[3:]).max()))
+    multi = get_scorer("msp")()
+    multi.head_ = LinearHead(np.eye(2), np.zeros(2), True)
+    np.testing.assert_allclose(
+        multi.score_samples(np.array([[2.0, -1.0]])), [np.log(1 / (1 + np.exp(-2.0)))]
+    )
+
+
+def test_the_shared_probe_head_refits_an_array_changed_in_place():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    y = (x[:, :1] > 0).astype(np.int64)
+    first = get_scorer("energy")().fit(x, y)
+    same = get_scorer("maxlogit")().fit(x, y)
+    assert same.head_ is first.head_  # one fit shared by the logit scorers
+    x[:, 0] *= -1  # the same array object, other content
+    changed = get_scorer("energy")().fit(x, y)
+    assert changed.head_ is not first.head_
+    assert np.sign(changed.head_.weight[1, 0] - changed.head_.weight[0, 0]) != np.sign(
+        first.head_.weight[1, 0] - first.head_.weight[0, 0]
+    )
