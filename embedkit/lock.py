@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 LOCK = ".lock"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
@@ -111,7 +111,7 @@ class FolderLock:
         holder = _read_holder(self.path)
         if holder is None:
             log.warning("removing an empty or unreadable lock %s (no writer left it)", self.path)
-        elif holder and holder.get("host") == host and not _pid_alive(int(holder["pid"])):
+        elif holder and holder.get("host") == host and not pid_alive(int(holder["pid"])):
             log.warning("removing the stale lock of process %s on %s", holder["pid"], self.folder)
         elif holder:
             raise self.error(

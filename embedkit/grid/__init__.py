@@ -3,18 +3,25 @@ multi-domain sets, run idempotently (locally or as SLURM arrays) and collected i
 study's tables and findings.
 
 - ``spec``: grid files (TOML) and presets, checked key by key.
-- ``cells``: one encoder's pretraining, extraction and evaluation, identified by a hash of
-  its configuration; state on disk, resumable.
-- ``runner``: ``plan``, ``run_grid`` (local or SLURM through submitit) and ``status``.
-- ``collect``: long tables over all cells, the study's tables and sentences.
+- ``cells``: a cell (one encoder with its extraction and evaluation) identified by a hash
+  of its configuration, its state and where its artefacts live.
+- ``execute``: running one cell, resumable.
+- ``plan``: the cells and their cost, before running.
+- ``runner``: ``run_grid`` with the local executor, ``status``; ``slurm``: the SLURM
+  executor through submitit.
+- ``collect``: long tables over all cells; ``findings``: the study's tables and sentences.
 """
 
 from .spec import EvaluationPlan, GridSpec, load_grid, parse_grid, presets
 
 # isort: split
-from .cells import Cell, Resources, expand, run_cell
-from .collect import Collected, Finding, collect
-from .runner import SlurmOptions, plan, read_output, run_grid, status, submit_slurm
+from .cells import Cell, expand
+from .collect import Collected, collect
+from .execute import Resources, run_cell
+from .findings import Finding
+from .plan import plan
+from .runner import read_output, run_grid, status
+from .slurm import SlurmOptions, submit_slurm
 
 __all__ = [
     "Cell",

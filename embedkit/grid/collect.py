@@ -5,22 +5,13 @@ every axis as a column, one table per finding (``study_*.parquet``) and ``findin
 where each finding is a table and sentences computed from the numbers. Cells that are not
 done are named, never silently dropped.
 
-The findings follow the questions of Bundele et al. 2024, "Evaluating Self-Supervised
-Learning in Medical Imaging" (arXiv:2412.19124):
-
-1. ``in_domain``: probe accuracy and AUC per dataset and method at each label fraction.
-2. ``ranking``: on how many datasets each SSL method is best (and within the interval).
-3. ``initialisation``: random vs ImageNet (supervised, self-supervised) per method.
-4. ``backbone``: in-domain accuracy, OOD AUROC and transfer accuracy per backbone.
-5. ``multi_domain``: multi-domain vs single-domain pretraining, on accuracy and OOD.
-6. ``ssl_vs_supervised``: on how many datasets SSL beats supervised training from random.
+The findings themselves are computed in ``findings``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -29,19 +20,10 @@ from ..data import components, get_info
 from ..eval.probe import summarise_probe
 from ..utils import stamp, write_json
 from .cells import Cell, cell_folder, cell_state
+from .findings import Finding, study_findings
 from .runner import read_output
 
 PROVENANCE = ("encoder", "method", "backbone", "init", "pretrain_dataset")
-
-
-@dataclass
-class Finding:
-    """One of the study's questions, answered by a table and sentences."""
-
-    name: str
-    title: str
-    table: pl.DataFrame
-    sentences: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,307 +96,6 @@ def _summary(probe: pl.DataFrame) -> pl.DataFrame:
     return summarise_probe(probe, [c for c in probe.columns if c not in per_seed])
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:g} %"
-
-
-def _in_domain(summary: pl.DataFrame) -> pl.DataFrame:
-    return summary.filter(
-        pl.col("in_domain") & ~pl.col("multi_domain") & (pl.col("kind") != "baseline")
-    )
-
-
-def _finding_in_domain(summary: pl.DataFrame) -> Finding:
-    table = (
-        _in_domain(summary)
-        .select(
-            "dataset",
-            "method",
-            "backbone",
-            "init",
-            "size",
-            "label_fraction",
-            "seeds",
-            "accuracy",
-            "accuracy_ci95",
-            "auc",
-            "auc_ci95",
-        )
-        .sort("dataset", "label_fraction", "method", "backbone", "init")
-    )
-    finding = Finding("in_domain", "In-domain probes per dataset and method", table)
-    for (fraction,), group in table.group_by(["label_fraction"], maintain_order=True):
-        best = group.sort("accuracy", descending=True).row(0, named=True)
-        finding.sentences.append(
-            f"At {_pct(fraction)} of the labels, the highest in-domain accuracy is "
-            f"{best['accuracy']:.3f} ± {best['accuracy_ci95']:.3f} ({best['method']}, "
-            f"{best['backbone']}, {best['init']} init, on {best['dataset']}), over "
-            f"{_count(group['dataset'].n_unique(), 'dataset')} and "
-            f"{_count(group['method'].n_unique(), 'method')}."
-        )
-    if not table.height:
-        finding.sentences.append("No single-domain pretraining cell is done yet.")
-    return finding
-
-
-def _finding_ranking(summary: pl.DataFrame) -> Finding:
-    ssl = _in_domain(summary).filter(pl.col("kind") == "ssl")
-    rows = []
-    groups = ["backbone", "init", "size", "label_fraction"]
-    for key, group in ssl.group_by(groups, maintain_order=True):
-        datasets = group["dataset"].unique().sort().to_list()
-        best_count: dict[str, int] = {m: 0 for m in group["method"].unique().sort()}
-        within_count = dict(best_count)
-        for dataset in datasets:
-            rows_d = group.filter(pl.col("dataset") == dataset).sort("accuracy", descending=True)
-            best = rows_d.row(0, named=True)
-            best_count[best["method"]] += 1
-            floor = best["accuracy"] - best["accuracy_ci95"]
-            for row in rows_d.iter_rows(named=True):
-                if row["accuracy"] >= floor:
-                    within_count[row["method"]] += 1
-        for method in best_count:
-            rows.append(
-                {
-                    **dict(zip(groups, key, strict=True)),
-                    "method": method,
-                    "datasets": len(datasets),
-                    "best_on": best_count[method],
-                    "within_interval_of_best_on": within_count[method],
-                }
-            )
-    table = pl.DataFrame(rows) if rows else pl.DataFrame()
-    finding = Finding("ranking", "On how many datasets each SSL method is best", table)
-    if table.height:
-        for key, group in table.group_by(groups, maintain_order=True):
-            top = group.sort(["best_on", "within_interval_of_best_on"], descending=True).row(
-                0, named=True
-            )
-            backbone, init, size, fraction = key
-            finding.sentences.append(
-                f"{backbone}, {init} init, {size} px, {_pct(fraction)} of the labels: "
-                f"{top['method']} is best on {top['best_on']} of {top['datasets']} datasets "
-                f"(within the interval of the best on {top['within_interval_of_best_on']})."
-            )
-    else:
-        finding.sentences.append("No SSL pretraining cell is done yet.")
-    return finding
-
-
-def _finding_initialisation(summary: pl.DataFrame) -> Finding:
-    cells = _in_domain(summary)
-    keys = ["method", "backbone", "size", "label_fraction"]
-    inits = cells["init"].unique().sort().to_list() if cells.height else []
-    finding = Finding(
-        "initialisation", "Random vs ImageNet initialisation, per method", pl.DataFrame()
-    )
-    if len(inits) < 2:
-        finding.sentences.append(
-            "Not compared: the grid's pretraining cells use one initialisation "
-            f"({', '.join(inits) or 'none done'})."
-        )
-        return finding
-    # the datasets every init has, per method/backbone/size/fraction
-    table = (
-        cells.group_by([*keys, "init"])
-        .agg(pl.col("accuracy").mean(), pl.col("accuracy_ci95").mean(), pl.len().alias("datasets"))
-        .sort(keys + ["init"])
-    )
-    finding.table = table
-    wide = table.pivot(on="init", index=keys, values="accuracy")
-    ci = table.group_by(keys).agg(pl.col("accuracy_ci95").mean().alias("ci"))
-    wide = wide.join(ci, on=keys)
-    reference = "random" if "random" in inits else inits[0]
-    for other in inits:
-        if other == reference:
-            continue
-        pairs = wide.drop_nulls([reference, other])
-        if not pairs.height:
-            continue
-        diff = pairs[other] - pairs[reference]
-        wins = int((diff > 0).sum())
-        finding.sentences.append(
-            f"{other} vs {reference} initialisation: higher in-domain accuracy for {wins} of "
-            f"{pairs.height} method × backbone × fraction settings (mean difference "
-            f"{diff.mean():+.3f})."
-        )
-    others = [i for i in inits if i != reference]
-    for i, a in enumerate(others):
-        for b in others[i + 1 :]:
-            pairs = wide.drop_nulls([a, b])
-            if not pairs.height:
-                continue
-            diff = pairs[a] - pairs[b]
-            clear = abs(diff.mean()) > pairs["ci"].mean()
-            verdict = "a clear difference" if clear else "no clear difference"
-            finding.sentences.append(
-                f"{a} vs {b}: mean difference {diff.mean():+.3f}, against a mean 95 % interval "
-                f"of ±{pairs['ci'].mean():.3f}: {verdict}."
-            )
-    return finding
-
-
-def _ood_in_domain(ood: pl.DataFrame | None) -> pl.DataFrame | None:
-    if ood is None or not ood.height:
-        return None
-    return ood.filter(
-        (pl.col("kind") != "baseline")
-        & ~pl.col("multi_domain")
-        & (pl.col("id_dataset") == pl.col("pretrain_dataset"))
-    )
-
-
-def _finding_backbone(summary: pl.DataFrame, ood: pl.DataFrame | None) -> Finding:
-    cells = summary.filter(pl.col("kind") != "baseline")
-    finding = Finding(
-        "backbone", "Backbones: in-domain accuracy, OOD AUROC, transfer", pl.DataFrame()
-    )
-    backbones = cells["backbone"].unique().sort().to_list() if cells.height else []
-    if not backbones:
-        finding.sentences.append("No pretraining cell is done yet.")
-        return finding
-    top = cells["label_fraction"].max()
-    cells = cells.filter(pl.col("label_fraction") == top)
-    rows = []
-    ood_in = _ood_in_domain(ood)
-    for backbone in backbones:
-        mine = cells.filter(pl.col("backbone") == backbone)
-        row = {
-            "backbone": backbone,
-            "in_domain_accuracy": _in_domain(mine)["accuracy"].mean(),
-            "ood_auroc": None,
-            "cells": mine["cell"].n_unique(),
-        }
-        if ood_in is not None:
-            row["ood_auroc"] = ood_in.filter(pl.col("backbone") == backbone)["auroc"].mean()
-        rows.append(row)
-    table = pl.DataFrame(
-        rows,
-        schema_overrides={
-            c: pl.Float64 for c in ("in_domain_accuracy", "ood_auroc", "transfer_accuracy")
-        },
-    )
-    finding.table = table
-    if len(backbones) < 2:
-        finding.sentences.append(f"Not compared: the grid has one backbone ({backbones[0]}).")
-        return finding
-
-    def fmt(values):
-        return " vs ".join("n/a" if v is None else f"{v:.3f}" for v in values)
-
-    finding.sentences.append(
-        f"{' vs '.join(backbones)} at {_pct(top)} of the labels: in-domain accuracy "
-        f"{fmt(table['in_domain_accuracy'])}, mean OOD AUROC {fmt(table['ood_auroc'])}, "
-        f"mean transfer accuracy {fmt(table['transfer_accuracy'])}."
-    )
-    return finding
-
-
-def _finding_multi_domain(summary: pl.DataFrame, ood: pl.DataFrame | None) -> Finding:
-    finding = Finding("multi_domain", "Multi-domain vs single-domain pretraining", pl.DataFrame())
-    multi = summary.filter(pl.col("multi_domain") & pl.col("in_domain"))
-    single = _in_domain(summary)
-    if not multi.height:
-        finding.sentences.append("Not compared: no multi-domain pretraining cell is done yet.")
-        return finding
-    top = summary["label_fraction"].max()
-    keys = ["method", "backbone", "init", "size"]
-    rows = []
-    for row in multi.filter(pl.col("label_fraction") == top).iter_rows(named=True):
-        match = single.filter(
-            (pl.col("label_fraction") == top)
-            & (pl.col("dataset") == row["dataset"])
-            & pl.all_horizontal([pl.col(k) == row[k] for k in keys])
-        )
-        if not match.height:
-            continue
-        record = {
-            "pretrain_dataset": row["pretrain_dataset"],
-            "multi_modality": row["multi_modality"],
-            "dataset": row["dataset"],
-            **{k: row[k] for k in keys},
-            "accuracy_single": match["accuracy"][0],
-            "accuracy_multi": row["accuracy"],
-            "auroc_single": None,
-            "auroc_multi": None,
-        }
-        if ood is not None and ood.height:
-            training = set(row["pretrain_dataset"].split("+"))
-            common = ood.filter(
-                (pl.col("id_dataset") == row["dataset"])
-                & ~pl.col("ood_dataset").is_in(list(training))
-                & pl.all_horizontal([pl.col(k) == row[k] for k in keys])
-            )
-            mine = common.filter(pl.col("pretrain_dataset") == row["pretrain_dataset"])
-            theirs = common.filter(pl.col("pretrain_dataset") == row["dataset"])
-            if mine.height and theirs.height:
-                record["auroc_multi"] = mine["auroc"].mean()
-                record["auroc_single"] = theirs["auroc"].mean()
-        rows.append(record)
-    if not rows:
-        finding.sentences.append(
-            "Not compared: no single-domain cell matches a multi-domain cell's method, "
-            "backbone and initialisation on one of its datasets."
-        )
-        return finding
-    table = pl.DataFrame(
-        rows, schema_overrides={c: pl.Float64 for c in ("auroc_single", "auroc_multi")}
-    )
-    table = table.with_columns(
-        accuracy_gain=pl.col("accuracy_multi") - pl.col("accuracy_single"),
-        auroc_gain=pl.col("auroc_multi") - pl.col("auroc_single"),
-    )
-    finding.table = table
-    for flag, name in ((True, "multi-modality"), (False, "single-modality multi-domain")):
-        part = table.filter(pl.col("multi_modality") == flag)
-        if not part.height:
-            finding.sentences.append(f"No {name} training set in the grid.")
-            continue
-        auroc = part["auroc_gain"].drop_nulls()
-        auroc_text = f"{auroc.mean():+.3f}" if len(auroc) else "n/a (no OOD table)"
-        finding.sentences.append(
-            f"{name.capitalize()} training sets ({part['pretrain_dataset'].n_unique()}): mean "
-            f"accuracy change {part['accuracy_gain'].mean():+.3f} on their own datasets, mean "
-            f"OOD AUROC change {auroc_text} against single-domain training ({_pct(top)} labels)."
-        )
-    return finding
-
-
-def _finding_ssl_vs_supervised(summary: pl.DataFrame) -> Finding:
-    finding = Finding("ssl_vs_supervised", "SSL vs supervised training from random", pl.DataFrame())
-    cells = _in_domain(summary).filter(pl.col("init") == "random")
-    supervised = cells.filter(pl.col("kind") == "supervised")
-    ssl = cells.filter(pl.col("kind") == "ssl")
-    if not supervised.height or not ssl.height:
-        missing = "supervised" if not supervised.height else "SSL"
-        finding.sentences.append(f"Not compared: no {missing} cell from random init is done.")
-        return finding
-    keys = ["dataset", "backbone", "size", "label_fraction"]
-    best = ssl.sort("accuracy", descending=True).group_by(keys, maintain_order=True).first()
-    table = (
-        best.select(
-            *keys, pl.col("method").alias("best_ssl"), pl.col("accuracy").alias("ssl_accuracy")
-        )
-        .join(supervised.select(*keys, pl.col("accuracy").alias("supervised_accuracy")), on=keys)
-        .with_columns(ssl_wins=pl.col("ssl_accuracy") > pl.col("supervised_accuracy"))
-        .sort(keys)
-    )
-    finding.table = table
-    for (backbone, fraction), group in table.group_by(
-        ["backbone", "label_fraction"], maintain_order=True
-    ):
-        finding.sentences.append(
-            f"{backbone}, {_pct(fraction)} of the labels: SSL (the best method per dataset) "
-            f"beats supervised-from-random on {int(group['ssl_wins'].sum())} of "
-            f"{group.height} datasets."
-        )
-    return finding
-
-
 def collect(output: str | os.PathLike, report: bool = True) -> Collected:
     """Write ``OUT/results``: long tables, study tables, ``findings.md`` and (``report``)
     ``report/report.md`` with the heatmaps and curves of ``embedkit report``."""
@@ -437,14 +118,7 @@ def collect(output: str | os.PathLike, report: bool = True) -> Collected:
     if "probe" in tables:
         summary = tables["transfer"]
         ood = tables.get("ood")
-        findings = [
-            _finding_in_domain(summary),
-            _finding_ranking(summary),
-            _finding_initialisation(summary),
-            _finding_backbone(summary, ood),
-            _finding_multi_domain(summary, ood),
-            _finding_ssl_vs_supervised(summary),
-        ]
+        findings = study_findings(summary, ood)
         for finding in findings:
             finding.table.write_parquet(results / f"study_{finding.name}.parquet")
     _write_findings(results / "findings.md", spec.name, findings, missing, len(cells))
@@ -492,7 +166,3 @@ def _write_findings(path: Path, name: str, findings, missing, n_cells: int) -> N
         if finding.table.height:
             lines += ["", _markdown(finding.table)]
     path.write_text("\n".join(lines) + "\n")
-
-
-def findings_json(collected: Collected) -> str:
-    return json.dumps({f.name: f.sentences for f in collected.findings}, indent=2, sort_keys=True)

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +26,21 @@ from ..utils import stamp, write_json
 from .cells import (
     STATES,
     Cell,
-    Resources,
     cell_folder,
     cell_state,
-    cost,
     expand,
     read_record,
-    run_cell,
     run_folder,
     write_record,
 )
+from .execute import Resources, run_cell
+from .slurm import SlurmOptions, submit_slurm
 from .spec import GridSpec, parse_grid
 
 log = logging.getLogger(__name__)
+
+
 EXECUTORS = ("local", "slurm")
-# Images per second that one H100 (bf16) trains a ResNet-50 on at 28 px, derived from the
-# measured bare forward of 36,327 img/s (BENCHMARKS.md, issue 12): a training step costs
-# about 3 forwards and SSL methods feed 2 views. Other backbones and sizes are scaled by
-# their counted forward FLOPs (``plan``); pass --throughput to use your own figure.
-H100_RESNET50_28PX_FORWARD = 36_327.0
-TRAIN_COST_IN_FORWARDS = 3 * 2
 
 
 def prepare_output(spec: GridSpec, output: str | os.PathLike) -> Path:
@@ -79,76 +74,6 @@ def read_output(output: str | os.PathLike) -> tuple[GridSpec, list[Cell]]:
     source = json.loads((output / "grid.source.json").read_text())
     spec = parse_grid((output / "grid.toml").read_text(), source["origin"], source["base"])
     return spec, expand(spec)
-
-
-# --- plan ---------------------------------------------------------------------------------
-
-
-def forward_flops(backbone: str, size: int, patch_size: int = 0) -> float:
-    """Forward FLOPs of one image, counted by torch on the CPU (no weights loaded)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..backbones import create_encoder
-
-    encoder = create_encoder(backbone, "random", size, patch_size).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        encoder(torch.zeros(1, 3, size, size))
-    return float(counter.get_total_flops())
-
-
-def plan(spec: GridSpec, output: str | os.PathLike | None = None, throughput: float = 0.0):
-    """The cells, what each costs, and the state of those an output folder already has.
-
-    Args:
-        throughput: pretraining images per second on one GPU; 0 uses a default derived
-            from a measured H100 figure and each backbone's counted FLOPs.
-
-    Returns:
-        One row per cell (``cell, kind, label, method, dataset, backbone, init, size,
-        image_epochs, embed_images, gpu_hours, state``) and a totals dict.
-    """
-    cells = expand(spec)
-    reference = forward_flops("resnet50", 28)
-    rates: dict[tuple[str, int], float] = {}
-    rows = []
-    for cell in cells:
-        key = (cell.axes["backbone"], cell.axes["size"])
-        if key not in rates:
-            flops = forward_flops(*key)
-            rates[key] = H100_RESNET50_28PX_FORWARD * reference / flops
-        forward_rate = rates[key]
-        train_rate = throughput or forward_rate / TRAIN_COST_IN_FORWARDS
-        images = cost(cell)
-        hours = images["image_epochs"] / train_rate / 3600
-        hours += images["embed_images"] / forward_rate / 3600
-        state = cell_state(Path(output), cell.id)["state"] if output else "pending"
-        rows.append(
-            {
-                "cell": cell.id,
-                "kind": cell.kind,
-                "label": cell.label,
-                **{k: str(cell.axes[k]) for k in ("method", "dataset", "backbone", "init")},
-                "size": cell.axes["size"],
-                **images,
-                "gpu_hours": hours,
-                "state": state,
-            }
-        )
-    table = pl.DataFrame(rows)
-    totals = {
-        "cells": len(cells),
-        "pretraining_cells": sum(c.kind == "pretrain" for c in cells),
-        "baseline_cells": sum(c.kind == "baseline" for c in cells),
-        "image_epochs": float(table["image_epochs"].sum()),
-        "embed_images": float(table["embed_images"].sum()),
-        "gpu_hours": float(table["gpu_hours"].sum()),
-        "throughput": "stated" if throughput else "derived from one measured H100 figure",
-    }
-    return table, totals
-
-
-# --- status -------------------------------------------------------------------------------
 
 
 def _progress(output: Path, cell: Cell, record: dict[str, Any]) -> str:
@@ -189,53 +114,6 @@ def status(output: str | os.PathLike) -> pl.DataFrame:
 
 
 # --- run ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """Where a SLURM array runs (``grid run --executor slurm``).
-
-    Attributes:
-        partition, account, qos: the usual sbatch options (None: the cluster's default).
-        gpus_per_node: GPUs of each cell; the cell trains on all of them (DDP, one task per
-            GPU, Lightning Fabric reads SLURM's environment).
-        nodes: nodes per cell.
-        time_min: time limit per task; a task that reaches it is requeued and resumes.
-        cpus_per_task, mem_gb: per task.
-        parallel: array tasks running at once.
-        sbatch: extra sbatch options, ``{"constraint": "a100"}``.
-        setup: shell lines run before the task (``module load cuda``).
-    """
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gpus_per_node: int = 1
-    nodes: int = 1
-    time_min: int = 24 * 60
-    cpus_per_task: int = 8
-    mem_gb: float = 64
-    parallel: int = 64
-    sbatch: dict[str, str] = field(default_factory=dict)
-    setup: tuple[str, ...] = ()
-
-
-class CellTask:
-    """The callable an array task runs: one cell, requeued from its checkpoint (submitit
-    calls ``checkpoint`` when SLURM preempts the task or its time limit nears)."""
-
-    def __init__(self, output: str, cell: dict[str, Any], resources: dict[str, Any]) -> None:
-        self.output, self.cell, self.resources = output, cell, resources
-
-    def __call__(self) -> dict[str, Any]:
-        logging.basicConfig(level=logging.INFO, format="embedkit: %(message)s")
-        cell = Cell.from_json(self.cell)
-        return run_cell(Path(self.output), cell, Resources(**self.resources))
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(CellTask(self.output, self.cell, self.resources))
 
 
 def _pending(output: Path, cells: list[Cell]) -> list[Cell]:
@@ -343,55 +221,6 @@ def run_saved_cell(output: str | os.PathLike, cell_id: str, resources: Resources
     if not record:
         raise ConfigError(f"no cell {cell_id} in {output}: run `embedkit grid run` first")
     return run_cell(Path(output), Cell.from_json(record["cell"]), resources)
-
-
-def submit_slurm(
-    output: Path,
-    cells: list[Cell],
-    resources: Resources,
-    options: SlurmOptions,
-    cluster: str | None = None,
-) -> list:
-    """Submit one array task per cell with submitit (``cluster``: None picks SLURM when
-    ``srun`` is found; ``local`` runs the same tasks as local subprocesses)."""
-    try:
-        import submitit
-    except ImportError:  # pragma: no cover
-        raise ConfigError("the slurm executor needs submitit: pip install submitit") from None
-    if not cells:
-        return []
-    executor = submitit.AutoExecutor(folder=str(output / "slurm" / "%j"), cluster=cluster)
-    if executor.cluster == "debug":  # pragma: no cover
-        raise ConfigError("no SLURM found")
-    tasks = max(1, options.gpus_per_node)
-    executor.update_parameters(
-        name="embedkit-grid",
-        timeout_min=options.time_min,
-        nodes=options.nodes,
-        tasks_per_node=tasks,
-        gpus_per_node=options.gpus_per_node,
-        cpus_per_task=options.cpus_per_task,
-        mem_gb=options.mem_gb,
-        slurm_array_parallelism=options.parallel,
-        slurm_partition=options.partition,
-        slurm_account=options.account,
-        slurm_qos=options.qos,
-        slurm_setup=list(options.setup),
-        slurm_additional_parameters=dict(options.sbatch),
-    )
-    per_task = Resources(
-        device=resources.device,
-        data_root=resources.data_root,
-        devices=options.gpus_per_node if executor.cluster == "slurm" else 1,
-        num_nodes=options.nodes if executor.cluster == "slurm" else 1,
-    )
-    job_tasks = [CellTask(str(output), c.to_json(), asdict(per_task)) for c in cells]
-    with executor.batch():
-        jobs = [executor.submit(task) for task in job_tasks]
-    for cell, job in zip(cells, jobs, strict=True):
-        write_record(output, cell, job_id=str(job.job_id), submitted=stamp()["created"])
-    log.info("submitted %d array tasks (%s)", len(jobs), executor.cluster)
-    return jobs
 
 
 def count_states(table: pl.DataFrame) -> dict[str, int]:
