@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 STATES = ("pending", "running", "done", "failed")
 
-STAGES = ("pretrain", "embed", "evaluate")
 
 
 @dataclass(frozen=True)
