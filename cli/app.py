@@ -19,11 +19,9 @@ from typer.core import TyperGroup
 
 from embedkit.backbones import BACKBONES
 from embedkit.data import SIZES
-from embedkit.errors import EmbedkitError
+from embedkit.errors import ConfigError, EmbedkitError
 from embedkit.methods import METHODS
 from embedkit.utils import USER_OS_ERRNOS, os_errno, os_error_message
-
-from .output import split_names
 
 try:  # typer >= 0.20 ships its own copy of click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -129,8 +127,17 @@ def run_command(debug: bool, action):
 
 
 def dataset_option(value: str) -> tuple[str, ...]:
-    """A --dataset/--id/--ood value as names; "all" becomes () (every dataset in the store)."""
-    return () if value.strip() == "all" else split_names(value)
+    """A --dataset/--id/--ood value as names; "all" becomes () (every dataset in the store).
+    An empty value or an empty list element is an error, not "all"."""
+    if value.strip() == "all":
+        return ()
+    parts = [part.strip() for part in value.split(",")]
+    if not all(parts):
+        raise ConfigError(
+            f"dataset list '{value}' has an empty name: give names separated by commas, "
+            f"or 'all'"
+        )
+    return tuple(parts)
 
 
 def is_other_rank() -> bool:

@@ -468,3 +468,59 @@ def test_usage_errors_are_one_line():
         code, last, everything = _cli(*args)
         assert code == 2 and last.startswith("error: ") and message in last
         assert "Usage:" not in everything
+
+
+# --- options of the evaluations ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["ood", "--scorer", "knn", "--param", "mahalanobis.foo=3"],
+            "scorer mahalanobis is not selected",
+        ),
+        (
+            ["ood", "--scorer", "knn", "--param", "knn.kk=3"],
+            "scorer knn has no parameter kk: its parameters are k",
+        ),
+        (["ood", "--scorer", "knn", "--param", "knn.k=abc"], "knn.k=abc: expected a int"),
+        (["probe", "--dataset", ""], "has an empty name"),
+        (["probe", "--dataset", "demo-med,,"], "has an empty name"),
+        (["ood", "--id", "demo-med,", "--scorer", "knn"], "has an empty name"),
+    ],
+)
+def test_bad_evaluation_options_are_one_line(demo_store, args, message):
+    _one_line_error([*args, "--store", demo_store.path], message)
+
+
+def test_an_empty_dataset_name_is_refused_by_embed(tmp_path, data_root):
+    args = _embed_args(tmp_path / "s.zarr", data_root)
+    args[args.index("demo-texture")] = "demo-texture,,"
+    _one_line_error(args, "has an empty name")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_plugin_scorer_that_fails_is_one_line(tmp_path, demo_store):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(
+        "class Broken:\n"
+        "    def fit(self, X, y=None):\n"
+        "        raise RuntimeError('boom')\n"
+        "    def score_samples(self, X):\n"
+        "        return X[:, 0]\n"
+    )
+    args = [
+        "ood",
+        "--store",
+        demo_store.path,
+        "--id",
+        "demo-med",
+        "--scorer",
+        f"{plugin}:Broken",
+        "--out",
+        tmp_path / "o.parquet",
+    ]
+    _one_line_error(args, "scorer Broken failed in fit on demo-med: RuntimeError: boom")
+    result = runner.invoke(app, [str(a) for a in [*args, "--debug"]])
+    assert isinstance(result.exception.__cause__, RuntimeError)  # --debug keeps the cause

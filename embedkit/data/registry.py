@@ -158,6 +158,8 @@ def parse_dataset_spec(spec: str) -> list[str]:
         The entries in order, without duplicates.
     """
     entries: list[str] = []
+    if spec.strip() and not all(part.strip() for part in spec.split(",")):
+        raise ConfigError(f"--dataset '{spec}' has an empty name: give names separated by commas")
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue

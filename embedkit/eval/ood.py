@@ -6,6 +6,7 @@ split and the OOD datasets' splits are scored; metrics follow OpenOOD (OOD posit
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EmbedkitError
 from ..ood.plugins import resolve_scorer
 from ..store import EmbeddingStore
 from .metrics import ood_metrics
@@ -67,6 +68,47 @@ def _samples(store: EmbeddingStore, dataset: str, splits: list[str]) -> _Samples
     )
 
 
+def _fits(value: Any, default: Any) -> bool:
+    """Whether ``value`` has the type of a parameter whose default is ``default`` (defaults
+    that are None or not numbers are not checked)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
+
+
+def check_scorer_params(scorers: list[tuple[str, type]], params: dict[str, dict]) -> None:
+    """Refuse parameters of scorers that are not selected, names a scorer does not take, and
+    values of another type than the parameter's default, before any work."""
+    selected = dict(scorers)
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    for name, kwargs in params.items():
+        if name not in selected:
+            raise ConfigError(
+                f"--param {name}.*: scorer {name} is not selected (--scorer "
+                f"{','.join(selected)}): add it or drop the parameter"
+            )
+        signature = inspect.signature(selected[name].__init__).parameters
+        accepted = {n: p for n, p in signature.items() if n != "self" and p.kind not in variadic}
+        for key, value in kwargs.items():
+            if key not in accepted:
+                if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+                    continue
+                raise ConfigError(
+                    f"--param {name}.{key}: scorer {name} has no parameter {key}: its "
+                    f"parameters are {', '.join(accepted) or 'none'}"
+                )
+            default = accepted[key].default
+            if not _fits(value, default):
+                raise ConfigError(
+                    f"--param {name}.{key}={value}: expected a {type(default).__name__} "
+                    f"(default {default})"
+                )
+
+
 def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) -> pl.DataFrame:
     """Evaluate every scorer on every ID × OOD pair of every store.
 
@@ -77,6 +119,7 @@ def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) 
     if config.ood_splits not in OOD_SPLITS:
         raise ConfigError(f"--ood-splits must be 'test' or 'all', not '{config.ood_splits}'")
     scorers = [resolve_scorer(spec) for spec in config.scorers]
+    check_scorer_params(scorers, config.scorer_params)
     check_stores(stores)
     rows = []
     for store, columns in zip(stores, encoder_columns(stores), strict=True):
@@ -120,7 +163,15 @@ def _evaluate_store(
         train = store.get(id_dataset, "train")
         id_test = _samples(store, id_dataset, ["test"])
         for name, cls in scorers:
-            scorer = cls(**config.scorer_params.get(name, {})).fit(train.embeddings, train.labels)
+            try:
+                scorer = cls(**config.scorer_params.get(name, {}))
+                scorer.fit(train.embeddings, train.labels)
+            except EmbedkitError:
+                raise
+            except Exception as exc:  # a plug-in's own failure: one line, traceback with --debug
+                raise ConfigError(
+                    f"scorer {name} failed in fit on {id_dataset}: {type(exc).__name__}: {exc}"
+                ) from exc
             id_scores = _scores(scorer, id_test.embeddings, name)
             params = getattr(scorer, "get_params", dict)()
             saved = [(id_test, id_scores, False)]
@@ -146,7 +197,14 @@ def _evaluate_store(
 
 
 def _scores(scorer, embeddings: np.ndarray, name: str) -> np.ndarray:
-    scores = np.asarray(scorer.score_samples(embeddings), dtype=np.float64)
+    try:
+        scores = np.asarray(scorer.score_samples(embeddings), dtype=np.float64)
+    except EmbedkitError:
+        raise
+    except Exception as exc:  # a plug-in's own failure: one line, traceback with --debug
+        raise ConfigError(
+            f"scorer {name} failed in score_samples: {type(exc).__name__}: {exc}"
+        ) from exc
     if scores.shape != (len(embeddings),):
         raise ConfigError(
             f"scorer {name} returned shape {scores.shape} for {len(embeddings)} "

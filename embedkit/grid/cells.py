@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 STATES = ("pending", "running", "done", "failed")
 
 
-
 @dataclass(frozen=True)
 class Cell:
     """One encoder of a grid and its evaluation.
