@@ -70,6 +70,21 @@ def _embed_args(store, data_root, *extra):
     ]
 
 
+def _ood_args(store, out, scorer, *extra):
+    return [
+        "ood",
+        "--store",
+        store.path,
+        "--id",
+        "demo-med",
+        "--scorer",
+        scorer,
+        "--out",
+        out,
+        *extra,
+    ]
+
+
 def _one_line_error(args, message):
     code, last, everything = _cli(*args)
     assert code == 2, everything
@@ -431,19 +446,7 @@ def test_messages_say_what_to_do(tmp_path, data_root, demo_store):
     )
     scores = tmp_path / "afile.zarr" / "scores"  # found by the file system, not a check
     _one_line_error(
-        [
-            "ood",
-            "--store",
-            demo_store.path,
-            "--id",
-            "demo-med",
-            "--scorer",
-            "knn",
-            "--out",
-            tmp_path / "o" / "o.parquet",
-            "--save-scores",
-            scores,
-        ],
+        _ood_args(demo_store, tmp_path / "o" / "o.parquet", "knn", "--save-scores", scores),
         "a part of the path is a file, not a folder",
     )
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
@@ -510,17 +513,7 @@ def test_a_plugin_scorer_that_fails_is_one_line(tmp_path, demo_store):
         "    def score_samples(self, X):\n"
         "        return X[:, 0]\n"
     )
-    args = [
-        "ood",
-        "--store",
-        demo_store.path,
-        "--id",
-        "demo-med",
-        "--scorer",
-        f"{plugin}:Broken",
-        "--out",
-        tmp_path / "o.parquet",
-    ]
+    args = _ood_args(demo_store, tmp_path / "o.parquet", f"{plugin}:Broken")
     _one_line_error(args, "scorer Broken failed in fit on demo-med: RuntimeError: boom")
     result = runner.invoke(app, [str(a) for a in [*args, "--debug"]])
     assert isinstance(result.exception.__cause__, RuntimeError)  # --debug keeps the cause

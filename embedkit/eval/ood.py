@@ -6,6 +6,7 @@ split and the OOD datasets' splits are scored; metrics follow OpenOOD (OOD posit
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -163,15 +164,9 @@ def _evaluate_store(
         train = store.get(id_dataset, "train")
         id_test = _samples(store, id_dataset, ["test"])
         for name, cls in scorers:
-            try:
+            with _scorer_step(name, f"fit on {id_dataset}"):
                 scorer = cls(**config.scorer_params.get(name, {}))
                 scorer.fit(train.embeddings, train.labels)
-            except EmbedkitError:
-                raise
-            except Exception as exc:  # a plug-in's own failure: one line, traceback with --debug
-                raise ConfigError(
-                    f"scorer {name} failed in fit on {id_dataset}: {type(exc).__name__}: {exc}"
-                ) from exc
             id_scores = _scores(scorer, id_test.embeddings, name)
             params = getattr(scorer, "get_params", dict)()
             saved = [(id_test, id_scores, False)]
@@ -196,15 +191,21 @@ def _evaluate_store(
     return rows
 
 
-def _scores(scorer, embeddings: np.ndarray, name: str) -> np.ndarray:
+@contextlib.contextmanager
+def _scorer_step(name: str, step: str):
+    """A scorer's own failure (a plug-in's bug) as one line; the original stays its cause,
+    which ``--debug`` shows."""
     try:
-        scores = np.asarray(scorer.score_samples(embeddings), dtype=np.float64)
+        yield
     except EmbedkitError:
         raise
-    except Exception as exc:  # a plug-in's own failure: one line, traceback with --debug
-        raise ConfigError(
-            f"scorer {name} failed in score_samples: {type(exc).__name__}: {exc}"
-        ) from exc
+    except Exception as exc:
+        raise ConfigError(f"scorer {name} failed in {step}: {type(exc).__name__}: {exc}") from exc
+
+
+def _scores(scorer, embeddings: np.ndarray, name: str) -> np.ndarray:
+    with _scorer_step(name, "score_samples"):
+        scores = np.asarray(scorer.score_samples(embeddings), dtype=np.float64)
     if scores.shape != (len(embeddings),):
         raise ConfigError(
             f"scorer {name} returned shape {scores.shape} for {len(embeddings)} "
