@@ -47,6 +47,17 @@ def _read_holder(lock: Path) -> dict | None:
     return holder if isinstance(holder, dict) and "pid" in holder else None
 
 
+def _dead(holder: dict) -> bool:
+    """A holder whose process is known to be gone (same host, pid not alive)."""
+    return holder.get("host") == socket.gethostname() and not pid_alive(int(holder["pid"]))
+
+
+def is_held(folder: str | os.PathLike) -> bool:
+    """Whether a live writer (or one on another host) holds ``folder``'s lock."""
+    holder = _read_holder(Path(folder) / LOCK)
+    return bool(holder) and not _dead(holder)
+
+
 class FolderLock:
     """Hold ``folder/.lock`` while writing ``folder``; use it as a context manager.
 
@@ -76,7 +87,7 @@ class FolderLock:
                 try:
                     self._create(record)
                 except FileExistsError:
-                    self._take_over_if_stale(socket.gethostname())
+                    self._take_over_if_stale()
                     continue
                 self.held = True
                 return self
@@ -107,11 +118,11 @@ class FolderLock:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def _take_over_if_stale(self, host: str) -> None:
+    def _take_over_if_stale(self) -> None:
         holder = _read_holder(self.path)
         if holder is None:
             log.warning("removing an empty or unreadable lock %s (no writer left it)", self.path)
-        elif holder and holder.get("host") == host and not pid_alive(int(holder["pid"])):
+        elif holder and _dead(holder):
             log.warning("removing the stale lock of process %s on %s", holder["pid"], self.folder)
         elif holder:
             raise self.error(

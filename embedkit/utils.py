@@ -99,7 +99,8 @@ def os_error_message(exc: OSError, context: str) -> str:
         reason, action = _OS_REASONS[code]
     else:
         reason, action = exc.strerror or str(exc), "check the path"
-    filename = exc.filename or (str(exc).rpartition("): ")[2] if exc.errno is None else None)
+    found = exc.errno is None and re.search(r"\(os error \d+\): (.+)$", str(exc))
+    filename = exc.filename or (found.group(1) if found else None)
     where = f" ({filename})" if filename else ""
     return f"{context}: {reason}{where}: {action}"
 

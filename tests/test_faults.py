@@ -487,7 +487,7 @@ def test_usage_errors_are_one_line():
             ["ood", "--scorer", "knn", "--param", "knn.kk=3"],
             "scorer knn has no parameter kk: its parameters are k",
         ),
-        (["ood", "--scorer", "knn", "--param", "knn.k=abc"], "knn.k=abc: expected a int"),
+        (["ood", "--scorer", "knn", "--param", "knn.k=abc"], "knn.k=abc: expected type int"),
         (["probe", "--dataset", ""], "has an empty name"),
         (["probe", "--dataset", "demo-med,,"], "has an empty name"),
         (["ood", "--id", "demo-med,", "--scorer", "knn"], "has an empty name"),

@@ -124,7 +124,7 @@ def test_a_changed_parameter_changes_only_its_cells():
             ('inits = ["random"]', 'inits = ["imagenet_ssl"]', "[inits]\nimagenet_ssl = {}"),
             "inits.imagenet_ssl: no init for backbone resnet18",
         ),
-        (("epochs = 2", 'epochs = "two"'), "'two' is not a int"),
+        (("epochs = 2", 'epochs = "two"'), "'two' is not of type int"),
         (('name = "mini"', ""), "give the grid a name"),
     ],
 )

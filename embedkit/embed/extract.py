@@ -179,16 +179,7 @@ def _splits_to_write(
     store = EmbeddingStore(path)
     if store.encoder.get("weights_sha256") != weights_sha256:
         return splits  # refused by StoreWriter with its own message
-    todo = []
-    for data in splits:
-        complete = (
-            data.split in store.splits(data.dataset) if data.dataset in store.datasets() else False
-        )
-        if complete and config.with_head:
-            complete = bool(store.split_attrs(data.dataset, data.split).get("head_dim"))
-        if not complete:
-            todo.append(data)
-    return todo
+    return [d for d in splits if not store.has_split(d.dataset, d.split, config.with_head)]
 
 
 def _check_space(path: Path, needed: int, n_splits: int) -> None:

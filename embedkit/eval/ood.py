@@ -105,7 +105,7 @@ def check_scorer_params(scorers: list[tuple[str, type]], params: dict[str, dict]
             default = accepted[key].default
             if not _fits(value, default):
                 raise ConfigError(
-                    f"--param {name}.{key}={value}: expected a {type(default).__name__} "
+                    f"--param {name}.{key}={value}: expected type {type(default).__name__} "
                     f"(default {default})"
                 )
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data import components, get_info
 from ..errors import ConfigError
-from ..lock import LOCK, pid_alive
+from ..lock import is_held
 from ..utils import to_jsonable, write_json
 from .spec import AXES, GridSpec, encoder_axes, identity_hash, resolve_init
 
@@ -186,15 +185,8 @@ def cell_state(output: Path, cell_id: str) -> dict[str, Any]:
     record = read_record(output, cell_id)
     if not record:
         return {"state": "pending"}
-    if record.get("state") == "running":
-        lock = cell_folder(output, cell_id) / LOCK
-        try:
-            holder = json.loads(lock.read_text())
-        except (OSError, ValueError):
-            holder = {}
-        same_host = holder.get("host") == socket.gethostname()
-        if not holder or (same_host and not pid_alive(int(holder.get("pid", 0)))):
-            record["state"] = "interrupted"
+    if record.get("state") == "running" and not is_held(cell_folder(output, cell_id)):
+        record["state"] = "interrupted"
     return record
 
 

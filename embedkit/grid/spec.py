@@ -189,7 +189,7 @@ def _check_type(origin: str, key: str, values: list[Any], kind: type) -> None:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise _error(origin, key, f"{value!r} is not a {kind.__name__}")
+            raise _error(origin, key, f"{value!r} is not of type {kind.__name__}")
 
 
 def _check_choice(origin: str, key: str, values: list[Any], choices, kind: str) -> None:

@@ -97,6 +97,12 @@ class EmbeddingStore:
         order = {"train": 0, "val": 1, "test": 2}
         return sorted(found, key=lambda s: (order.get(s, 3), s))
 
+    def has_split(self, dataset: str, split: str, head: bool = False) -> bool:
+        """Whether the split is complete (with projection-head outputs, for ``head``)."""
+        if split not in self.splits(dataset):
+            return False
+        return not head or bool(self.split_attrs(dataset, split).get("head_dim"))
+
     def dataset_attrs(self, dataset: str) -> dict[str, Any]:
         """Task, class names and channels of a stored dataset."""
         self._require(dataset)

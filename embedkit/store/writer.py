@@ -123,10 +123,7 @@ class StoreWriter:
 
     def has_split(self, dataset: str, split: str, head: bool = False) -> bool:
         """Whether the split is complete (with projection-head outputs, for ``head``)."""
-        store = EmbeddingStore(self.path)
-        if split not in store.splits(dataset):
-            return False
-        return not head or bool(store.split_attrs(dataset, split).get("head_dim"))
+        return EmbeddingStore(self.path).has_split(dataset, split, head)
 
     def _stage(self, dataset, split, identity, labels, indices, dataset_attrs, resume):
         """Create (or, resuming, check) the staging group; return its intact chunks."""
