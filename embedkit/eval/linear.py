@@ -4,7 +4,15 @@ Two protocols fit the same model, a linear layer on standardised embeddings with
 cross-entropy (binary cross-entropy per label for multi-label datasets):
 
 - ``lbfgs`` (default): full-batch L-BFGS with an L2 penalty: the whole training subset is one
-  batch, so a probe takes a fraction of a second even on CPU.
+  batch, so a probe takes a fraction of a second even on CPU. It runs until a tolerance stops
+  it (largest gradient entry below ``tolerance_grad``, or a change of the loss below
+  ``tolerance_change``), with ``max_iter`` only as a safety cap: a head that hit the cap says so
+  (``converged=False``). It works in float64: at small L2 the loss of a nearly separable
+  problem changes by less than float32 resolves long before the optimum (a gap of 1e-4 left
+  at L2 = 1e-5 on 512-d features), and each iteration is cheap next to the line search's
+  bookkeeping. The objective is ``mean cross-entropy + l2/2 * ||W||^2`` on
+  standardised embeddings, the intercept unpenalised: scikit-learn's ``LogisticRegression``
+  with ``C = 1 / (l2 * N)`` minimises the same function (tested to 1e-4).
 - ``sgd``: the benchmark paper's protocol, mini-batch SGD (momentum 0.9, cosine schedule) for
   100 epochs with weight decay.
 
@@ -28,11 +36,18 @@ PROTOCOLS = ("lbfgs", "sgd")
 
 @dataclass(frozen=True)
 class LinearHead:
-    """``logits = X @ weight.T + bias`` for raw (unstandardised) embeddings."""
+    """``logits = X @ weight.T + bias`` for raw (unstandardised) embeddings.
+
+    ``converged`` is False when L-BFGS stopped at its iteration cap rather than at a
+    tolerance (always True for the ``sgd`` protocol, which runs a fixed schedule);
+    ``n_iter`` counts the L-BFGS iterations (0 for ``sgd``).
+    """
 
     weight: np.ndarray
     bias: np.ndarray
     multi_label: bool
+    converged: bool = True
+    n_iter: int = 0
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, dtype=np.float64) @ self.weight.T + self.bias
@@ -52,9 +67,9 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> tor
     return F.cross_entropy(logits, targets)
 
 
-def _targets(y: np.ndarray, multi_label: bool, device) -> torch.Tensor:
+def _targets(y: np.ndarray, multi_label: bool, device, dtype: torch.dtype) -> torch.Tensor:
     if multi_label:
-        return torch.as_tensor(y, dtype=torch.float32, device=device)
+        return torch.as_tensor(y, dtype=dtype, device=device)
     return torch.as_tensor(np.asarray(y).reshape(-1), dtype=torch.long, device=device)
 
 
@@ -68,9 +83,12 @@ def fit_linear(
     epochs: int = 100,
     lr: float = 0.1,
     batch_size: int = 256,
-    max_iter: int = 200,
+    max_iter: int = 5000,
+    tolerance_grad: float = 1e-6,
+    tolerance_change: float = 1e-9,
     seed: int = 0,
     device: str = "auto",
+    init: LinearHead | None = None,
 ) -> LinearHead:
     """Fit a linear head on embeddings.
 
@@ -81,26 +99,31 @@ def fit_linear(
         l2: L2 penalty on the weights (``lbfgs``) or weight decay (``sgd``).
         protocol: ``lbfgs`` (full batch) or ``sgd`` (mini-batches for ``epochs``).
         epochs, lr, batch_size: of the ``sgd`` protocol.
-        max_iter: L-BFGS iterations.
+        max_iter: cap on L-BFGS iterations (a fit that reaches it is marked unconverged).
+        tolerance_grad, tolerance_change: L-BFGS stops when the largest gradient entry or the
+            change of the loss falls below these (torch's ``LBFGS`` tolerances).
         seed: initialisation and batch order.
         device: ``auto``, ``cpu`` or ``cuda``.
+        init: a head fitted on the same ``x`` (e.g. at the previous L2 of a path) to start
+            from instead of zeros: warm-starting from the stronger penalty saves iterations.
     """
     dev = resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
-    features = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
+    dtype = torch.float64 if protocol == "lbfgs" and dev.type != "mps" else torch.float32
+    features = torch.as_tensor(np.asarray(x), dtype=dtype, device=dev)
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     features = (features - mean) / std
-    targets = _targets(y, multi_label, dev)
-    weight = torch.zeros(n_outputs, features.shape[1], device=dev, requires_grad=True)
-    bias = torch.zeros(n_outputs, device=dev, requires_grad=True)
+    targets = _targets(y, multi_label, dev, dtype)
+    weight, bias = _initial(init, n_outputs, mean, std)
+    converged, n_iter = True, 0
     if protocol == "lbfgs":
         optimizer = torch.optim.LBFGS(
             [weight, bias],
             lr=1,
             max_iter=max_iter,
-            tolerance_grad=1e-6,
-            tolerance_change=1e-9,
-            history_size=20,
+            tolerance_grad=tolerance_grad,
+            tolerance_change=tolerance_change,
+            history_size=50,  # halves the iterations of an ill-conditioned fit vs 20
             line_search_fn="strong_wolfe",
         )
 
@@ -112,6 +135,10 @@ def fit_linear(
             return loss
 
         optimizer.step(closure)
+        state = optimizer.state[weight]
+        n_iter = int(state["n_iter"])
+        # torch stops at a tolerance, or at max_iter iterations / 1.25 * max_iter evaluations
+        converged = n_iter < max_iter and state["func_evals"] < max_iter * 5 // 4
     elif protocol == "sgd":
         optimizer = torch.optim.SGD(  # the penalty falls on the weights only, as with lbfgs
             [{"params": [weight], "weight_decay": l2}, {"params": [bias], "weight_decay": 0.0}],
@@ -134,5 +161,29 @@ def fit_linear(
         raw_weight = weight / std
         raw_bias = bias - raw_weight @ mean
     return LinearHead(
-        raw_weight.double().cpu().numpy(), raw_bias.double().cpu().numpy(), multi_label
+        raw_weight.double().cpu().numpy(),
+        raw_bias.double().cpu().numpy(),
+        multi_label,
+        converged=converged,
+        n_iter=n_iter,
     )
+
+
+def _initial(
+    init: LinearHead | None, n_outputs: int, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias in the standardised space: zeros, or ``init`` unfolded."""
+    dev, dtype = mean.device, mean.dtype
+    if init is None:
+        weight = torch.zeros(n_outputs, len(mean), device=dev, dtype=dtype)
+        bias = torch.zeros(n_outputs, device=dev, dtype=dtype)
+    else:
+        if init.weight.shape != (n_outputs, len(mean)):
+            raise ConfigError(
+                f"a head of shape {init.weight.shape} cannot start a fit of "
+                f"{n_outputs} outputs on {len(mean)}-d embeddings"
+            )
+        raw = torch.as_tensor(init.weight, dtype=dtype, device=dev)
+        weight = raw * std
+        bias = torch.as_tensor(init.bias, dtype=dtype, device=dev) + raw @ mean
+    return weight.requires_grad_(), bias.requires_grad_()

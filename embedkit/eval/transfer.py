@@ -47,8 +47,9 @@ def transfer(
     """Probe every encoder on every target; one row per (encoder, target, fraction).
 
     Returns:
-        The probe summary columns plus ``pretrain_dataset`` and ``in_domain`` (the target is
-        the encoder's pretraining data, or one of its domains).
+        The probe summary columns plus ``pretrain_dataset``, ``unconverged`` (seeds whose
+        chosen head stopped at the iteration cap) and ``in_domain`` (the target is the
+        encoder's pretraining data, or one of its domains).
     """
     targets = config.datasets or shared_datasets(stores)
     table = probe(stores, replace(config.probe, datasets=targets))
@@ -56,7 +57,11 @@ def transfer(
         table.group_by(
             ["encoder", "pretrain_dataset", "dataset", "label_fraction"], maintain_order=True
         )
-        .agg(pl.len().alias("seeds"), *(pl.col(m).mean() for m in METRICS))
+        .agg(
+            pl.len().alias("seeds"),
+            (~pl.col("converged")).sum().alias("unconverged"),
+            *(pl.col(m).mean() for m in METRICS),
+        )
         .with_columns(
             in_domain=pl.struct("pretrain_dataset", "dataset").map_elements(
                 lambda r: r["dataset"] in r["pretrain_dataset"].split("+"), return_dtype=pl.Boolean

@@ -92,7 +92,10 @@ def _long_tables(output: Path, cells: list[Cell]) -> dict[str, pl.DataFrame]:
 
 def _summary(probe: pl.DataFrame) -> pl.DataFrame:
     """Mean and 95 % interval over seeds, per cell, dataset and label fraction."""
-    per_seed = ("seed", "n_train", "l2", "protocol", "accuracy", "auc", "balanced_accuracy")
+    per_seed = (
+        *("seed", "n_train", "l2", "protocol", "converged", "unconverged_fits"),
+        *("accuracy", "auc", "balanced_accuracy"),
+    )
     return summarise_probe(probe, [c for c in probe.columns if c not in per_seed])
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..eval.linear import LinearHead, fit_linear
 from .base import OODScorer
+
+log = logging.getLogger(__name__)
 
 # The last head fitted, so that msp, energy, maxlogit, vim and residual evaluated on the same
 # training embeddings (as ``embedkit ood`` does) share one fit instead of five. The cache is
@@ -33,6 +36,13 @@ def _shared_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
     multi_label = y.shape[1] > 1
     n_outputs = y.shape[1] if multi_label else int(y.max()) + 1
     head = fit_linear(X, y, n_outputs, multi_label, l2=l2)
+    if not head.converged:
+        log.warning(
+            "the linear head of the logit scorers (l2=%g) stopped at the L-BFGS iteration "
+            "cap (%d) before converging",
+            l2,
+            head.n_iter,
+        )
     _last_head = (key, l2, head)
     return head
 
