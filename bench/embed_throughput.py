@@ -1,6 +1,6 @@
 """Extraction throughput, as ratios measured in one process (issue 4).
 
-On the same images (PneumoniaMNIST's test split from ../shared/data, whose size matches the
+On the same images (PneumoniaMNIST's test split from --data-root, whose size matches the
 official release as medmnist's Dataset requires, else demo-med), each path run --passes
 times, with the same encoder and batch size:
 
@@ -12,7 +12,8 @@ times, with the same encoder and batch size:
 3. usual: medmnist's Dataset with per-sample PIL transforms in a torch DataLoader, then the
    same forward pass (what a solo-learn style script does).
 
-Goal: embedkit at >= 90 % of bare. Run: python bench/embed_throughput.py [--backbone resnet18]
+Goal: embedkit at >= 90 % of bare.
+Run: python bench/embed_throughput.py [--backbone resnet18] [--data-root ../shared/data]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _data import add_data_root, real_file
 
 
 def rate(n: int, seconds: float) -> float:
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (usual path)")
     parser.add_argument("--passes", type=int, default=6)
+    add_data_root(parser)
     args = parser.parse_args()
 
     import medmnist
@@ -50,11 +53,11 @@ def main() -> None:
     from embedkit.utils import resolve_device
 
     device = resolve_device(args.device)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "pneumoniamnist_28.npz"
+    shared = real_file(args.data_root, "pneumoniamnist_28.npz")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        dataset = "pneumoniamnist" if shared.is_file() else "demo-med"
-        if shared.is_file():
+        dataset = "pneumoniamnist" if shared else "demo-med"
+        if shared:
             shutil.copy(shared, root / "pneumoniamnist_28.npz")
             shutil.copy(shared, root / "pneumoniamnist.npz")  # medmnist's own file name
         images = load_split(dataset, "test", 28, root).images

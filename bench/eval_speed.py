@@ -7,10 +7,15 @@
    synthetic store shaped like MedMNIST (split sizes from medmnist's INFO, times --scale)
    with 2048-d embeddings, as ResNet-50 would give.
 3. probe: full-batch L-BFGS probes against the paper's 100-epoch SGD protocol on the same
-   embeddings (demo-med and, when present, PneumoniaMNIST from ../shared/data, embedded by
-   a random-init resnet18): accuracy difference and speed-up.
+   embeddings (demo-med, demo-natural and, with --data-root, PneumoniaMNIST, embedded by a
+   random-init resnet18): accuracy difference and speed-up.
+4. optimum: per dataset and L2 of the default grid, the L-BFGS objective against
+   scikit-learn's ``LogisticRegression`` (C = 1/(l2 N), tol 1e-10) on the same standardised
+   embeddings (goal: gap <= 1e-4), for the probe as it is (warm-started path, run to a
+   tolerance) and for a fit capped at 200 iterations (the former default), with times.
 
 Run: python bench/eval_speed.py [--bank 100000 --queries 20000 --dim 2048] [--scale 1.0]
+     [--sections knn,matrix,probe,optimum] [--data-root ../shared/data]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from _data import add_data_root, real_file
 
 
 def timed(fn):
@@ -123,50 +129,106 @@ def bench_matrix(scale: float, dim: int, scorers: tuple[str, ...]) -> None:
         print(f"matrix  all {len(scorers)} scorers, {table.height} rows: {t:.1f} s")
 
 
-def bench_probe() -> None:
+def probe_store(tmp: str, data_root: str | None):
+    """demo-med, demo-natural and (when given) PneumoniaMNIST, embedded by a random resnet18."""
     from embedkit.embed import EmbedConfig, embed
+
+    datasets = ["demo-med", "demo-natural"]
+    real = real_file(data_root, "pneumoniamnist_28.npz")
+    if real:
+        import shutil
+
+        shutil.copy(real, Path(tmp) / "pneumoniamnist_28.npz")
+        datasets.append("pneumoniamnist")
+    config = EmbedConfig(dataset=",".join(datasets), init="random", device="cpu", data_root=tmp)
+    return embed(config, Path(tmp) / "p.zarr", progress=False)
+
+
+def bench_probe(store) -> None:
     from embedkit.eval import ProbeConfig, probe
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    with tempfile.TemporaryDirectory() as tmp:
-        datasets = ["demo-med"]
-        if (shared / "pneumoniamnist_28.npz").is_file():
-            import shutil
+    for protocol in ("lbfgs", "sgd"):
+        config = ProbeConfig(label_fractions=(1.0,), seeds=(0,), protocol=protocol)
+        elapsed, table = timed(lambda c=config: probe([store], c))
+        for row in table.iter_rows(named=True):
+            print(
+                f"probe  {protocol:5s} {row['dataset']:15s} accuracy {row['accuracy']:.4f} "
+                f"auc {row['auc']:.4f} (l2 {row['l2']:g})"
+            )
+        print(f"probe  {protocol:5s} total {elapsed:.1f} s")
+        if protocol == "lbfgs":
+            lbfgs_time, lbfgs = elapsed, table
+    difference = (lbfgs["accuracy"] - table["accuracy"]).abs().max() * 100
+    print(
+        f"probe  largest accuracy difference {difference:.2f} points (goal <= 0.5); "
+        f"speed-up of full batch {elapsed / lbfgs_time:.1f}x"
+    )
 
-            shutil.copy(shared / "pneumoniamnist_28.npz", Path(tmp) / "pneumoniamnist_28.npz")
-            datasets.append("pneumoniamnist")
-        store = embed(
-            EmbedConfig(dataset=",".join(datasets), init="random", device="cpu", data_root=tmp),
-            Path(tmp) / "p.zarr",
-            progress=False,
-        )
-        for protocol in ("lbfgs", "sgd"):
-            config = ProbeConfig(label_fractions=(1.0,), seeds=(0,), protocol=protocol)
-            elapsed, table = timed(lambda c=config: probe([store], c))
-            for row in table.iter_rows(named=True):
-                print(
-                    f"probe  {protocol:5s} {row['dataset']:15s} accuracy {row['accuracy']:.4f} "
-                    f"auc {row['auc']:.4f} (l2 {row['l2']:g})"
-                )
-            print(f"probe  {protocol:5s} total {elapsed:.1f} s")
-            if protocol == "lbfgs":
-                lbfgs_time, lbfgs = elapsed, table
-        difference = (lbfgs["accuracy"] - table["accuracy"]).abs().max() * 100
-        print(
-            f"probe  largest accuracy difference {difference:.2f} points (goal <= 0.5); "
-            f"speed-up of full batch {elapsed / lbfgs_time:.1f}x"
-        )
+
+def _objective(xs: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray, l2: float):
+    logits = xs @ weight.T + bias
+    top = logits.max(axis=1, keepdims=True)
+    log_z = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+    return float((log_z - logits[np.arange(len(y)), y]).mean() + 0.5 * l2 * np.square(weight).sum())
+
+
+def _sklearn_optimum(xs: np.ndarray, y: np.ndarray, l2: float):
+    """scikit-learn's optimum of the probe's objective, as softmax weight and bias. With two
+    classes it fits one vector ``w``; the softmax optimum is ``(-w/2, w/2)``, whose penalty
+    is half of ``||w||^2``, hence ``C = 2 / (l2 N)`` there."""
+    from sklearn.linear_model import LogisticRegression
+
+    binary = len(np.unique(y)) == 2
+    c = (2.0 if binary else 1.0) / (l2 * len(xs))
+    clf = LogisticRegression(C=c, tol=1e-10, max_iter=100_000).fit(xs, y)
+    if binary:
+        return np.stack([-clf.coef_[0], clf.coef_[0]]) / 2, np.array([-1, 1]) * clf.intercept_ / 2
+    return clf.coef_, clf.intercept_
+
+
+def bench_optimum(store) -> None:
+    from embedkit.eval import ProbeConfig
+    from embedkit.eval.linear import fit_linear
+
+    print("optimum  dataset          l2      gap(probe) iters  time    gap(200 it)  sklearn")
+    worst = 0.0
+    for dataset in store.datasets():
+        train = store.get(dataset, "train")
+        x, y = train.embeddings.astype(np.float64), train.labels[:, 0]
+        mean, std = x.mean(0), np.clip(x.std(0, ddof=1), 1e-6, None)
+        xs, k = (x - mean) / std, len(store.dataset_attrs(dataset)["class_names"])
+        previous = None
+        for l2 in sorted(ProbeConfig().l2_grid, reverse=True):
+            start = time.perf_counter()
+            head = fit_linear(x, y[:, None], k, l2=l2, init=previous)
+            t_probe = time.perf_counter() - start
+            previous = head
+            capped = fit_linear(x, y[:, None], k, l2=l2, max_iter=200)
+            start = time.perf_counter()
+            reference = _objective(xs, y, *_sklearn_optimum(xs, y, l2), l2)
+            t_ref = time.perf_counter() - start
+            gap, gap_capped = (
+                _objective(xs, y, h.weight * std, h.bias + h.weight @ mean, l2) - reference
+                for h in (head, capped)
+            )
+            worst = max(worst, gap)
+            print(
+                f"optimum  {dataset:15s} {l2:<7g} {gap:10.1e} {head.n_iter:5d} {t_probe:5.2f} s "
+                f"{gap_capped:10.1e}   {t_ref:6.2f} s"
+            )
+    print(f"optimum  largest gap {worst:.1e} (goal <= 1e-4)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="knn,matrix,probe")
+    parser.add_argument("--sections", default="knn,matrix,probe,optimum")
     parser.add_argument("--bank", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--scale", type=float, default=1.0, help="of MedMNIST's split sizes")
     parser.add_argument("--scorers", default="", help="comma-separated; default: all registered")
+    add_data_root(parser)
     args = parser.parse_args()
     sections = args.sections.split(",")
     if "knn" in sections:
@@ -176,8 +238,13 @@ def main() -> None:
 
         scorers = tuple(args.scorers.split(",")) if args.scorers else tuple(SCORERS)
         bench_matrix(args.scale, args.dim, scorers)
-    if "probe" in sections:
-        bench_probe()
+    if "probe" in sections or "optimum" in sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = probe_store(tmp, args.data_root)
+            if "probe" in sections:
+                bench_probe(store)
+            if "optimum" in sections:
+                bench_optimum(store)
 
 
 if __name__ == "__main__":

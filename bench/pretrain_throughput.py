@@ -1,6 +1,6 @@
 """Pretraining throughput of every method against a bare backbone, in one process (issue 3).
 
-For each method, on one batch of real images (PneumoniaMNIST from ../shared/data when
+For each method, on one batch of real images (PneumoniaMNIST from --data-root when
 present, else demo-med), at the same backbone, size, batch size and precision:
 
 1. method: a full optimiser step of the method (batched on-device augmentation, encoder,
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _data import add_data_root, real_file
 
 
 def _sync(device: torch.device) -> None:
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--methods", default="all")
+    add_data_root(parser)
     args = parser.parse_args()
 
     from embedkit.augment import to_float
@@ -50,9 +51,8 @@ def main() -> None:
     from embedkit.utils import resolve_device
 
     device = resolve_device(args.device)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if (shared / f"pneumoniamnist_{args.size}.npz").is_file():
-        split = load_split("pneumoniamnist", "train", args.size, shared)
+    if real_file(args.data_root, f"pneumoniamnist_{args.size}.npz"):
+        split = load_split("pneumoniamnist", "train", args.size, args.data_root)
     else:
         import tempfile
 

@@ -1,14 +1,14 @@
 """Does pretraining learn on real data? A few CPU minutes on PneumoniaMNIST (issue 3).
 
 Pretrains the same small backbone with SimCLR (contrastive) and VICReg (non-contrastive, or
-any --methods) on ../shared/data/pneumoniamnist_28.npz, embeds train/val/test with each and
+any --methods) on pneumoniamnist_28.npz from --data-root, embeds train/val/test with each and
 with the same backbone's random weights, and compares a 100 % linear probe (mean of 3
 seeds) and weighted kNN on the test split. Pass: every method beats random weights on both.
 VICReg and Barlow Twins get 2048-d projectors unless --param says otherwise: the papers'
 8192-d ones cost ~15x more on a CPU (BENCHMARKS.md).
 
-Run: python bench/real_data_learning.py [--epochs 10] [--methods simclr,vicreg]
-     [--param vicreg.hidden_dim=2048] [--backbone resnet18] [--out DIR]
+Run: python bench/real_data_learning.py --data-root ../shared/data [--epochs 10]
+     [--methods simclr,vicreg] [--param vicreg.hidden_dim=2048] [--backbone resnet18] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
+from _data import add_data_root, real_file
 
 
 def main() -> None:
@@ -37,6 +38,7 @@ def main() -> None:
         default=[],
         help="METHOD.NAME=VALUE, e.g. vicreg.hidden_dim=2048",
     )
+    add_data_root(parser)
     args = parser.parse_args()
 
     from embedkit.embed import EmbedConfig, embed
@@ -44,9 +46,9 @@ def main() -> None:
     from embedkit.eval.probe import summarise_probe
     from embedkit.pretrain import PretrainConfig, pretrain
 
-    data_root = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (data_root / "pneumoniamnist_28.npz").is_file():
-        raise SystemExit(f"{data_root}/pneumoniamnist_28.npz is absent: nothing to check")
+    if not real_file(args.data_root, "pneumoniamnist_28.npz"):
+        raise SystemExit("pass --data-root (or set EMBEDKIT_DATA): this check needs real data")
+    data_root = Path(args.data_root).expanduser()
     out = Path(args.out or tempfile.mkdtemp(prefix="embedkit-real-"))
     base = EmbedConfig(
         dataset="pneumoniamnist",
