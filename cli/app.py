@@ -134,8 +134,7 @@ def dataset_option(value: str) -> tuple[str, ...]:
     parts = [part.strip() for part in value.split(",")]
     if not all(parts):
         raise ConfigError(
-            f"dataset list '{value}' has an empty name: give names separated by commas, "
-            f"or 'all'"
+            f"dataset list '{value}' has an empty name: give names separated by commas, or 'all'"
         )
     return tuple(parts)
 

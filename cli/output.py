@@ -26,21 +26,28 @@ def show_table(table: pl.DataFrame, drop: Iterable[str] = ()) -> None:
 
 
 def split_names(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+    """``"knn,vim"`` to names; an empty value or an empty element is an error."""
+    parts = tuple(part.strip() for part in value.split(","))
+    if not all(parts):
+        raise ConfigError(f"'{value}' has an empty name: give names separated by commas")
+    return parts
 
 
 def split_floats(value: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in split_names(value))
-    except ValueError:
-        raise ConfigError(f"'{value}' is not a comma-separated list of numbers") from None
+    """``"0.01,0.1"`` to numbers; an empty value or an empty element is an error."""
+    return _split_numbers(value, float, "numbers (0.01,0.1,1)")
 
 
 def split_ints(value: str) -> tuple[int, ...]:
+    """``"0,1,2"`` to integers; an empty value or an empty element is an error."""
+    return _split_numbers(value, int, "integers (0,1,2)")
+
+
+def _split_numbers(value: str, cast, what: str) -> tuple:
     try:
-        return tuple(int(part) for part in split_names(value))
+        return tuple(cast(part) for part in value.split(","))  # int(" 1") is fine, "" is not
     except ValueError:
-        raise ConfigError(f"'{value}' is not a comma-separated list of integers") from None
+        raise ConfigError(f"'{value}' is not a comma-separated list of {what}") from None
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, object]]:

@@ -491,10 +491,40 @@ def test_usage_errors_are_one_line():
         (["probe", "--dataset", ""], "has an empty name"),
         (["probe", "--dataset", "demo-med,,"], "has an empty name"),
         (["ood", "--id", "demo-med,", "--scorer", "knn"], "has an empty name"),
+        (["ood", "--scorer", "knn,,"], "has an empty name"),
+        (["knn", "--temperature", "0"], "temperature of the weighted vote must be above 0"),
+        (["knn", "--k", "0"], "k must be at least 1"),
+        (["probe", "--seeds", ""], "is not a comma-separated list of integers"),
+        (["probe", "--seeds", "0,,1"], "is not a comma-separated list of integers"),
+        (["probe", "--label-fraction", "0.1,"], "is not a comma-separated list of numbers"),
+        (["transfer", "--seeds", "x"], "is not a comma-separated list of integers"),
     ],
 )
-def test_bad_evaluation_options_are_one_line(demo_store, args, message):
-    _one_line_error([*args, "--store", demo_store.path], message)
+def test_bad_evaluation_options_are_one_line(demo_store, tmp_path, args, message):
+    out = tmp_path / "t.parquet"
+    _one_line_error([*args, "--store", demo_store.path, "--out", out], message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_batch_size_below_one_creates_no_store(tmp_path, data_root, value):
+    args = _embed_args(tmp_path / "s.zarr", data_root, "--batch-size", value)
+    _one_line_error(args, "--batch-size must be at least 1")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_probe_protocol_checks(demo_store):
+    from embedkit.errors import ConfigError
+    from embedkit.eval import ProbeConfig, probe
+
+    for config, message in [
+        (ProbeConfig(seeds=()), "at least one value in seeds"),
+        (ProbeConfig(l2_grid=(-1.0,)), "L2 strengths must be 0 or more"),
+        (ProbeConfig(protocol="sgd", lr_grid=(0.0,)), "learning rates must be above 0"),
+        (ProbeConfig(protocol="sgd", epochs=0), "at least 1 epoch"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            probe([demo_store], config)
 
 
 def test_an_empty_dataset_name_is_refused_by_embed(tmp_path, data_root):
@@ -517,3 +547,59 @@ def test_a_plugin_scorer_that_fails_is_one_line(tmp_path, demo_store):
     _one_line_error(args, "scorer Broken failed in fit on demo-med: RuntimeError: boom")
     result = runner.invoke(app, [str(a) for a in [*args, "--debug"]])
     assert isinstance(result.exception.__cause__, RuntimeError)  # --debug keeps the cause
+
+
+# --- damaged data files ------------------------------------------------------------------
+
+
+def _damaged_copy(data_root: Path, tmp_path: Path, damage) -> Path:
+    """A data root holding demo-texture's file after ``damage(path)``."""
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(Path(data_root) / "demo-texture_28.npz", root / "demo-texture_28.npz")
+    damage(root / "demo-texture_28.npz")
+    return root
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _not_zip(path: Path) -> None:
+    path.write_text("<html>404 Not Found</html>")
+
+
+def _labels(values):
+    def damage(path: Path) -> None:
+        arrays = dict(np.load(path))
+        labels = arrays["train_labels"].astype(np.asarray(values).dtype)
+        labels[: len(values)] = np.asarray(values).reshape(-1, 1)
+        arrays["train_labels"] = labels
+        np.savez(path, **arrays)
+
+    return damage
+
+
+def _wide_labels(path: Path) -> None:
+    arrays = dict(np.load(path))
+    arrays["train_labels"] = np.zeros((len(arrays["train_labels"]), 2), np.uint8)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_truncate, "is damaged (truncated, or not an npz archive"),
+        (_not_zip, "is damaged (truncated, or not an npz archive: file is not a zip file)"),
+        (_labels([99]), "train_labels holds 1 value(s) outside 0..2 (row 0: [99])"),
+        (_labels([-1, 4]), "train_labels holds 2 value(s) outside 0..2"),
+        (_labels([np.nan, 1.0]), "train_labels holds 1 NaN or infinite value(s)"),
+        (_labels([0.5]), "train_labels holds fractional values"),
+        (_wide_labels, "train_labels has 2 column(s), not 1"),
+    ],
+)
+def test_a_damaged_data_file_is_one_line_and_embeds_nothing(tmp_path, data_root, damage, message):
+    root = _damaged_copy(data_root, tmp_path, damage)
+    last = _one_line_error(_embed_args(tmp_path / "s.zarr", root), message)
+    assert "demo-texture_28.npz" in last
+    assert not (tmp_path / "s.zarr").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,9 +141,10 @@ def _read_split(info: DatasetInfo, split: str, size: int, path: Path, origin: st
             f"{path} has no array {exc.args[0]}: it is not a MedMNIST-format file "
             f"(expected {', '.join(f'{s}_images, {s}_labels' for s in SPLITS)})"
         ) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise InvalidDataError(
-            f"{path} cannot be read ({exc}): delete it and fetch it again"
+            f"{path} is damaged (truncated, or not an npz archive: {_reason(exc)}): "
+            f"{_refetch(info, size)}"
         ) from None
     expected_ndim = 3 if info.n_channels == 1 else 4
     shape_ok = images.ndim == expected_ndim and images.shape[1:3] == (size, size)
@@ -169,8 +171,54 @@ def _read_split(info: DatasetInfo, split: str, size: int, path: Path, origin: st
         )
     if images.ndim == 3:
         images = images[..., None]
-    labels = np.asarray(labels, dtype=np.int64).reshape(len(labels), -1)
-    return images, labels
+    return images, _check_labels(np.asarray(labels), info, split, path)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _refetch(info: DatasetInfo, size: int) -> str:
+    if info.family == "demo":
+        return "delete it and embedkit generates it again"
+    return f"delete it and fetch it again from {info.urls[size]}"
+
+
+def _check_labels(labels: np.ndarray, info: DatasetInfo, split: str, path: Path) -> np.ndarray:
+    """The labels as int64 ``(N, L)``, refused unless every one is a class of the dataset
+    (0/1 per label for multi-label data): bad labels would embed silently and break the
+    evaluations much later."""
+    labels = labels.reshape(len(labels), -1)
+    width = info.n_classes if info.multi_label else 1
+    what = f"{path}: {split}_labels"
+    if labels.shape[1] != width:
+        raise InvalidDataError(
+            f"{what} has {labels.shape[1]} column(s), not {width}: the file is not "
+            f"{info.name}'s, or it is damaged"
+        )
+    if labels.dtype.kind == "f":
+        bad = ~np.isfinite(labels)
+        if bad.any():
+            raise InvalidDataError(
+                f"{what} holds {int(bad.sum())} NaN or infinite value(s) (first at row "
+                f"{int(np.argwhere(bad)[0][0])}): the file is damaged, fetch it again"
+            )
+        if (labels != np.round(labels)).any():
+            raise InvalidDataError(f"{what} holds fractional values: class indices expected")
+    elif labels.dtype.kind not in "iub":
+        raise InvalidDataError(f"{what} has dtype {labels.dtype}: integer class indices expected")
+    high = 1 if info.multi_label else info.n_classes - 1
+    outside = (labels < 0) | (labels > high)
+    if outside.any():
+        row = int(np.argwhere(outside)[0][0])
+        raise InvalidDataError(
+            f"{what} holds {int(outside.sum())} value(s) outside 0..{high} (row {row}: "
+            f"{labels[row].tolist()}); {info.name} has {info.n_classes} "
+            f"{'labels' if info.multi_label else 'classes'}: the file is damaged or not "
+            f"{info.name}'s"
+        )
+    return labels.astype(np.int64)
 
 
 def load_split(

@@ -211,6 +211,8 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
         raise ConfigError(f"unknown split {', '.join(bad)}: choose from {', '.join(SPLITS)}")
     if config.dtype not in DTYPES:
         raise ConfigError(f"unknown --dtype '{config.dtype}': use {' or '.join(DTYPES)}")
+    if config.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {config.batch_size}")
     path = Path(store)
     check_store_path(path)
     names = _dataset_names(config)

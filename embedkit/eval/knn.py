@@ -56,6 +56,11 @@ def knn_predict(bank_x, bank_y, queries, n_classes: int, task: str, config: KNNC
         raise ConfigError(f"unknown kNN metric '{config.metric}': use {' or '.join(METRICS)}")
     if config.k < 1:
         raise ConfigError(f"k must be at least 1, not {config.k}")
+    if config.weighting == "weighted" and not config.temperature > 0:
+        raise ConfigError(
+            f"the temperature of the weighted vote must be above 0, not {config.temperature} "
+            f"(solo-learn uses 0.07; --weighting majority takes no temperature)"
+        )
     if config.metric == "cosine":
         index = NeighborIndex(l2_normalise(bank_x), metric="ip")
         similarity, neighbours = index.search(l2_normalise(queries), config.k)
