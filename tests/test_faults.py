@@ -603,3 +603,130 @@ def test_a_damaged_data_file_is_one_line_and_embeds_nothing(tmp_path, data_root,
     last = _one_line_error(_embed_args(tmp_path / "s.zarr", root), message)
     assert "demo-texture_28.npz" in last
     assert not (tmp_path / "s.zarr").exists()
+
+
+# --- damaged stores: verify and every evaluator ------------------------------------------
+
+DAMAGED = ("demo-med", "test")  # a split that probe, knn, ood and transfer all read
+
+
+def _split_path(store: Path) -> Path:
+    return store.joinpath(*DAMAGED)
+
+
+def _edit_json(path: Path, edit) -> None:
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _flip_bytes(store: Path) -> None:
+    chunk = _split_path(store) / "embeddings" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[100:104] = bytes(b ^ 0xFF for b in data[100:104])
+    chunk.write_bytes(bytes(data))
+
+
+def _write_nan(store: Path) -> None:
+    import zarr
+
+    zarr.open_array(str(_split_path(store) / "embeddings"), mode="r+")[3, 5] = np.nan
+
+
+def _truncate_chunk(store: Path) -> None:
+    chunk = _split_path(store) / "embeddings" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+
+
+def _delete_chunk(store: Path) -> None:
+    (_split_path(store) / "embeddings" / "c" / "1" / "0").unlink()
+
+
+def _alter_labels(store: Path) -> None:
+    import zarr
+
+    labels = zarr.open_array(str(_split_path(store) / "labels"), mode="r+")
+    labels[:10] = (labels[:10] + 1) % 3  # still valid classes: only the checksum sees it
+
+
+def _set_split_attr(key, value):
+    def damage(store: Path) -> None:
+        _edit_json(
+            _split_path(store) / "zarr.json", lambda m: m["attributes"].__setitem__(key, value)
+        )
+
+    return damage
+
+
+def _alter_checksum(store: Path) -> None:
+    def edit(meta):
+        meta["attributes"]["chunk_sha256"][0] = "0" * 64
+
+    _edit_json(_split_path(store) / "zarr.json", edit)
+
+
+def _alter_md5(store: Path) -> None:
+    _edit_json(
+        _split_path(store) / "zarr.json",
+        lambda m: m["attributes"]["data_file"].__setitem__("md5", "f" * 32),
+    )
+
+
+def _array_shape(store: Path) -> None:
+    _edit_json(
+        _split_path(store) / "embeddings" / "zarr.json",
+        lambda m: m.__setitem__("shape", [599, 512]),
+    )
+
+
+def _delete_array(name):
+    def damage(store: Path) -> None:
+        shutil.rmtree(_split_path(store) / name)
+
+    return damage
+
+
+STORE_DAMAGE = {
+    "flipped bytes": (_flip_bytes, "chunk 1 differs from its checksum"),
+    "NaN written": (_write_nan, "chunk 0 differs from its checksum"),
+    "truncated chunk": (_truncate_chunk, "a chunk file is unreadable"),
+    "deleted chunk": (_delete_chunk, "chunk 1 differs from its checksum"),
+    "altered labels": (_alter_labels, "labels differ from their checksum"),
+    "row count attribute": (_set_split_attr("n", 500), "embeddings have shape (600, 512)"),
+    "array shape": (_array_shape, "embeddings have shape (599, 512)"),
+    "checksum log": (_alter_checksum, "chunk 0 differs from its checksum"),
+    "md5 attribute": (_alter_md5, "the splits of demo-med in store"),
+    "labels deleted": (_delete_array("labels"), "array labels missing"),
+    "indices deleted": (_delete_array("indices"), "array indices missing"),
+}
+
+
+@pytest.mark.parametrize("kind", list(STORE_DAMAGE))
+def test_a_damaged_store_is_found_by_verify_and_refused_by_every_evaluator(
+    tmp_path, demo_store, kind
+):
+    damage, message = STORE_DAMAGE[kind]
+    store = tmp_path / "s.zarr"
+    shutil.copytree(demo_store.path, store)
+    damage(store)
+    table = verify_store(store)
+    assert "bad" in table["status"].to_list(), table
+    bad = table.filter(table["status"] == "bad")
+    assert set(bad["dataset"].to_list()) <= {DAMAGED[0], "*"}
+    if kind == "altered labels":  # labels were once outside the checksums
+        assert bad.rows() and "labels differ from the checksum" in bad["problems"][0]
+    out = tmp_path / "result.parquet"
+    for command in (
+        ["probe", "--dataset", "demo-med", "--label-fraction", "1.0", "--seeds", "0"],
+        ["knn", "--dataset", "demo-med"],
+        ["ood", "--id", "demo-med", "--ood", "demo-texture", "--scorer", "knn"],
+        ["transfer", "--dataset", "demo-med"],
+    ):
+        last = _one_line_error([*command, "--store", store, "--out", out], message)
+        if kind == "md5 attribute":  # which split is wrong, only the user can tell
+            assert "record different data files" in last and "test: md5 ffffffffffff" in last
+        else:
+            assert f"demo-med/test in store {store} is damaged" in last
+            assert "--splits test --overwrite" in last
+        assert "embedkit store verify" in last
+        assert not out.exists()

@@ -117,6 +117,12 @@ def _check_split(store: EmbeddingStore, dataset: str, split: str, dataset_attrs:
         problems.append(f"labels {labels.dtype} / indices {indices.dtype}, expected int64")
     elif labels.shape[0] == n:
         problems.extend(_check_labels(labels[:], dataset_attrs))
+    for name, array in (("labels", labels), ("indices", indices)):
+        recorded = attrs.get(f"{name}_sha256")
+        if recorded is None:
+            problems.append(f"no {name} checksum recorded (written by an older embedkit)")
+        elif chunk_digest(array[:]) != recorded:
+            problems.append(f"{name} differ from the checksum recorded at write time")
     digests = attrs.get("chunk_sha256")
     rows = attrs.get("rows_per_chunk", embeddings.chunks[0])
     finite = True
@@ -143,9 +149,10 @@ def _problem_row(dataset: str, split: str, problem: str) -> dict:
 def verify_store(path: str | os.PathLike) -> pl.DataFrame:
     """Check every split of a store; one row per split with ``problems`` (empty when sound).
 
-    Checks completeness, shapes, dtypes, NaN/inf, chunk checksums against those recorded at
-    write time, and provenance consistency (one embedding size and image size per store,
-    one data file checksum per dataset). Staged (unfinished) splits and a lock are reported.
+    Checks completeness, shapes, dtypes, NaN/inf, the checksums of chunks, labels and indices
+    against those recorded at write time, and provenance consistency (one embedding size and
+    image size per store, one data file checksum per dataset). Staged (unfinished) splits
+    and a lock are reported.
     """
     store = EmbeddingStore(path)
     rows = []

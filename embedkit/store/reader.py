@@ -28,6 +28,7 @@ import polars as pl
 import zarr
 
 from ..errors import StoreError
+from .chunks import chunk_digest
 
 FORMAT_VERSION = 1
 
@@ -141,15 +142,37 @@ class EmbeddingStore:
                 f"{dataset}/{split} in store {self.path} has no projection-head outputs: "
                 f"embed it with `embedkit embed --run RUN --with-head`"
             )
-        embeddings = group["projections" if head else "embeddings"][:]
+        attrs = dict(group.attrs)
+        try:
+            embeddings, labels, indices = _read_checked(group, attrs, head)
+        except DamagedSplitError as exc:
+            raise DamagedSplitError(
+                f"{dataset}/{split} in store {self.path} is damaged ({exc}): see `embedkit "
+                f"store verify --store {self.path}`, then re-embed it with `embedkit embed "
+                f"--store {self.path} --dataset {dataset} --splits {split} --overwrite` and "
+                f"the same encoder"
+            ) from None
+        self._check_source(dataset, split, attrs)
         if not np.isfinite(embeddings).all():
             raise StoreError(
                 f"{dataset}/{split} in store {self.path} holds NaN or inf embeddings: "
                 f"re-embed it with `embedkit embed --overwrite`"
             )
-        return EmbeddingSplit(
-            dataset, split, embeddings, group["labels"][:], group["indices"][:], dict(group.attrs)
-        )
+        return EmbeddingSplit(dataset, split, embeddings, labels, indices, attrs)
+
+    def _check_source(self, dataset: str, split: str, attrs: dict[str, Any]) -> None:
+        """Every split of a dataset comes from one data file (md5 in the attributes)."""
+        md5 = attrs.get("data_file", {}).get("md5")
+        for other in self.splits(dataset):
+            other_md5 = self.split_attrs(dataset, other).get("data_file", {}).get("md5")
+            if other != split and other_md5 != md5:
+                raise StoreError(
+                    f"the splits of {dataset} in store {self.path} record different data "
+                    f"files ({split}: md5 {str(md5)[:12]}, {other}: md5 {str(other_md5)[:12]}): "
+                    f"one is damaged or came from another copy of the dataset; see `embedkit "
+                    f"store verify --store {self.path}` and re-embed the wrong one with "
+                    f"`embedkit embed --dataset {dataset} --splits SPLIT --overwrite`"
+                )
 
     def catalog(self) -> pl.DataFrame:
         """One row per complete split: sizes and provenance."""
@@ -172,6 +195,51 @@ class EmbeddingStore:
                     }
                 )
         return pl.DataFrame(rows)
+
+
+class DamagedSplitError(StoreError):
+    """A stored split does not match what was recorded when it was written."""
+
+
+def _read_checked(group, attrs: dict[str, Any], head: bool):
+    """Embeddings (or projections), labels and indices of a split, each checked against the
+    split's attributes as it is read: arrays present, shapes, every chunk's SHA-256 (the
+    digest covers a chunk's embeddings and projections together) and, where recorded, the
+    labels' and indices' SHA-256. A deleted chunk file reads back as zeros and fails its
+    digest; a truncated one fails to decode."""
+    missing = [a for a in ("embeddings", "labels", "indices") if a not in group]
+    if missing:
+        raise DamagedSplitError(f"array {', '.join(missing)} missing")
+    n, dim, head_dim = attrs.get("n"), attrs.get("dim"), attrs.get("head_dim", 0)
+    arrays = {"embeddings": group["embeddings"]}
+    if "projections" in group:
+        arrays["projections"] = group["projections"]
+    shapes = {"embeddings": (n, dim), "projections": (n, head_dim)}
+    for name, array in arrays.items():
+        if array.shape != shapes[name]:
+            raise DamagedSplitError(
+                f"{name} have shape {array.shape}, the attributes say {shapes[name]}"
+            )
+    labels, indices = group["labels"], group["indices"]
+    if labels.ndim != 2 or labels.shape[0] != n or indices.shape != (n,):
+        raise DamagedSplitError(f"labels {labels.shape} and indices {indices.shape} for {n} rows")
+    try:
+        values = {name: array[:] for name, array in arrays.items()}
+        labels, indices = labels[:], indices[:]
+    except Exception as exc:  # zarr's codec errors for a truncated or garbled chunk file
+        raise DamagedSplitError(f"a chunk file is unreadable: {type(exc).__name__}") from None
+    digests, rows = attrs.get("chunk_sha256"), attrs.get("rows_per_chunk")
+    if digests is None or not rows or len(digests) != -(-n // rows):
+        raise DamagedSplitError("its chunk checksums are missing or of the wrong count")
+    for i, digest in enumerate(digests):
+        part = [v[i * rows : (i + 1) * rows] for v in values.values()]
+        if chunk_digest(part[0] if len(part) == 1 else np.hstack(part)) != digest:
+            raise DamagedSplitError(f"chunk {i} differs from its checksum recorded at write time")
+    for name, array in (("labels", labels), ("indices", indices)):
+        recorded = attrs.get(f"{name}_sha256")  # absent in splits written before it was kept
+        if recorded is not None and chunk_digest(array) != recorded:
+            raise DamagedSplitError(f"{name} differ from their checksum recorded at write time")
+    return values["projections" if head else "embeddings"], labels, indices
 
 
 def child_groups(path: Path) -> list[str]:

@@ -4,7 +4,8 @@ A split is staged under ``{dataset}/.{split}.partial`` and renamed to ``{split}`
 last chunk and its ``complete`` attribute are written, so a reader (``EmbeddingStore``)
 never sees part of one. Each finished chunk's SHA-256 is appended to the staging folder's
 ``progress.jsonl``; ``resume`` re-checks those chunks and continues after the last intact
-one, and the checksums end up in the split's attributes for ``embedkit store verify``.
+one, and the checksums end up in the split's attributes, with those of the labels and
+indices, for ``embedkit store verify`` and for every read (``EmbeddingStore.get``).
 A store belongs to one encoder (by weights checksum) and takes one writer at a time
 (``.lock``).
 """
@@ -28,6 +29,7 @@ from ..utils import check_writable, os_error_message, stamp
 from .chunks import (
     NonFiniteError,
     Producer,
+    chunk_digest,
     intact_chunks,
     write_chunks,
 )
@@ -260,6 +262,9 @@ class StoreWriter:
                 "rows_per_chunk": identity["rows_per_chunk"],
                 "head_dim": identity["head_dim"],
                 "chunk_sha256": [digests[c] for c in range(n_chunks)],
+                # labels and indices as they lie on disk: read back, then hashed
+                "labels_sha256": chunk_digest(group["labels"][:]),
+                "indices_sha256": chunk_digest(group["indices"][:]),
                 **attrs,
                 **stamp(),
             }
