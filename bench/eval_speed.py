@@ -9,13 +9,16 @@
 3. probe: full-batch L-BFGS probes against the paper's 100-epoch SGD protocol on the same
    embeddings (demo-med, demo-natural and, with --data-root, PneumoniaMNIST, embedded by a
    random-init resnet18): accuracy difference and speed-up.
-4. optimum: per dataset and L2 of the default grid, the L-BFGS objective against
+4. read: what the read-time checks of ``EmbeddingStore.get`` (shapes, SHA-256 of every
+   chunk, labels and indices) cost against reading the same arrays from zarr unchecked, on
+   the synthetic store of (2), next to a linear probe of one of its datasets.
+5. optimum: per dataset and L2 of the default grid, the L-BFGS objective against
    scikit-learn's ``LogisticRegression`` (C = 1/(l2 N), tol 1e-10) on the same standardised
    embeddings (goal: gap <= 1e-4), for the probe as it is (warm-started path, run to a
    tolerance) and for a fit capped at 200 iterations (the former default), with times.
 
 Run: python bench/eval_speed.py [--bank 100000 --queries 20000 --dim 2048] [--scale 1.0]
-     [--sections knn,matrix,probe,optimum] [--data-root ../shared/data]
+     [--sections knn,matrix,probe,read,optimum] [--data-root ../shared/data]
 """
 
 from __future__ import annotations
@@ -129,6 +132,47 @@ def bench_matrix(scale: float, dim: int, scorers: tuple[str, ...]) -> None:
         print(f"matrix  all {len(scorers)} scorers, {table.height} rows: {t:.1f} s")
 
 
+def bench_read(scale: float, dim: int) -> None:
+    import zarr
+
+    from embedkit.eval import ProbeConfig, probe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = synthetic_store(Path(tmp) / "s.zarr", scale, dim)
+        pairs = [(d, s) for d in store.datasets() for s in store.splits(d)]
+        total = sum(store.split_attrs(d, s)["n"] for d, s in pairs)
+
+        def raw():
+            for dataset, split in pairs:
+                group = zarr.open_group(str(store.path / dataset / split), mode="r")
+                group["embeddings"][:], group["labels"][:], group["indices"][:]
+
+        def checked():
+            for dataset, split in pairs:
+                store.get(dataset, split)
+
+        raw()  # warm the page cache for both
+        times = {"raw": [], "checked": []}
+        for _ in range(3):  # alternate, keep the best of each
+            for name, fn in (("raw", raw), ("checked", checked)):
+                times[name].append(timed(fn)[0])
+        t_raw, t_checked = min(times["raw"]), min(times["checked"])
+        gb = total * dim * 4 / 1e9
+        print(
+            f"read  {len(pairs)} splits, {total} x {dim} float32 ({gb:.2f} GB): zarr unchecked "
+            f"{t_raw:.2f} s, EmbeddingStore.get checked {t_checked:.2f} s "
+            f"(checks cost {t_checked - t_raw:.2f} s, {gb / t_checked:.2f} GB/s)"
+        )
+        dataset = max(store.datasets(), key=lambda d: store.split_attrs(d, "train")["n"])
+        config = ProbeConfig(datasets=(dataset,), label_fractions=(1.0,), seeds=(0,))
+        t_probe, _ = timed(lambda: probe([store], config))
+        n = store.split_attrs(dataset, "train")["n"]
+        print(
+            f"read  for scale: a 100 % probe of {dataset} ({n} training rows, 5 L2 values) "
+            f"took {t_probe:.1f} s"
+        )
+
+
 def probe_store(tmp: str, data_root: str | None):
     """demo-med, demo-natural and (when given) PneumoniaMNIST, embedded by a random resnet18."""
     from embedkit.embed import EmbedConfig, embed
@@ -221,7 +265,7 @@ def bench_optimum(store) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="knn,matrix,probe,optimum")
+    parser.add_argument("--sections", default="knn,matrix,probe,read,optimum")
     parser.add_argument("--bank", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=2048)
@@ -238,6 +282,8 @@ def main() -> None:
 
         scorers = tuple(args.scorers.split(",")) if args.scorers else tuple(SCORERS)
         bench_matrix(args.scale, args.dim, scorers)
+    if "read" in sections:
+        bench_read(args.scale, args.dim)
     if "probe" in sections or "optimum" in sections:
         with tempfile.TemporaryDirectory() as tmp:
             store = probe_store(tmp, args.data_root)

@@ -203,7 +203,9 @@ def test_nan_embeddings_are_refused_on_read(demo_store, tmp_path):
     array = zarr.open_array(str(copy / "demo-med" / "test" / "embeddings"), mode="r+")
     array[3, 5] = np.nan
     store = EmbeddingStore(copy)
-    with pytest.raises(StoreError, match="NaN or inf embeddings"):
+    # NaN cannot be written through embedkit, so one found on read is damage: its chunk no
+    # longer matches the checksum recorded at write time
+    with pytest.raises(StoreError, match="demo-med/test in store .* is damaged .chunk 0 differs"):
         evaluate_ood([store], OODConfig(id_datasets=("demo-med",)))
 
 
@@ -221,7 +223,8 @@ def test_transfer_matrix(demo_store, tiny_run, data_root, tmp_path):
         tmp_path / "run.zarr",
         progress=False,
     )
-    table = transfer([demo_store, run_store], TransferConfig())
+    one_l2 = ProbeConfig(label_fractions=(1.0,), seeds=(0,), l2_grid=(1e-2,))  # the table's shape
+    table = transfer([demo_store, run_store], TransferConfig(probe=one_l2))
     assert table.height == 4  # 2 encoders x the 2 datasets both stores hold
     in_domain = table.filter(pl.col("in_domain"))
     assert in_domain.select("encoder", "dataset").rows() == [("simclr/resnet18", "demo-texture")]

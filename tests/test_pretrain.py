@@ -125,8 +125,9 @@ def _config(data_root, **changes):
     return PretrainConfig(**{**base, **changes})
 
 
-RESUME_PARAMS = {  # mocov2: queue; mocov3: momentum schedule; dino: centre, teacher schedules
-    "simclr": {},
+# the loop, optimiser, scheduler and RNG state are common to all; these add their own:
+# mocov2: queue; mocov3: momentum schedule; dino: centre, teacher schedules
+RESUME_PARAMS = {
     "mocov2": {},
     "mocov3": {"hidden_dim": 512},
     "dino": {"output_dim": 256, "hidden_dim": 64, "n_local": 2},
