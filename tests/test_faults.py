@@ -326,6 +326,7 @@ def test_bad_dtype_creates_no_store(tmp_path, data_root):
         ("--lr", "-1", "--lr must be positive"),
         ("--weight-decay", "-0.1", "--weight-decay must be 0 or positive"),
         ("--warmup", "1.5", "--warmup is a share of the steps"),
+        ("--seed", "-1", "--seed must lie in 0..2**32-1"),
     ],
 )
 def test_bad_optimiser_options_create_no_run_folder(tmp_path, data_root, option, value, message):
@@ -494,6 +495,9 @@ def test_usage_errors_are_one_line():
         (["ood", "--scorer", "knn,,"], "has an empty name"),
         (["knn", "--temperature", "0"], "temperature of the weighted vote must be above 0"),
         (["knn", "--k", "0"], "k must be at least 1"),
+        (["knn", "--k", "100000"], "k=100000 neighbours asked of a bank of 1200 embeddings"),
+        (["ood", "--scorer", "knn", "--param", "knn.k=0"], "k=0 neighbours asked of a bank"),
+        (["probe", "--seeds", "-1"], "seeds must be 0 or more, not [-1]"),
         (["probe", "--seeds", ""], "is not a comma-separated list of integers"),
         (["probe", "--seeds", "0,,1"], "is not a comma-separated list of integers"),
         (["probe", "--label-fraction", "0.1,"], "is not a comma-separated list of numbers"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from ..errors import ConfigError
+
 
 def l2_normalise(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     """Rows scaled to unit length (the epsilon guards the division, not the result)."""
@@ -31,6 +33,11 @@ class NeighborIndex:
         self.index, self.metric, self.size = index, metric, len(bank)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Similarities (``ip``) or squared distances (``l2``) and indices of the k nearest."""
-        k = min(k, self.size)
+        """Similarities (``ip``) or squared distances (``l2``) and indices of the k nearest.
+        ``k`` must lie in 1..N: FAISS pads a larger one with -1, which would read as the
+        last row of the bank."""
+        if not 1 <= k <= self.size:
+            raise ConfigError(
+                f"k={k} neighbours asked of a bank of {self.size} embeddings: use 1 to {self.size}"
+            )
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

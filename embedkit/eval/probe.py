@@ -188,6 +188,8 @@ def check_probe_config(config: ProbeConfig) -> None:
             raise ConfigError(f"the probe needs at least one value in {name}")
     for fraction in config.label_fractions:
         check_fraction(fraction)
+    if any(seed < 0 for seed in config.seeds):
+        raise ConfigError(f"seeds must be 0 or more, not {list(config.seeds)}")
     if config.protocol not in PROTOCOLS:
         raise ConfigError(
             f"unknown probe protocol '{config.protocol}': use {' or '.join(PROTOCOLS)}"

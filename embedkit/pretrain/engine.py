@@ -31,6 +31,8 @@ def check_config(config, n_train: int, min_batch: int) -> None:
         )
     if config.knn_every < 0:
         raise ConfigError("--knn-every must be 0 (off) or positive")
+    if not 0 <= config.seed < 2**32:
+        raise ConfigError(f"--seed must lie in 0..2**32-1 (numpy's range), not {config.seed}")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{config.precision}': use {', '.join(PRECISIONS)}")
     world = config.devices * config.num_nodes
