@@ -73,7 +73,10 @@ def knn(
         ),
     ] = "all",
     k: Annotated[int, typer.Option("--k", help="Neighbours.")] = 20,
-    temperature: Annotated[float, typer.Option("--temperature")] = 0.07,
+    temperature: Annotated[
+        float,
+        typer.Option("--temperature", help="Softness of the weighted vote (solo-learn: 0.07)."),
+    ] = 0.07,
     weighting: Annotated[
         str, typer.Option("--weighting", help="weighted or majority.")
     ] = "weighted",
@@ -226,7 +229,9 @@ def report(
         typer.Option("--scores", help="Folder of `embedkit ood --save-scores`: histograms, ROC."),
     ] = None,
     format: Annotated[str, typer.Option("--format", help="markdown or html.")] = "markdown",
-    title: Annotated[str, typer.Option("--title")] = "embedkit report",
+    title: Annotated[
+        str, typer.Option("--title", help="Heading of the report (Markdown or HTML).")
+    ] = "embedkit report",
     debug: DebugOpt = False,
 ) -> None:
     """A Markdown or HTML summary of result tables, with heatmaps and charts as PNG files."""

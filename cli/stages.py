@@ -55,7 +55,9 @@ def pretrain(
         int, typer.Option("--accumulate", help="Forward passes per optimiser step.")
     ] = 1,
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-4,
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.05,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", help="AdamW weight decay (0 or more).")
+    ] = 0.05,
     warmup: Annotated[
         float, typer.Option("--warmup", help="Share of steps with linear LR warmup.")
     ] = 0.1,

@@ -16,13 +16,31 @@ app.add_typer(store_app, name="store")
 
 @store_app.command("ls")
 def ls(
-    paths: Annotated[list[Path], typer.Argument(help="Stores, or folders to search for *.zarr.")],
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(hidden=True, help="Stores or folders, as --store (kept for old scripts)."),
+    ] = None,
+    store: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--store",
+            metavar="PATH",
+            help="A store, or a folder to search for *.zarr; repeat for several.",
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Every store, dataset and split with sizes and provenance."""
+    from embedkit.errors import ConfigError
     from embedkit.store import list_stores
 
-    run_command(debug, lambda: show_table(list_stores(paths)))
+    def action():
+        given = [*(paths or []), *(store or [])]
+        if not given:
+            raise ConfigError("name a store or a folder of stores: embedkit store ls --store PATH")
+        show_table(list_stores(given))
+
+    run_command(debug, action)
 
 
 @store_app.command("verify")

@@ -145,6 +145,39 @@ def test_help_lists_registry_choices():
     assert "knn" in _invoke("ood", "--help").output
 
 
+def _commands(group, path=()):
+    for name, command in group.commands.items():
+        if getattr(command, "hidden", False):
+            continue
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_visible_option_has_help_and_h_is_an_alias():
+    import typer.main
+
+    root = typer.main.get_command(app)
+    commands = list(_commands(root))
+    assert len(commands) >= 15
+    for path, command in commands:
+        for param in command.params:
+            if param.param_type_name == "option" and not param.hidden:
+                assert param.help, f"embedkit {' '.join(path)} {param.opts[0]} has no help text"
+        short = runner.invoke(app, [*path, "-h"])
+        assert short.exit_code == 0 and "Usage: embedkit" in short.output, path
+    assert "-h, --help" in _invoke("-h").output
+
+
+def test_store_ls_takes_store_like_the_other_commands(demo_store):
+    by_option = _invoke("store", "ls", "--store", demo_store.path).output
+    assert "random/resnet18" in by_option and "demo-texture" in by_option
+    assert _invoke("store", "ls", demo_store.path).output == by_option  # old scripts
+    result = runner.invoke(app, ["store", "ls"])
+    assert result.exit_code == 2 and "name a store or a folder" in result.stderr
+
+
 def test_embed_defaults_to_the_medmnist_datasets_present(tmp_path, caplog):
     import numpy as np
 

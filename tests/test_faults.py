@@ -498,6 +498,8 @@ def test_usage_errors_are_one_line():
         (["knn", "--k", "100000"], "k=100000 neighbours asked of a bank of 1200 embeddings"),
         (["ood", "--scorer", "knn", "--param", "knn.k=0"], "k=0 neighbours asked of a bank"),
         (["probe", "--seeds", "-1"], "seeds must be 0 or more, not [-1]"),
+        (["ood", "--id", "demo-md", "--scorer", "knn"], "did you mean demo-med?"),
+        (["knn", "--dataset", "pathmnist"], "embed it with `embedkit embed --dataset pathmnist`"),
         (["probe", "--seeds", ""], "is not a comma-separated list of integers"),
         (["probe", "--seeds", "0,,1"], "is not a comma-separated list of integers"),
         (["probe", "--label-fraction", "0.1,"], "is not a comma-separated list of numbers"),

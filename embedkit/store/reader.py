@@ -18,6 +18,7 @@ zarr; evaluations and notebooks go through it.
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,12 @@ class EmbeddingStore:
     def _require(self, dataset: str, split: str | None = None) -> None:
         available = self.datasets()
         if dataset not in available:
+            close = difflib.get_close_matches(dataset, available, n=1, cutoff=0.75)
+            if close:
+                raise StoreError(
+                    f"dataset '{dataset}' is not in store {self.path}: did you mean "
+                    f"{close[0]}? (it has {', '.join(available)})"
+                )
             raise StoreError(
                 f"dataset '{dataset}' is not in store {self.path} (it has "
                 f"{', '.join(available) or 'no complete dataset'}): embed it with "
