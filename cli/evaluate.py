@@ -186,22 +186,20 @@ def transfer(
     debug: DebugOpt = False,
 ) -> None:
     """Cross-dataset transfer: every encoder probed on every target, as a matrix."""
-    from embedkit.errors import ConfigError
     from embedkit.eval import ProbeConfig, write_table
     from embedkit.eval.results import check_table_path
-    from embedkit.eval.transfer import METRICS, TransferConfig, transfer_matrix
+    from embedkit.eval.transfer import TransferConfig, check_metric, transfer_matrix
     from embedkit.eval.transfer import transfer as run_transfer
     from embedkit.store import open_stores
 
     def action():
-        if metric not in METRICS:
-            raise ConfigError(f"unknown metric '{metric}': use {', '.join(METRICS)}")
+        check_metric(metric)
         check_table_path(out)
         stores = open_stores(store)
         probe_config = ProbeConfig(
             label_fractions=split_floats(label_fraction), seeds=split_ints(seeds), device=device
         )
-        config = TransferConfig(datasets=dataset_option(dataset), probe=probe_config)
+        config = TransferConfig(datasets=dataset_option(dataset), probe=probe_config, metric=metric)
         table = run_transfer(stores, config)
         show_table(transfer_matrix(table, metric))
         print(f"wrote {write_table(table, out, config, stores)}")
@@ -235,6 +233,7 @@ def report(
     debug: DebugOpt = False,
 ) -> None:
     """A Markdown or HTML summary of result tables, with heatmaps and charts as PNG files."""
+    from embedkit.eval.results import read_provenance
     from embedkit.report import ReportConfig, build_report, read_scores, read_table
     from embedkit.utils import check_output_folder
 
@@ -247,7 +246,12 @@ def report(
         }
         if scores is not None:
             tables["scores"] = read_scores(scores)
-        path = build_report(output, **tables, config=ReportConfig(title=title, format=format))
+        # the metric `embedkit transfer --metric` showed, from the table's provenance
+        made_by = read_provenance(transfer).get("config", {}) if transfer else {}
+        config = ReportConfig(
+            title=title, format=format, transfer_metric=made_by.get("metric", "accuracy")
+        )
+        path = build_report(output, **tables, config=config)
         print(f"wrote {path}")
 
     run_command(debug, action)

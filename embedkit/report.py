@@ -16,6 +16,7 @@ import polars as pl
 
 from .errors import ConfigError
 from .eval.probe import summarise_probe
+from .eval.transfer import check_metric
 from .plots import ood_bars, ood_heatmap, probe_curves, roc_curves, score_histograms
 from .utils import check_output_folder, stamp
 
@@ -29,10 +30,12 @@ class ReportConfig:
     Attributes:
         title: the report's heading.
         format: ``markdown`` (``report.md``) or ``html`` (``report.html``).
+        transfer_metric: the metric of the transfer matrix (``embedkit transfer --metric``).
     """
 
     title: str = "embedkit report"
     format: str = "markdown"
+    transfer_metric: str = "accuracy"
 
 
 def _slug(text: str) -> str:
@@ -116,15 +119,27 @@ class _Document:
 def _probe_section(doc: _Document, table: pl.DataFrame) -> None:
     summary = summarise_probe(table)
     doc.heading("Linear probes")
-    doc.text("Test accuracy, mean over seeds ± 95 % t-interval, per label fraction.")
+    doc.text(
+        "Test accuracy, mean over seeds ± 95 % t-interval, per label fraction (± - where one "
+        "seed leaves no interval: a fraction of 100 % uses every label, so one seed)."
+    )
     for fraction in sorted(summary["label_fraction"].unique()):
         part = summary.filter(pl.col("label_fraction") == fraction)
         cells = [
-            f"{m:.3f} ± {c:.3f}"
-            for m, c in zip(part["accuracy"], part["accuracy_ci95"], strict=True)
+            f"{m:.3f} ± {c:.3f}" if n > 1 else f"{m:.3f} ± -"
+            for m, c, n in zip(part["accuracy"], part["accuracy_ci95"], part["seeds"], strict=True)
         ]
         part = part.with_columns(cell=pl.Series(cells))
         doc.heading(f"{fraction:.0%} of the labels", 3)
+        if "n_train" in part.columns:  # tables of embedkit probe have it
+            sizes = part.group_by("dataset", maintain_order=True).agg(
+                pl.col("n_train").first(), pl.col("seeds").max()
+            )
+            doc.text(
+                "Training rows × seeds: "
+                + "; ".join(f"{d} {n} × {k}" for d, n, k in sizes.iter_rows())
+                + "."
+            )
         doc.table(part.pivot(on="dataset", index="encoder", values="cell"))
     for dataset in summary["dataset"].unique(maintain_order=True):
         doc.figure(
@@ -249,9 +264,13 @@ def build_report(
     if scores is not None:
         _scores_section(doc, scores)
     if transfer is not None:
+        metric = check_metric(config.transfer_metric)
         doc.heading("Transfer")
-        doc.text("Probe accuracy of each encoder (rows, with its pretraining data) on each target.")
-        doc.table(_pivot(transfer, "encoder", "dataset", "accuracy"))
+        doc.text(
+            f"Probe {metric.replace('_', ' ')} of each encoder (rows, with its pretraining "
+            f"data) on each target."
+        )
+        doc.table(_pivot(transfer, "encoder", "dataset", metric))
     path = folder / ("report.md" if config.format == "markdown" else "report.html")
     path.write_text(doc.markdown() if config.format == "markdown" else doc.html(config.title))
     return path

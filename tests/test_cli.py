@@ -204,3 +204,15 @@ def test_embed_defaults_to_the_medmnist_datasets_present(tmp_path, caplog):
     from embedkit.store import EmbeddingStore
 
     assert EmbeddingStore(tmp_path / "s.zarr").datasets() == ["breastmnist"]
+
+
+def test_report_shows_the_metric_transfer_was_run_with(tmp_path, demo_store):
+    out = tmp_path / "transfer.parquet"
+    _invoke(
+        "transfer", "--store", demo_store.path, "--dataset", "demo-med", "--metric", "auc",
+        "--out", out,
+    )  # fmt: skip
+    auc = pl.read_parquet(out)["auc"][0]
+    _invoke("report", "--transfer", out, "--output", tmp_path / "r")
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "Probe auc of each encoder" in text and f"{auc:.3f}" in text

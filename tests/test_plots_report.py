@@ -99,6 +99,35 @@ def test_report_files(tmp_path, form):
         assert "### 100% of the labels" in text
 
 
+def test_report_names_seeds_and_sizes_and_shows_no_interval_for_one_seed(tmp_path):
+    table = _probe_table().with_columns(n_train=(pl.col("label_fraction") * 1000).cast(pl.Int64))
+    table = table.filter((pl.col("label_fraction") < 1.0) | (pl.col("seed") == 0))
+    text = build_report(tmp_path / "r", probe=table).read_text()
+    assert "0.811 ± 0.025" in text  # 1 %, simclr: three seeds, an interval
+    assert "0.900 ± -" in text and "0.700 ± -" in text  # 100 %: one seed, no interval
+    assert "Training rows × seeds: demo-med 10 × 3." in text
+    assert "Training rows × seeds: demo-med 1000 × 1." in text
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "auc"])
+def test_report_shows_the_transfer_metric_that_was_asked_for(tmp_path, metric):
+    transfer = pl.DataFrame(
+        {
+            "encoder": ["simclr/resnet18", "random/resnet18"],
+            "pretrain_dataset": ["demo-med", None],
+            "dataset": ["demo-texture", "demo-texture"],
+            "label_fraction": [1.0, 1.0],
+            "accuracy": [0.612, 0.534],
+            "auc": [0.871, 0.702],
+        }
+    )
+    config = ReportConfig(transfer_metric=metric)
+    text = build_report(tmp_path / "r", transfer=transfer, config=config).read_text()
+    shown, hidden = ("0.612", "0.871") if metric == "accuracy" else ("0.871", "0.612")
+    assert f"Probe {metric} of each encoder" in text
+    assert shown in text and hidden not in text
+
+
 def test_report_input_errors(tmp_path):
     with pytest.raises(ConfigError, match="nothing to report"):
         build_report(tmp_path / "r")

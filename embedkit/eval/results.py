@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,15 @@ def write_table(table: pl.DataFrame, out: str | Path, config: Any, stores: list)
     }
     write_json(out.with_suffix(".json"), provenance)
     return out
+
+
+def read_provenance(table_path: str | Path) -> dict:
+    """The JSON ``write_table`` wrote beside a table (empty when it is absent or unreadable:
+    a table from elsewhere still reports)."""
+    try:
+        return json.loads(Path(table_path).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..store import EmbeddingStore
 from .probe import ProbeConfig, probe
 
@@ -25,10 +25,14 @@ class TransferConfig:
     Attributes:
         datasets: target datasets; empty means every dataset all stores share.
         probe: the linear-probe protocol applied to every (encoder, target) pair.
+        metric: the metric the matrix shows (``accuracy``, ``auc`` or
+            ``balanced_accuracy``); the table holds all three, and the report reads this
+            choice from the table's provenance.
     """
 
     datasets: tuple[str, ...] = ()
     probe: ProbeConfig = ProbeConfig(label_fractions=(1.0,), seeds=(0,))
+    metric: str = "accuracy"
 
 
 def shared_datasets(stores: list[EmbeddingStore]) -> tuple[str, ...]:
@@ -51,6 +55,7 @@ def transfer(
         chosen head stopped at the iteration cap) and ``in_domain`` (the target is the
         encoder's pretraining data, or one of its domains).
     """
+    check_metric(config.metric)
     targets = config.datasets or shared_datasets(stores)
     table = probe(stores, replace(config.probe, datasets=targets))
     return (
@@ -70,8 +75,15 @@ def transfer(
     )
 
 
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric '{metric}': use {', '.join(METRICS)}")
+    return metric
+
+
 def transfer_matrix(table: pl.DataFrame, metric: str = "accuracy") -> pl.DataFrame:
     """Pivot a transfer table: one row per encoder, one column per target dataset."""
+    check_metric(metric)
     return table.pivot(
         on="dataset", index=["encoder", "pretrain_dataset", "label_fraction"], values=metric
     )
