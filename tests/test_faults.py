@@ -294,6 +294,10 @@ def test_read_only_targets_are_one_line(read_only_disk, data_root, demo_store):
     table = read_only_disk / "k.parquet"
     _one_line_error(["knn", "--store", demo_store.path, "--out", table], "is read-only")
     assert list(read_only_disk.iterdir()) == []
+    # a data root where the demo data would have to be generated
+    last = _one_line_error(_embed_args(read_only_disk.parent / "s.zarr", read_only_disk), "")
+    assert "read-only" in last and str(read_only_disk) in last, last
+    assert not (read_only_disk.parent / "s.zarr").exists()
 
 
 def test_os_errors_of_rust_libraries_are_read_from_their_message():
