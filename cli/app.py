@@ -17,10 +17,9 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from embedkit.backbones import BACKBONES
-from embedkit.data import SIZES
+# names from the catalog, not the registries: --help must not wait for torch, timm, lightly
+from embedkit.catalog import BACKBONE_NAMES, METHOD_NAMES, SIZES
 from embedkit.errors import ConfigError, EmbedkitError
-from embedkit.methods import METHODS
 from embedkit.utils import USER_OS_ERRNOS, os_errno, os_error_message
 
 try:  # typer >= 0.20 ships its own copy of click
@@ -70,6 +69,27 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from embedkit import __version__
+
+        print(f"embedkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 _sizes = ", ".join(map(str, SIZES))
 DatasetOpt = Annotated[
     str,
@@ -86,8 +106,10 @@ DataRootOpt = Annotated[
         "--data-root", help="Folder of the npz files (default: $EMBEDKIT_DATA, else ~/.medmnist)."
     ),
 ]
-MethodOpt = Annotated[str, typer.Option("--method", help=f"One of: {', '.join(METHODS)}.")]
-BackboneOpt = Annotated[str, typer.Option("--backbone", help=f"One of: {', '.join(BACKBONES)}.")]
+MethodOpt = Annotated[str, typer.Option("--method", help=f"One of: {', '.join(METHOD_NAMES)}.")]
+BackboneOpt = Annotated[
+    str, typer.Option("--backbone", help=f"One of: {', '.join(BACKBONE_NAMES)}.")
+]
 InitOpt = Annotated[
     str, typer.Option("--init", help="random, imagenet, timm:TAG (timm:dino) or a weights file.")
 ]

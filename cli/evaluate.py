@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from embedkit.ood import SCORERS
+from embedkit.catalog import SCORER_NAMES
 
 from .app import DebugOpt, DeviceOpt, StoresOpt, app, dataset_option, run_command
 from .output import parse_params, show_table, split_floats, split_ints, split_names
@@ -121,7 +121,8 @@ def ood(
         str,
         typer.Option(
             "--scorer",
-            help=f"Scorers, comma-separated: {', '.join(SCORERS)}, or path/to/file.py:ClassName.",
+            help=f"Scorers, comma-separated: {', '.join(SCORER_NAMES)}, "
+            "or path/to/file.py:ClassName.",
         ),
     ] = "knn",
     ood_splits: Annotated[str, typer.Option("--ood-splits", help="test or all.")] = "test",

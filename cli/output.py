@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from embedkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def show_table(table: pl.DataFrame, drop: Iterable[str] = ()) -> None:
     """Print a whole table, floats to 3 decimals, without polars' shape and dtype lines."""
+    import polars as pl
+
     table = table.drop([c for c in drop if c in table.columns])
     with pl.Config(
         tbl_rows=-1,

@@ -17,56 +17,19 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from .catalog import BACKBONE_SPECS, BackboneSpec
 from .errors import ConfigError, WeightsUnavailableError
 from .registry import Registry
 from .utils import torch_file_problem
 
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A registered backbone.
-
-    Attributes:
-        name: registry key and CLI value.
-        timm_name: the timm architecture.
-        imagenet_tag: the timm pretrained tag that ``--init imagenet`` loads.
-        description: one line for ``--help`` and the README.
-        vit: a vision transformer (patch size chosen per resolution).
-        small_stem: a ResNet with a 3x3 stride-1 stem and no max-pool.
-    """
-
-    name: str
-    timm_name: str
-    imagenet_tag: str
-    description: str
-    vit: bool = False
-    small_stem: bool = False
-
-
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
-for _spec in (
-    BackboneSpec("resnet18", "resnet18", "a1_in1k", "ResNet-18, 512-d; CPU-friendly"),
-    BackboneSpec("resnet50", "resnet50", "a1_in1k", "ResNet-50, 2048-d"),
-    BackboneSpec(
-        "resnet18_cifar", "resnet18", "a1_in1k", "ResNet-18, 3x3 stride-1 stem", small_stem=True
-    ),
-    BackboneSpec(
-        "resnet50_cifar", "resnet50", "a1_in1k", "ResNet-50, 3x3 stride-1 stem", small_stem=True
-    ),
-    BackboneSpec(
-        "vit_tiny", "vit_tiny_patch16_224", "augreg_in21k_ft_in1k", "ViT-Tiny, 192-d", True
-    ),
-    BackboneSpec(
-        "vit_small", "vit_small_patch16_224", "augreg_in21k_ft_in1k", "ViT-Small, 384-d", True
-    ),
-):
+for _spec in BACKBONE_SPECS:
     BACKBONES[_spec.name] = _spec
 
 get_backbone = BACKBONES.__getitem__

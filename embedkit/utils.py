@@ -10,15 +10,18 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; anything else is passed to torch."""
+    import torch  # here, not at the top: the CLI imports this module to print --help
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -60,6 +63,8 @@ def write_json(path: Path, value: Any) -> None:
 
 def stamp() -> dict[str, str]:
     """Who made an artefact and when: embedkit's version and a UTC time."""
+    import torch
+
     from . import __version__
 
     return {

@@ -61,3 +61,37 @@ def test_each_package_imports_first_without_a_cycle():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok True"
+
+
+def test_catalog_names_equal_the_registries():
+    from embedkit import catalog
+    from embedkit.backbones import BACKBONES
+    from embedkit.data import SIZES
+    from embedkit.methods import METHODS
+    from embedkit.ood import SCORERS
+
+    assert tuple(BACKBONES) == catalog.BACKBONE_NAMES
+    assert tuple(sorted(METHODS)) == catalog.METHOD_NAMES
+    assert tuple(sorted(SCORERS)) == catalog.SCORER_NAMES
+    assert catalog.SIZES is SIZES
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    """--help, --version and usage errors must not wait for torch (seconds to import)."""
+    heavy = ("torch", "timm", "lightly", "medmnist", "faiss", "polars", "zarr", "sklearn")
+    code = (
+        f"import sys, embedkit.cli.main; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "", f"importing the CLI loads {loaded}"
+    version = subprocess.run(
+        [sys.executable, "-m", "embedkit.cli.main", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    from embedkit import __version__
+
+    assert version.stdout.strip() == f"embedkit {__version__}"

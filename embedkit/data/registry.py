@@ -14,12 +14,12 @@ from typing import Literal
 
 from medmnist import INFO
 
+from ..catalog import SIZES
 from ..errors import ConfigError, UnknownNameError
 
 Task = Literal["multi-class", "binary", "multi-label", "ordinal"]
 Family = Literal["medmnist", "demo"]
 
-SIZES: tuple[int, ...] = (28, 64, 128, 224)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 MEDMNIST_2D: tuple[str, ...] = (
