@@ -13,7 +13,8 @@ Three stages share one embedding store; the package tree follows them:
 
 Shared pieces: ``data`` (the dataset registry and loading), ``backbones`` (timm encoders and
 their weights), ``augment`` (batched tensor augmentations), ``lock`` (one writer per
-folder), ``registry``, ``distributed``, ``errors``, ``utils``.
+folder), ``registry``, ``catalog`` (the names ``--help`` lists, without importing torch),
+``distributed``, ``errors``, ``utils``.
 """
 
 __version__ = "0.1.0"
