@@ -129,9 +129,10 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Pro
 
 def run_command(debug: bool, action):
     """Call ``action``; turn EmbedkitError into one line and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="embedkit: %(message)s", stream=sys.stderr)
-    for noisy in ("lightning_fabric", "lightning", "pytorch_lightning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # embedkit's own progress lines at INFO; other libraries (faiss's loader, Lightning) only
+    # when they warn
+    logging.basicConfig(level=logging.WARNING, format="embedkit: %(message)s", stream=sys.stderr)
+    logging.getLogger("embedkit").setLevel(logging.INFO)
     warnings.showwarning = lambda message, category, *_: print(
         f"warning: {message}", file=sys.stderr
     )

@@ -63,6 +63,30 @@ def probe(
 
 
 @app.command()
+def scorers(
+    scorer: Annotated[
+        str | None, typer.Option("--scorer", help="Only this scorer (default: all).")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """The OOD scorers and their --param names (ood --param SCORER.NAME=VALUE)."""
+
+    def action():
+        import polars as pl
+
+        from embedkit.ood import SCORERS, scorer_parameters
+
+        rows = []
+        for name in [SCORERS[scorer].name] if scorer else list(SCORERS):
+            rows += scorer_parameters(name) or [
+                {"scorer": name, "parameter": "-", "type": "", "default": "", "description": ""}
+            ]
+        show_table(pl.DataFrame(rows))
+
+    run_command(debug, action)
+
+
+@app.command()
 def knn(
     store: StoresOpt,
     dataset: Annotated[

@@ -40,6 +40,26 @@ def datasets(
 
 
 @app.command()
+def methods(
+    method: Annotated[
+        str | None, typer.Option("--method", help="Only this method (default: all).")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """The pretraining methods and their --param names, types, defaults and meaning."""
+
+    def action():
+        import polars as pl
+
+        from embedkit.methods import METHODS, method_parameters
+
+        names = [METHODS[method].name] if method else list(METHODS)
+        show_table(pl.DataFrame([row for name in names for row in method_parameters(name)]))
+
+    run_command(debug, action)
+
+
+@app.command()
 def pretrain(
     output: Annotated[Path, typer.Option("--output", help="The run folder to create.")],
     dataset: DatasetOpt = "demo-med",

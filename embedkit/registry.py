@@ -6,6 +6,7 @@ parametrisation all read the registry, so nothing can drift.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -37,3 +38,33 @@ class Registry(dict[str, T]):
             return entry
 
         return add
+
+
+def documented_parameters(cls: type, section: str) -> dict[str, str]:
+    """``{name: description}`` from the Google-style ``section`` (``Args`` or
+    ``Attributes``) of the docstrings of ``cls`` and its bases (the nearest wins)."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        found.update(_section(inspect.getdoc(klass) or "", section))
+    return found
+
+
+def _section(doc: str, section: str) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    lines = doc.splitlines()
+    if f"{section}:" not in lines:
+        return entries
+    current = None
+    for line in lines[lines.index(f"{section}:") + 1 :]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        text = line.strip()
+        names, sep, rest = text.partition(": ")
+        if line.startswith("    ") and not line.startswith("     ") and sep:
+            for name in names.split(", "):  # "epochs, lr: ..." documents two at once
+                entries[name.strip()] = rest.strip()
+            current = [n.strip() for n in names.split(", ")]
+        elif current and text:
+            for name in current:
+                entries[name] += " " + text
+    return entries

@@ -216,3 +216,18 @@ def test_report_shows_the_metric_transfer_was_run_with(tmp_path, demo_store):
     _invoke("report", "--transfer", out, "--output", tmp_path / "r")
     text = (tmp_path / "r" / "report.md").read_text()
     assert "Probe auc of each encoder" in text and f"{auc:.3f}" in text
+
+
+def test_methods_and_scorers_list_their_parameters():
+    dino = _invoke("methods", "--method", "dino").output
+    assert "| dino   | n_local " in dino and "number of local crops (6)." in dino
+    assert "| dino   | teacher_temp " in dino
+    everything = _invoke("methods").output
+    assert all(f"| {name} " in everything for name in ("simclr", "vicreg", "supervised"))
+    knn = _invoke("scorers", "--scorer", "knn").output
+    assert "| knn    | k         | int  | 50 " in knn
+    scorers = _invoke("scorers").output
+    assert "| mahalanobis " in scorers and "| vim " in scorers and "| l2 " in scorers
+    result = runner.invoke(app, ["scorers", "--scorer", "vimm"])
+    assert result.exit_code == 2 and "did you mean vim?" in result.stderr
+    assert "faiss" not in result.stderr  # other libraries' info lines stay quiet
