@@ -17,7 +17,7 @@ import polars as pl
 from .errors import ConfigError
 from .eval.probe import summarise_probe
 from .eval.transfer import check_metric
-from .plots import ood_bars, ood_heatmap, probe_curves, roc_curves, score_histograms
+from .plots import ood_bars, ood_heatmap_grid, probe_curves, roc_curves, score_histograms
 from .utils import check_output_folder, stamp
 
 FORMATS = ("markdown", "html")
@@ -151,25 +151,31 @@ def _probe_section(doc: _Document, table: pl.DataFrame) -> None:
 
 def _ood_section(doc: _Document, table: pl.DataFrame) -> None:
     doc.heading("OOD detection")
-    doc.text("AUROC with OOD as the positive class, mean over OOD datasets per ID dataset.")
-    doc.table(
-        _pivot(
-            table.with_columns(
-                pl.concat_str("encoder", "scorer", separator=" / ").alias("encoder / scorer")
-            ),
-            "encoder / scorer",
-            "id_dataset",
-            "auroc",
-        )
+    labelled = table.with_columns(
+        pl.concat_str("encoder", "scorer", separator=" / ").alias("encoder / scorer")
     )
-    doc.figure(ood_bars(table), "ood-bars", "Mean AUROC over all pairs, per scorer and encoder")
-    for scorer in table["scorer"].unique(maintain_order=True):
-        for encoder in table["encoder"].unique(maintain_order=True):
-            doc.figure(
-                ood_heatmap(table, encoder, scorer),
-                f"ood-{encoder}-{scorer}",
-                f"ID × OOD AUROC of {encoder} with {scorer}",
-            )
+    doc.text(
+        "AUROC (higher is better, 0.5 is chance) with OOD as the positive class, mean over "
+        "the OOD datasets of each ID dataset."
+    )
+    doc.table(_pivot(labelled, "encoder / scorer", "id_dataset", "auroc"))
+    if "fpr95" in table.columns:
+        doc.text(
+            "FPR@95: the share of ID samples flagged at the threshold that detects 95 % of "
+            "the OOD samples (lower is better), mean over the OOD datasets."
+        )
+        doc.table(_pivot(labelled, "encoder / scorer", "id_dataset", "fpr95"))
+    doc.figure(
+        ood_bars(table),
+        "ood-bars",
+        "AUROC per scorer and encoder: mean over the ID × OOD pairs with its 95 % interval, "
+        "each pair a point",
+    )
+    doc.figure(
+        ood_heatmap_grid(table),
+        "ood-heatmaps",
+        "ID × OOD AUROC of every encoder (rows) and scorer (columns); red is worse than chance",
+    )
 
 
 def _scores_section(doc: _Document, scores: pl.DataFrame) -> None:

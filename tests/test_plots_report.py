@@ -7,7 +7,7 @@ from matplotlib.image import AxesImage
 
 from embedkit.errors import ConfigError
 from embedkit.eval.probe import summarise_probe
-from embedkit.plots import ood_bars, ood_heatmap, probe_curves
+from embedkit.plots import ood_bars, ood_heatmap, ood_heatmap_grid, probe_curves
 from embedkit.report import ReportConfig, build_report, read_table
 
 
@@ -80,6 +80,35 @@ def test_ood_bars_one_bar_per_encoder_and_scorer():
     heights = [p.get_height() for p in ax.patches]
     assert len(heights) == 2 * 2
     assert heights[0] == pytest.approx(np.mean([0.5] * 3 + [0.6] * 3 + [0.7] * 3))
+    points = [c for c in ax.collections if len(c.get_offsets()) == 9]  # each pair a point
+    assert len(points) == 2 * 2
+    assert sorted(points[0].get_offsets()[:, 1]) == pytest.approx([0.5] * 3 + [0.6] * 3 + [0.7] * 3)
+    assert "mean of 9 pairs" in ax.get_ylabel()
+
+
+def test_heatmap_grid_facets_encoders_and_scorers_with_one_colour_bar():
+    fig = ood_heatmap_grid(_ood_table())
+    images = [a for a in fig.axes if any(isinstance(c, AxesImage) for c in a.get_children())]
+    assert len(images) == 2 * 2 and len(fig.axes) == 2 * 2 + 1  # + the shared colour bar
+    image = next(c for c in images[0].get_children() if isinstance(c, AxesImage))
+    assert image.get_cmap().name == "RdBu" and image.get_clim() == (0.0, 1.0)  # 0.5 centred
+
+
+def test_probe_intervals_are_clipped_to_0_1_and_the_range_fits_the_data():
+    summary = pl.DataFrame(
+        {
+            "encoder": ["e", "e"],
+            "dataset": ["d", "d"],
+            "label_fraction": [0.1, 1.0],
+            "accuracy": [0.95, 0.99],
+            "accuracy_ci95": [0.1, 0.0],
+        }
+    )
+    ax = probe_curves(summary, "d").axes[0]
+    segments = ax.containers[0].lines[2][0].get_segments()
+    assert max(seg[:, 1].max() for seg in segments) == pytest.approx(1.0)  # 0.95 + 0.1 clipped
+    low, high = ax.get_ylim()
+    assert 0.8 < low < 0.85 and high == 1.0
 
 
 @pytest.mark.parametrize("form", ["markdown", "html"])
@@ -89,12 +118,12 @@ def test_report_files(tmp_path, form):
     )
     text = path.read_text()
     pngs = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
-    assert len(pngs) == 1 + 1 + 2 * 2  # probe curve, bars, a heatmap per encoder and scorer
+    assert len(pngs) == 1 + 1 + 1  # probe curve, bars, the faceted heatmaps
     for png in pngs:
         assert png in text
     assert "0.811 ± " in text  # 1 % of the labels, simclr: mean of 0.801, 0.811, 0.821
     if form == "html":
-        assert text.startswith("<!doctype html>") and text.count("<table>") == 4
+        assert text.startswith("<!doctype html>") and text.count("<table>") == 5  # + FPR@95
     else:
         assert "### 100% of the labels" in text
 
@@ -182,11 +211,14 @@ def test_score_histograms_and_roc_curves_show_every_dataset(demo_store):
     assert legend == ["demo-med (ID)", "demo-natural", "demo-texture"]
     roc = roc_curves(scores)
     lines = roc.axes[0].get_lines()
-    assert len(lines) == 3  # two OOD datasets and the chance diagonal
+    assert len(lines) == 4  # two OOD datasets, the chance diagonal, the TPR 95 % line
     id_scores = scores.filter(~pl.col("is_ood"))["score"].to_numpy()
     natural = scores.filter(pl.col("dataset") == "demo-natural")["score"].to_numpy()
-    expected = ood_metrics(id_scores, natural)["auroc"]
+    metrics = ood_metrics(id_scores, natural)
+    expected = metrics["auroc"]
     assert lines[0].get_label() == f"demo-natural (AUROC {expected:.3f})"
+    point = roc.axes[0].collections[0].get_offsets()[0]  # FPR@95's operating point
+    np.testing.assert_allclose(point, [metrics["fpr95"], 0.95])
     fpr, tpr = lines[0].get_data()
     assert fpr[0] == 0 and tpr[-1] == 1 and np.trapezoid(tpr, fpr) == pytest.approx(expected)
     with pytest.raises(ConfigError, match="needs columns"):
