@@ -10,7 +10,7 @@ import typer
 from embedkit.catalog import SCORER_NAMES
 
 from .app import DebugOpt, DeviceOpt, StoresOpt, app, dataset_option, run_command
-from .output import parse_params, show_table, split_floats, split_ints, split_names
+from .output import parse_groups, parse_params, show_table, split_floats, split_ints, split_names
 
 
 @app.command()
@@ -160,13 +160,22 @@ def ood(
         Path | None,
         typer.Option("--save-scores", help="Folder for per-sample scores (parquet)."),
     ] = None,
+    ood_group: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ood-group",
+            metavar="NAME=a,b",
+            help="A named group of OOD datasets, e.g. near=a,b (repeat: far=c,d); each is "
+            "averaged on its own, as OpenOOD's near/far-OOD.",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "ood.parquet"
     ),
     debug: DebugOpt = False,
 ) -> None:
     """OOD detection: every scorer on every ID × OOD pair (OpenOOD metrics, OOD positive)."""
-    from embedkit.eval import OODConfig, evaluate_ood, write_table
+    from embedkit.eval import OODConfig, evaluate_ood, summarise_ood_groups, write_table
     from embedkit.eval.results import check_table_path
     from embedkit.store import open_stores
 
@@ -180,9 +189,12 @@ def ood(
             scorer_params=parse_params(param or []),
             ood_splits=ood_splits,
             save_scores=None if save_scores is None else str(save_scores),
+            ood_groups=parse_groups(ood_group or []),
         )
         table = evaluate_ood(stores, config)
         show_table(table, drop=("method", "backbone", "init", "pretrain_dataset", "params"))
+        if config.ood_groups:
+            show_table(summarise_ood_groups(table))
         print(f"wrote {write_table(table, out, config, stores)}")
 
     run_command(debug, action)

@@ -66,6 +66,19 @@ def parse_params(items: list[str]) -> dict[str, dict[str, object]]:
     return params
 
 
+def parse_groups(items: list[str]) -> dict[str, tuple[str, ...]]:
+    """``["near=a,b", "far=c"]`` to ``{"near": ("a", "b"), "far": ("c",)}``."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        name, sep, datasets = item.partition("=")
+        if not (sep and name.strip()):
+            raise ConfigError(f"--ood-group '{item}' is not of the form NAME=a,b (near=a,b)")
+        if name.strip() in groups:
+            raise ConfigError(f"--ood-group {name.strip()} is given twice")
+        groups[name.strip()] = split_names(datasets)
+    return groups
+
+
 def parse_value(text: str) -> object:
     """``"20"`` to 20, ``"0.1"`` to 0.1, ``"true"``/``"false"`` to booleans, else the text."""
     if text.lower() in ("true", "false"):

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from .errors import ConfigError
+from .eval.ood import summarise_ood_groups
 from .eval.probe import summarise_probe
 from .eval.transfer import check_metric
 from .plots import ood_bars, ood_heatmap_grid, probe_curves, roc_curves, score_histograms
@@ -165,6 +166,18 @@ def _ood_section(doc: _Document, table: pl.DataFrame) -> None:
             "the OOD samples (lower is better), mean over the OOD datasets."
         )
         doc.table(_pivot(labelled, "encoder / scorer", "id_dataset", "fpr95"))
+    if "ood_group" in table.columns and table["ood_group"].drop_nulls().len():
+        grouped = summarise_ood_groups(table).with_columns(
+            pl.concat_str("encoder", "scorer", "id_dataset", separator=" / ").alias(
+                "encoder / scorer / ID"
+            )
+        )
+        doc.text(
+            "Per OOD group (`--ood-group`, as OpenOOD's near- and far-OOD): mean AUROC, then "
+            "mean FPR@95, over the group's datasets."
+        )
+        doc.table(_pivot(grouped, "encoder / scorer / ID", "ood_group", "auroc"))
+        doc.table(_pivot(grouped, "encoder / scorer / ID", "ood_group", "fpr95"))
     doc.figure(
         ood_bars(table),
         "ood-bars",

@@ -384,3 +384,30 @@ def test_evaluations_say_what_they_are_doing(demo_store, caplog):
     assert "ood random/resnet18: ID demo-med against demo-natural, demo-texture (2 scorers)" in (
         messages
     )
+
+
+def test_ood_groups_average_near_and_far_separately(demo_store, tmp_path):
+    from embedkit.eval import summarise_ood_groups
+    from embedkit.report import build_report
+
+    groups = {"near": ("demo-texture",), "far": ("demo-natural",)}
+    config = OODConfig(id_datasets=("demo-med",), scorers=("knn", "mahalanobis"), ood_groups=groups)
+    table = evaluate_ood([demo_store], config)
+    assert dict(zip(table["ood_dataset"], table["ood_group"], strict=True)) == {
+        "demo-texture": "near",
+        "demo-natural": "far",
+    }
+    summary = summarise_ood_groups(table)
+    assert summary.height == 2 * 2 and set(summary["n_datasets"]) == {1}
+    knn_near = table.filter((pl.col("scorer") == "knn") & (pl.col("ood_group") == "near"))
+    row = summary.filter((pl.col("scorer") == "knn") & (pl.col("ood_group") == "near"))
+    assert row["auroc"][0] == pytest.approx(knn_near["auroc"][0])
+    text = build_report(tmp_path / "r", ood=table).read_text()
+    assert "Per OOD group" in text and "near" in text.split("Per OOD group")[1]
+    for bad, message in [
+        ({"near": ("demo-texture",), "far": ("demo-texture",)}, "is in OOD groups near and far"),
+        ({"near": ()}, "needs a name and at least one dataset"),
+        ({"near": ("pathmnist",)}, "'pathmnist' is not in store"),
+    ]:
+        with pytest.raises((ConfigError, StoreError), match=message):
+            evaluate_ood([demo_store], OODConfig(id_datasets=("demo-med",), ood_groups=bad))

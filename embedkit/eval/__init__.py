@@ -2,7 +2,7 @@
 
 from .knn import KNNConfig, knn_classify
 from .metrics import classification_metrics, ood_metrics
-from .ood import OODConfig, evaluate_ood, sample_scores
+from .ood import OODConfig, evaluate_ood, sample_scores, summarise_ood_groups
 from .probe import ProbeConfig, probe, summarise_probe
 from .results import write_table
 
@@ -16,6 +16,7 @@ __all__ = [
     "ood_metrics",
     "probe",
     "sample_scores",
+    "summarise_ood_groups",
     "summarise_probe",
     "write_table",
 ]

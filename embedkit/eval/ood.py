@@ -41,6 +41,10 @@ class OODConfig:
         ood_splits: ``test`` (the test split of each OOD dataset) or ``all`` (every split).
         save_scores: a folder for the per-sample scores (one parquet per encoder, ID dataset
             and scorer: dataset, split, index, score, is_ood), or None.
+        ood_groups: named groups of OOD datasets, e.g. ``{"near": ("a", "b"), "far": ("c",)}``,
+            as OpenOOD reports near- and far-OOD separately: each row gets its dataset's
+            group in ``ood_group`` (null outside every group), and ``summarise_ood_groups``
+            averages per group.
     """
 
     id_datasets: tuple[str, ...] = ()
@@ -49,6 +53,39 @@ class OODConfig:
     scorer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     ood_splits: str = "test"
     save_scores: str | None = None
+    ood_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def check_ood_groups(groups: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """Dataset to group name; a dataset in two groups, or an empty group, is refused."""
+    owner: dict[str, str] = {}
+    for group, datasets in groups.items():
+        if not group or not datasets:
+            raise ConfigError(f"OOD group '{group}' needs a name and at least one dataset")
+        for dataset in datasets:
+            if dataset in owner:
+                raise ConfigError(
+                    f"{dataset} is in OOD groups {owner[dataset]} and {group}: a dataset "
+                    f"belongs to one group"
+                )
+            owner[dataset] = group
+    return owner
+
+
+def summarise_ood_groups(table: pl.DataFrame) -> pl.DataFrame:
+    """Mean AUROC and FPR@95 per encoder, scorer, ID dataset and OOD group (OpenOOD's
+    near-OOD / far-OOD averages), with the number of OOD datasets averaged."""
+    if "ood_group" not in table.columns:
+        raise ConfigError("the OOD table has no groups: run `embedkit ood --ood-group NAME=a,b`")
+    return (
+        table.filter(pl.col("ood_group").is_not_null())
+        .group_by("encoder", "scorer", "id_dataset", "ood_group", maintain_order=True)
+        .agg(
+            pl.col("auroc").mean(),
+            pl.col("fpr95").mean(),
+            pl.len().alias("n_datasets"),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -115,17 +152,27 @@ def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) 
 
     Returns:
         One row per (encoder, id_dataset, ood_dataset, scorer) with ``params, auroc,
-        fpr95, aupr_in, aupr_out, n_id, n_ood``; metrics are fractions in [0, 1].
+        fpr95, aupr_in, aupr_out, n_id, n_ood`` (and ``ood_group`` with ``ood_groups``);
+        metrics are fractions in [0, 1].
     """
     if config.ood_splits not in OOD_SPLITS:
         raise ConfigError(f"--ood-splits must be 'test' or 'all', not '{config.ood_splits}'")
     scorers = [resolve_scorer(spec) for spec in config.scorers]
     check_scorer_params(scorers, config.scorer_params)
+    groups = check_ood_groups(config.ood_groups)
     check_stores(stores)
+    for store in stores:  # a grouped dataset must be one the store holds
+        for dataset in groups:
+            store.dataset_attrs(dataset)
     rows = []
     for store, columns in zip(stores, encoder_columns(stores), strict=True):
         rows.extend(_evaluate_store(store, columns, scorers, config))
-    return pl.DataFrame(rows)
+    table = pl.DataFrame(rows)
+    if groups and table.height:
+        table = table.with_columns(
+            ood_group=pl.col("ood_dataset").replace_strict(groups, default=None)
+        )
+    return table
 
 
 def _evaluate_store(
