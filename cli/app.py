@@ -124,6 +124,14 @@ DownloadOpt = Annotated[
     bool, typer.Option("--download", help="Fetch missing MedMNIST files (needs network).")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+TableFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="Table formats, comma-separated: parquet (always written; the report reads it), "
+        "csv, latex (OUT.csv, OUT.tex beside it).",
+    ),
+]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
 
 

@@ -9,7 +9,15 @@ import typer
 
 from embedkit.catalog import SCORER_NAMES
 
-from .app import DebugOpt, DeviceOpt, StoresOpt, app, dataset_option, run_command
+from .app import (
+    DebugOpt,
+    DeviceOpt,
+    StoresOpt,
+    TableFormatOpt,
+    app,
+    dataset_option,
+    run_command,
+)
 from .output import parse_groups, parse_params, show_table, split_floats, split_ints, split_names
 
 
@@ -37,6 +45,7 @@ def probe(
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "probe.parquet"
     ),
+    table_format: TableFormatOpt = "parquet",
     debug: DebugOpt = False,
 ) -> None:
     """Linear probes at label fractions over cached embeddings."""
@@ -46,6 +55,7 @@ def probe(
     from embedkit.store import open_stores
 
     def action():
+        formats = table_formats(table_format)  # before the work
         check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = ProbeConfig(
@@ -57,9 +67,16 @@ def probe(
         )
         table = run_probe(stores, config)
         show_table(summarise_probe(table))
-        print(f"wrote {write_table(table, out, config, stores)}")
+        print(f"wrote {write_table(table, out, config, stores, formats)}")
 
     run_command(debug, action)
+
+
+def table_formats(value: str) -> tuple[str, ...]:
+    """--format as write_table's extra formats (parquet is always written)."""
+    from embedkit.eval.results import check_formats
+
+    return tuple(f for f in check_formats(split_names(value)) if f != "parquet")
 
 
 @app.command()
@@ -108,6 +125,7 @@ def knn(
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "knn.parquet"
     ),
+    table_format: TableFormatOpt = "parquet",
     debug: DebugOpt = False,
 ) -> None:
     """kNN classification of each test split from its training split (FAISS)."""
@@ -116,6 +134,7 @@ def knn(
     from embedkit.store import open_stores
 
     def action():
+        formats = table_formats(table_format)  # before the work
         check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = KNNConfig(
@@ -127,7 +146,7 @@ def knn(
         )
         table = knn_classify(stores, config)
         show_table(table, drop=("method", "backbone", "init", "pretrain_dataset"))
-        print(f"wrote {write_table(table, out, config, stores)}")
+        print(f"wrote {write_table(table, out, config, stores, formats)}")
 
     run_command(debug, action)
 
@@ -172,6 +191,7 @@ def ood(
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "ood.parquet"
     ),
+    table_format: TableFormatOpt = "parquet",
     debug: DebugOpt = False,
 ) -> None:
     """OOD detection: every scorer on every ID × OOD pair (OpenOOD metrics, OOD positive)."""
@@ -180,6 +200,7 @@ def ood(
     from embedkit.store import open_stores
 
     def action():
+        formats = table_formats(table_format)  # before the work
         check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = OODConfig(
@@ -195,7 +216,7 @@ def ood(
         show_table(table, drop=("method", "backbone", "init", "pretrain_dataset", "params"))
         if config.ood_groups:
             show_table(summarise_ood_groups(table))
-        print(f"wrote {write_table(table, out, config, stores)}")
+        print(f"wrote {write_table(table, out, config, stores, formats)}")
 
     run_command(debug, action)
 
@@ -220,6 +241,7 @@ def transfer(
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "transfer.parquet"
     ),
+    table_format: TableFormatOpt = "parquet",
     debug: DebugOpt = False,
 ) -> None:
     """Cross-dataset transfer: every encoder probed on every target, as a matrix."""
@@ -230,6 +252,7 @@ def transfer(
     from embedkit.store import open_stores
 
     def action():
+        formats = table_formats(table_format)  # before the work
         check_metric(metric)
         check_table_path(out)
         stores = open_stores(store)
@@ -239,7 +262,7 @@ def transfer(
         config = TransferConfig(datasets=dataset_option(dataset), probe=probe_config, metric=metric)
         table = run_transfer(stores, config)
         show_table(transfer_matrix(table, metric))
-        print(f"wrote {write_table(table, out, config, stores)}")
+        print(f"wrote {write_table(table, out, config, stores, formats)}")
 
     run_command(debug, action)
 

@@ -7,6 +7,7 @@ The report reads result tables only (``embedkit probe/knn/ood/transfer --out``).
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ class ReportConfig:
 
     Attributes:
         title: the report's heading.
-        format: ``markdown`` (``report.md``) or ``html`` (``report.html``).
+        format: ``markdown`` (``report.md``) or ``html`` (``report.html``, one self-contained
+            file: the figures are embedded, and written beside it as PNG too).
         transfer_metric: the metric of the transfer matrix (``embedkit transfer --metric``).
     """
 
@@ -109,10 +111,11 @@ class _Document:
                     cells = "".join(f"<td>{html.escape(self._cell(v))}</td>" for v in row)
                     out.append(f"<tr>{cells}</tr>")
                 out.append("</table>")
-            else:
+            else:  # embedded: the page is one file that can be mailed (PNGs stay beside it)
+                data = base64.b64encode((self.folder / block[1]).read_bytes()).decode("ascii")
                 out.append(
-                    f"<figure><img src='{block[1]}'><figcaption>"
-                    f"{html.escape(block[2])}</figcaption></figure>"
+                    f"<figure><img src='data:image/png;base64,{data}' alt='{block[1]}'>"
+                    f"<figcaption>{html.escape(block[2])}</figcaption></figure>"
                 )
         return "\n".join(out) + "</body></html>\n"
 

@@ -231,3 +231,19 @@ def test_methods_and_scorers_list_their_parameters():
     result = runner.invoke(app, ["scorers", "--scorer", "vimm"])
     assert result.exit_code == 2 and "did you mean vim?" in result.stderr
     assert "faiss" not in result.stderr  # other libraries' info lines stay quiet
+
+
+def test_tables_export_as_csv_and_latex_beside_the_parquet(tmp_path, demo_store):
+    out = tmp_path / "knn.parquet"
+    _invoke("knn", "--store", demo_store.path, "--dataset", "demo-med", "--out", out,
+            "--format", "parquet,csv,latex")  # fmt: skip
+    table = pl.read_parquet(out)
+    csv = pl.read_csv(out.with_suffix(".csv"))
+    assert csv.columns == table.columns and csv["accuracy"].to_list() == table["accuracy"].to_list()
+    tex = out.with_suffix(".tex").read_text()
+    assert tex.startswith("\\begin{tabular}") and "\\midrule" in tex
+    assert f"{table['accuracy'][0]:.3f}" in tex and "demo-med" in tex
+    bad = runner.invoke(app, ["knn", "--store", str(demo_store.path), "--out",
+                              str(tmp_path / "b.parquet"), "--format", "xlsx"])  # fmt: skip
+    assert bad.exit_code == 2 and "unknown table format xlsx" in bad.stderr
+    assert not (tmp_path / "b.parquet").exists()

@@ -124,6 +124,8 @@ def test_report_files(tmp_path, form):
     assert "0.811 ± " in text  # 1 % of the labels, simclr: mean of 0.801, 0.811, 0.821
     if form == "html":
         assert text.startswith("<!doctype html>") and text.count("<table>") == 5  # + FPR@95
+        assert text.count("src='data:image/png;base64,") == len(pngs)  # one file to mail
+        assert "src='ood" not in text and "src='probe" not in text
     else:
         assert "### 100% of the labels" in text
 

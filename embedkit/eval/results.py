@@ -87,13 +87,34 @@ def check_table_path(out: str | Path) -> Path:
     return out
 
 
-def write_table(table: pl.DataFrame, out: str | Path, config: Any, stores: list) -> Path:
-    """Write ``table`` as parquet and, beside it, a JSON of the config and stores that made it."""
+EXPORT_FORMATS = ("parquet", "csv", "latex")
+
+
+def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ConfigError(
+            f"unknown table format {', '.join(unknown)}: use {', '.join(EXPORT_FORMATS)}"
+        )
+    return formats
+
+
+def write_table(
+    table: pl.DataFrame, out: str | Path, config: Any, stores: list, formats: tuple[str, ...] = ()
+) -> Path:
+    """Write ``table`` as parquet and, beside it, a JSON of the config and stores that made it;
+    ``formats`` may add ``csv`` (``OUT.csv``) and ``latex`` (``OUT.tex``, a booktabs tabular,
+    numbers to 3 decimals)."""
+    check_formats(formats)
     out = check_table_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     table.write_parquet(tmp)
     tmp.replace(out)
+    if "csv" in formats:
+        table.write_csv(out.with_suffix(".csv"))
+    if "latex" in formats:
+        out.with_suffix(".tex").write_text(latex_table(table))
     provenance = {
         "config": config,
         "stores": [{"path": str(s.path), "encoder": s.encoder} for s in stores],
@@ -101,6 +122,37 @@ def write_table(table: pl.DataFrame, out: str | Path, config: Any, stores: list)
     }
     write_json(out.with_suffix(".json"), provenance)
     return out
+
+
+def latex_table(table: pl.DataFrame) -> str:
+    """A booktabs ``tabular`` of ``table``: text left, numbers right, floats to 3 decimals."""
+
+    def cell(value) -> str:
+        if value is None:
+            return "--"
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        for char, escaped in (
+            ("\\", "\\textbackslash{}"),
+            ("_", "\\_"),
+            ("%", "\\%"),
+            ("&", "\\&"),
+            ("#", "\\#"),
+            ("$", "\\$"),
+        ):
+            text = text.replace(char, escaped)
+        return text
+
+    numeric = [dtype.is_numeric() for dtype in table.dtypes]
+    lines = [
+        "\\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}",
+        "\\toprule",
+        " & ".join(cell(c) for c in table.columns) + " \\\\",
+        "\\midrule",
+        *(" & ".join(cell(v) for v in row) + " \\\\" for row in table.rows()),
+        "\\bottomrule",
+        "\\end{tabular}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def read_provenance(table_path: str | Path) -> dict:
