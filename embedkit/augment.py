@@ -37,6 +37,28 @@ class AugmentConfig:
     solarize_prob: float = 0.0
 
 
+# Named presets: overrides applied on top of a method's own augmentations (its crops, blur and
+# solarisation stay the method's), chosen with ``--param augment=NAME``.
+AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    # the method's defaults, tuned on natural colour images
+    "natural": {},
+    # grey modalities (X-ray, CT, ultrasound, OCT): no colour jitter, which only rescales
+    # a grey image, and no grey conversion; milder brightness and contrast; crops of at
+    # least a fifth of the image so that small findings are not cropped away as often
+    "grayscale-medical": {
+        "saturation": 0.0,
+        "hue": 0.0,
+        "grayscale_prob": 0.0,
+        "brightness": 0.4,
+        "contrast": 0.4,
+        "min_scale": 0.2,
+    },
+    # colour modalities (dermoscopy, histology, fundus): stain and lighting vary, but a hue
+    # shift changes the finding; keep saturation, drop hue and grey conversion
+    "color-medical": {"hue": 0.0, "grayscale_prob": 0.0, "min_scale": 0.2},
+}
+
+
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=g, device=device)
 

@@ -740,3 +740,33 @@ def test_a_damaged_store_is_found_by_verify_and_refused_by_every_evaluator(
             assert "--splits test --overwrite" in last
         assert "embedkit store verify" in last
         assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("augment.minscale=0.2", "augment has no setting minscale: its settings are min_scale"),
+        ("augment=xray", "unknown augmentation preset 'xray': use natural, grayscale-medical"),
+        ("augment={'min_scale': 0.2}", "unknown augmentation preset"),
+        ("temperature=abc", "--param simclr.temperature=abc: expected float"),
+        ("projection_dim=1.5", "--param simclr.projection_dim=1.5: expected int"),
+        ("augment.blur_sigma=0.1", "augment.blur_sigma: expected 2 comma-separated numbers"),
+    ],
+)
+def test_bad_method_parameters_create_no_run_folder(tmp_path, data_root, param, message):
+    _one_line_error(_pretrain_args(tmp_path / "run", data_root, "--param", param), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_augmentation_presets_and_dotted_settings_are_recorded(tmp_path, data_root):
+    args = _pretrain_args(tmp_path / "run", data_root, "--epochs", "1")
+    args += ["--param", "augment=grayscale-medical", "--param", "augment.min_scale=0.3"]
+    args += ["--param", "augment.blur_sigma=0.1,1.0"]
+    code, _, everything = _cli(*args)
+    assert code == 0, everything
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["method_config"]
+    augment = recorded["augment"]
+    assert augment["saturation"] == 0.0 and augment["hue"] == 0.0  # the preset
+    assert augment["grayscale_prob"] == 0.0 and augment["brightness"] == 0.4
+    assert augment["min_scale"] == 0.3  # the dotted setting, after the preset
+    assert augment["blur_sigma"] == [0.1, 1.0] and augment["blur_prob"] == 0.5  # simclr's

@@ -126,6 +126,14 @@ def test_a_changed_parameter_changes_only_its_cells():
         ),
         (("epochs = 2", 'epochs = "two"'), "'two' is not of type int"),
         (('name = "mini"', ""), "give the grid a name"),
+        (
+            ("", "", '\n[pretrain.params.simclr]\ntemperature = "hot"\n'),
+            "pretrain.params.simclr.temperature: --param simclr.temperature=hot: expected float",
+        ),
+        (
+            ("", "", "\n[pretrain.params.simclr]\naugment = { minscale = 0.2 }\n"),
+            "augment has no setting minscale",
+        ),
     ],
 )
 def test_bad_grid_files_are_one_line(tmp_path, edit, message):

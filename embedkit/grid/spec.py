@@ -43,7 +43,7 @@ from ..backbones import BACKBONES
 from ..data import SIZES, components, parse_dataset_spec
 from ..errors import ConfigError, EmbedkitError
 from ..eval.probe import ProbeConfig
-from ..methods import METHODS, get_method
+from ..methods import METHODS, get_method, method_config
 from ..utils import stable_hash
 
 if sys.version_info >= (3, 11):
@@ -251,6 +251,12 @@ def parse_grid(text: str, origin: str = "<text>", base: str | Path = ".") -> Gri
             key: _as_list(origin, f"pretrain.params.{method}.{key}", value)
             for key, value in table.items()
         }
+        for key, values in params[method].items():  # types and settings, before any cell
+            for value in values:
+                try:
+                    method_config(get_method(method), {key: value})
+                except ConfigError as exc:
+                    raise _error(origin, f"pretrain.params.{method}.{key}", str(exc)) from None
 
     exclude_keys = {*pretrain, "multi_domain"}
     if not isinstance(raw_exclude, list):

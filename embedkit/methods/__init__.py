@@ -16,15 +16,98 @@ get_method = METHODS.__getitem__
 
 
 def method_config(method_cls: type[PretrainMethod], params: Mapping[str, Any]) -> MethodConfig:
-    """The method's ``Config`` with ``params`` overriding its defaults (names checked)."""
-    names = {f.name for f in dataclasses.fields(method_cls.Config)}
-    unknown = sorted(set(params) - names)
-    if unknown:
+    """The method's ``Config`` with ``params`` overriding its defaults, every name and type
+    checked (before a run folder exists).
+
+    Nested groups take dotted names (``augment.min_scale=0.2``, ``augment_second.blur_prob=0``)
+    (or a mapping, as a grid file's TOML gives them) and ``augment=NAME`` applies a preset of
+    ``embedkit.augment.AUGMENT_PRESETS`` to both views' settings; dotted values apply after
+    the preset. A tuple takes comma-separated numbers
+    (``augment.blur_sigma=0.1,1.0``).
+    """
+    defaults = method_cls.Config()
+    fields = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(method_cls.Config)}
+    groups = [n for n, v in fields.items() if n.startswith("augment")]
+    flat: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    preset = None
+    for key, value in params.items():
+        group, dot, name = key.partition(".")
+        if dot and group in groups:
+            nested.setdefault(group, {})[name] = value
+        elif key == "augment" and isinstance(value, str):
+            preset = _preset(value)
+        elif key in groups and isinstance(value, Mapping):  # a TOML table: augment.min_scale
+            nested.setdefault(key, {}).update(value)
+        elif key not in fields or key in groups:
+            hint = f"{key}.NAME=VALUE or augment=PRESET" if key in groups else "embedkit methods"
+            raise ConfigError(
+                f"{method_cls.name} has no parameter {key}: valid ones are "
+                f"{', '.join(sorted(n for n in fields if n not in groups))}, "
+                f"{', '.join(f'{g}.*' for g in groups)} (see {hint})"
+            )
+        else:
+            flat[key] = _coerce(value, fields[key], f"{method_cls.name}.{key}")
+    for group in groups:
+        base = fields[group]
+        if base is None and group in nested:
+            base = fields["augment"]  # the second view starts from the first's settings
+        if base is None:
+            continue
+        changes = dict(preset or {})
+        for name, value in nested.get(group, {}).items():
+            if not hasattr(base, name):
+                raise ConfigError(
+                    f"{method_cls.name}: {group} has no setting {name}: its settings are "
+                    f"{', '.join(f.name for f in dataclasses.fields(base))}"
+                )
+            changes[name] = _coerce(value, getattr(base, name), f"{group}.{name}")
+        if changes or group in nested:
+            flat[group] = dataclasses.replace(base, **changes)
+    return method_cls.Config(**flat)
+
+
+def _preset(name: str) -> dict[str, float]:
+    from ..augment import AUGMENT_PRESETS
+
+    if name not in AUGMENT_PRESETS:
         raise ConfigError(
-            f"{method_cls.name} has no parameter {', '.join(unknown)}: "
-            f"valid ones are {', '.join(sorted(names))}"
+            f"unknown augmentation preset '{name}': use {', '.join(AUGMENT_PRESETS)} "
+            f"(or set single values: augment.min_scale=0.2)"
         )
-    return method_cls.Config(**params)
+    return AUGMENT_PRESETS[name]
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """``value`` as the type of ``default`` (an int where a float is expected is fine; a
+    tuple is given as comma-separated numbers); anything else is a one-line error."""
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            parts = value.split(",")
+        else:  # JSON makes lists of tuples; a lone number is one element
+            parts = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            value = tuple(float(v) for v in parts)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or len(value) != len(default):
+            raise ConfigError(
+                f"--param {where}: expected {len(default)} comma-separated numbers, "
+                f"like {','.join(map(str, default))}"
+            ) from None
+        return value
+    if isinstance(default, bool) or default is None:
+        ok = isinstance(value, bool) or default is None
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default)) and not isinstance(value, bool)
+    if not ok:
+        raise ConfigError(
+            f"--param {where}={value}: expected {type(default).__name__} (default {default})"
+        )
+    return value
 
 
 def method_parameters(name: str) -> list[dict[str, str]]:
@@ -49,7 +132,8 @@ def method_parameters(name: str) -> list[dict[str, str]]:
                 ),
                 "description": described.get(field.name, "")
                 + (
-                    " (a group of augmentation settings, not settable with --param yet)"
+                    f" (settings: {field.name}.NAME=VALUE, e.g. {field.name}.min_scale=0.2;"
+                    f" presets: augment=natural, grayscale-medical or color-medical)"
                     if field.name.startswith("augment")
                     else ""
                 ),
