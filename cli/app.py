@@ -48,6 +48,23 @@ class EmbedkitGroup(TyperGroup):
             return super().invoke(ctx)
 
 
+def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--config FILE``: the file's values become the command's defaults (``default_map``),
+    so options on the command line still win (see ``embedkit.cli.config``)."""
+    if value is None:
+        return value
+    from .config import command_defaults, read_config
+
+    path = Path(value)
+    try:
+        params = {p.name: p for p in ctx.command.params if p.name and p.name != "config_file"}
+        defaults = command_defaults(read_config(path), ctx.info_name, params, path)
+    except ConfigError as exc:
+        raise _OneLineUsageError(str(exc), ctx) from None
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 @contextlib.contextmanager
 def _one_line_usage():
     try:
@@ -124,6 +141,17 @@ DownloadOpt = Annotated[
     bool, typer.Option("--download", help="Fetch missing MedMNIST files (needs network).")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        is_eager=True,
+        callback=_load_config,
+        help="Option values from a TOML, YAML or JSON file (options given here win); a run's "
+        "config.json replays that run.",
+    ),
+]
 TableFormatOpt = Annotated[
     str,
     typer.Option(

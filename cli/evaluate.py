@@ -10,6 +10,7 @@ import typer
 from embedkit.catalog import SCORER_NAMES
 
 from .app import (
+    ConfigOpt,
     DebugOpt,
     DeviceOpt,
     StoresOpt,
@@ -46,6 +47,7 @@ def probe(
         "probe.parquet"
     ),
     table_format: TableFormatOpt = "parquet",
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Linear probes at label fractions over cached embeddings."""
@@ -84,6 +86,7 @@ def scorers(
     scorer: Annotated[
         str | None, typer.Option("--scorer", help="Only this scorer (default: all).")
     ] = None,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """The OOD scorers and their --param names (ood --param SCORER.NAME=VALUE)."""
@@ -126,6 +129,7 @@ def knn(
         "knn.parquet"
     ),
     table_format: TableFormatOpt = "parquet",
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """kNN classification of each test split from its training split (FAISS)."""
@@ -192,6 +196,7 @@ def ood(
         "ood.parquet"
     ),
     table_format: TableFormatOpt = "parquet",
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """OOD detection: every scorer on every ID × OOD pair (OpenOOD metrics, OOD positive)."""
@@ -242,6 +247,7 @@ def transfer(
         "transfer.parquet"
     ),
     table_format: TableFormatOpt = "parquet",
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Cross-dataset transfer: every encoder probed on every target, as a matrix."""
@@ -290,6 +296,7 @@ def report(
     title: Annotated[
         str, typer.Option("--title", help="Heading of the report (Markdown or HTML).")
     ] = "embedkit report",
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """A Markdown or HTML summary of result tables, with heatmaps and charts as PNG files."""

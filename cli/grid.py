@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .app import DataRootOpt, DebugOpt, DeviceOpt, ProgressOpt, app, run_command
+from .app import ConfigOpt, DataRootOpt, DebugOpt, DeviceOpt, ProgressOpt, app, run_command
 from .output import show_table
 
 grid_app = typer.Typer(
@@ -46,6 +46,7 @@ def plan_command(
         ),
     ] = 0.0,
     all_cells: Annotated[bool, typer.Option("--all", help="List every cell.")] = False,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """The grid's cells, their count and cost (image-epochs, GPU-hours), without running."""
@@ -101,6 +102,7 @@ def run_command_(
         bool, typer.Option("--wait/--no-wait", help="SLURM: wait for the tasks to finish.")
     ] = False,
     progress: ProgressOpt = False,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run every cell that is not done (finished cells are never redone)."""
@@ -145,7 +147,9 @@ def run_command_(
 
 
 @grid_app.command("status")
-def status_command(output: OutputOpt, debug: DebugOpt = False) -> None:
+def status_command(
+    output: OutputOpt, config_file: ConfigOpt = None, debug: DebugOpt = False
+) -> None:
     """One line per cell: state (pending, running, done, failed), progress, time, error."""
     from embedkit.grid import status
     from embedkit.grid.runner import count_states
@@ -159,7 +163,9 @@ def status_command(output: OutputOpt, debug: DebugOpt = False) -> None:
 
 
 @grid_app.command("collect")
-def collect_command(output: OutputOpt, debug: DebugOpt = False) -> None:
+def collect_command(
+    output: OutputOpt, config_file: ConfigOpt = None, debug: DebugOpt = False
+) -> None:
     """Long tables over all cells and the study's findings, in OUTPUT/results."""
     from embedkit.grid import collect
 
@@ -180,7 +186,9 @@ def collect_command(output: OutputOpt, debug: DebugOpt = False) -> None:
 
 @grid_app.command("preset")
 def preset_command(
-    name: Annotated[str, typer.Argument(help="demo or paper.")], debug: DebugOpt = False
+    name: Annotated[str, typer.Argument(help="demo or paper.")],
+    config_file: ConfigOpt = None,
+    debug: DebugOpt = False,
 ) -> None:
     """Print a preset grid file, to copy and edit."""
     from embedkit.grid import load_grid
@@ -193,6 +201,7 @@ def run_cell_command(
     output: OutputOpt,
     cell: Annotated[str, typer.Option("--cell", help="The cell's id.")],
     resources: Annotated[str, typer.Option("--resources", help="JSON of Resources.")] = "{}",
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run one saved cell (what `grid run --jobs N` starts in each worker process)."""

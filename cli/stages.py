@@ -10,6 +10,7 @@ import typer
 from .app import (
     BackboneOpt,
     BatchOpt,
+    ConfigOpt,
     DataRootOpt,
     DatasetOpt,
     DebugOpt,
@@ -31,6 +32,7 @@ from .output import parse_method_params, show_table, split_names
 @app.command()
 def datasets(
     data_root: DataRootOpt = None,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """List the registered datasets and which of them the data root holds at each size."""
@@ -44,6 +46,7 @@ def methods(
     method: Annotated[
         str | None, typer.Option("--method", help="Only this method (default: all).")
     ] = None,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """The pretraining methods and their --param names, types, defaults and meaning."""
@@ -110,6 +113,7 @@ def pretrain(
     download: DownloadOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
     progress: ProgressOpt = True,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Pretrain an encoder with a self-supervised method; writes a run folder."""
@@ -177,6 +181,7 @@ def embed(
         bool, typer.Option("--with-head", help="Also store the run's projection-head output.")
     ] = False,
     progress: ProgressOpt = True,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Embed dataset splits with an encoder (a run, or a backbone) into a zarr store."""
@@ -221,6 +226,7 @@ def quickstart(
     device: DeviceOpt = "auto",
     data_root: DataRootOpt = None,
     progress: ProgressOpt = True,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """The whole chain on the built-in demo data, SimCLR against random weights."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import DebugOpt, app, run_command
+from .app import ConfigOpt, DebugOpt, app, run_command
 from .output import show_table
 
 store_app = typer.Typer(help="List and verify embedding stores.", no_args_is_help=True)
@@ -28,6 +28,7 @@ def ls(
             help="A store, or a folder to search for *.zarr; repeat for several.",
         ),
     ] = None,
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Every store, dataset and split with sizes and provenance."""
@@ -46,6 +47,7 @@ def ls(
 @store_app.command("verify")
 def verify(
     store: Annotated[Path, typer.Option("--store", metavar="PATH", help="The store to check.")],
+    config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Completeness, shapes, dtypes, NaN/inf, chunk checksums, provenance; exit 1 on problems."""

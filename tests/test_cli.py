@@ -247,3 +247,47 @@ def test_tables_export_as_csv_and_latex_beside_the_parquet(tmp_path, demo_store)
                               str(tmp_path / "b.parquet"), "--format", "xlsx"])  # fmt: skip
     assert bad.exit_code == 2 and "unknown table format xlsx" in bad.stderr
     assert not (tmp_path / "b.parquet").exists()
+
+
+def test_config_files_set_options_and_the_command_line_wins(tmp_path, demo_store):
+    toml = tmp_path / "study.toml"
+    toml.write_text(f'[knn]\nstore = "{demo_store.path}"\ndataset = "demo-med"\nk = 5\n')
+    yaml = tmp_path / "study.yaml"
+    yaml.write_text(f"store: [{demo_store.path}]\ndataset: demo-med\nk: 3\n")
+    for config, extra, k in ((toml, [], 5), (toml, ["--k", "7"], 7), (yaml, [], 3)):
+        out = tmp_path / f"knn{k}.parquet"
+        _invoke("knn", "--config", config, "--out", out, *extra)
+        assert pl.read_parquet(out)["k"].to_list() == [k]
+
+
+def test_a_runs_config_json_replays_it_exactly(tmp_path, tiny_run, data_root):
+    import hashlib
+
+    replay = tmp_path / "replay"
+    _invoke("pretrain", "--config", tiny_run / "config.json", "--output", replay, "--no-progress")
+    digest = [hashlib.sha256((r / "encoder.safetensors").read_bytes()).hexdigest()
+              for r in (tiny_run, replay)]  # fmt: skip
+    assert digest[0] == digest[1]  # same data, method, seed and schedule: the same weights
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("c.toml", "epochz = 3\n", "pretrain has no option epochz (it has accumulate,"),
+        ("c.toml", "epochs = [\n", "cannot be read"),
+        ("c.txt", "epochs: 3\n", "use a .toml, .yaml or .json file"),
+        ("c.json", '{"pretrain": {}, "method_config": {}}', None),
+        ("missing.toml", None, "does not exist"),
+    ],
+)
+def test_bad_config_files_are_one_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    command = "knn" if message is None else "pretrain"
+    result = runner.invoke(app, [command, "--config", str(path), "--out" if command == "knn"
+                                 else "--output", str(tmp_path / "x")])  # fmt: skip
+    assert result.exit_code == 2
+    expected = message or "is a run's config.json: use it with pretrain"
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert not (tmp_path / "x").exists()
