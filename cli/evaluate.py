@@ -292,6 +292,12 @@ def report(
         Path | None,
         typer.Option("--scores", help="Folder of `embedkit ood --save-scores`: histograms, ROC."),
     ] = None,
+    run: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--run", help="A pretraining run folder: its loss and kNN curves (repeatable)."
+        ),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="markdown or html.")] = "markdown",
     title: Annotated[
         str, typer.Option("--title", help="Heading of the report (Markdown or HTML).")
@@ -299,8 +305,9 @@ def report(
     config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """A Markdown or HTML summary of result tables, with heatmaps and charts as PNG files."""
+    """A Markdown or HTML summary of result tables and pretraining runs, with figures."""
     from embedkit.eval.results import read_provenance
+    from embedkit.pretrain import read_metrics
     from embedkit.report import ReportConfig, build_report, read_scores, read_table
     from embedkit.utils import check_output_folder
 
@@ -318,7 +325,9 @@ def report(
         config = ReportConfig(
             title=title, format=format, transfer_metric=made_by.get("metric", "accuracy")
         )
-        path = build_report(output, **tables, config=config)
+        for folder in run or []:  # before any figure is drawn
+            read_metrics(folder)
+        path = build_report(output, **tables, config=config, runs=run)
         print(f"wrote {path}")
 
     run_command(debug, action)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,14 @@ from .errors import ConfigError
 from .eval.ood import summarise_ood_groups
 from .eval.probe import summarise_probe
 from .eval.transfer import check_metric
-from .plots import ood_bars, ood_heatmap_grid, probe_curves, roc_curves, score_histograms
+from .plots import (
+    ood_bars,
+    ood_heatmap_grid,
+    probe_curves,
+    roc_curves,
+    score_histograms,
+    training_curves,
+)
 from .utils import check_output_folder, stamp
 
 FORMATS = ("markdown", "html")
@@ -118,6 +126,40 @@ class _Document:
                     f"<figcaption>{html.escape(block[2])}</figcaption></figure>"
                 )
         return "\n".join(out) + "</body></html>\n"
+
+
+def _runs_section(doc: _Document, runs: list[Path]) -> None:
+    from .pretrain import read_metrics
+
+    doc.heading("Pretraining runs")
+    rows, figures = [], []
+    for run in runs:
+        metrics = read_metrics(run)
+        try:
+            pretrain = json.loads((run / "config.json").read_text())["pretrain"]
+        except (OSError, ValueError, KeyError):
+            pretrain = {}
+        label = f"{pretrain.get('method', '?')}/{pretrain.get('backbone', '?')}"
+        last = metrics.filter(pl.col("epoch") == metrics["epoch"].max())
+        row = {
+            "run": run.name,
+            "method": label,
+            "dataset": pretrain.get("dataset", "?"),
+            "epochs": int(metrics["epoch"].max()) + 1,
+            "steps": metrics.height,
+            "last epoch loss": float(last["loss"].mean()),
+        }
+        if "knn_accuracy" in metrics.columns and metrics["knn_accuracy"].drop_nulls().len():
+            row["kNN val acc"] = float(metrics["knn_accuracy"].drop_nulls()[-1])
+        rows.append(row)
+        figures.append((run, metrics, f"{run.name}: {label} on {row['dataset']}"))
+    doc.table(pl.DataFrame(rows, strict=False))
+    for run, metrics, title in figures:
+        doc.figure(
+            training_curves(metrics, title),
+            f"run-{run.name}",
+            f"Loss (every step and epoch means), learning rate and kNN accuracy of {run.name}",
+        )
 
 
 def _probe_section(doc: _Document, table: pl.DataFrame) -> None:
@@ -260,6 +302,7 @@ def build_report(
     transfer: pl.DataFrame | None = None,
     config: ReportConfig = ReportConfig(),
     scores: pl.DataFrame | None = None,
+    runs: list[str | Path] | None = None,
 ) -> Path:
     """Write the report and its figures into ``output``; return the report's path.
 
@@ -268,7 +311,7 @@ def build_report(
     """
     if config.format not in FORMATS:
         raise ConfigError(f"unknown report format '{config.format}': use markdown or html")
-    if all(t is None for t in (probe, knn, ood, transfer, scores)):
+    if all(t is None for t in (probe, knn, ood, transfer, scores)) and not runs:
         raise ConfigError("nothing to report: pass at least one result table (--probe, --ood, ...)")
     folder = check_output_folder(output)
     folder.mkdir(parents=True, exist_ok=True)
@@ -276,6 +319,8 @@ def build_report(
     doc.heading(config.title, 1)
     made = stamp()
     doc.text(f"Made by embedkit {made['embedkit_version']} on {made['created']}.")
+    if runs:
+        _runs_section(doc, [Path(r) for r in runs])
     if probe is not None:
         _probe_section(doc, probe)
     if knn is not None:

@@ -246,3 +246,35 @@ def test_report_draws_saved_scores(tmp_path, demo_store):
     assert all(p in path.read_text() for p in pngs)
     with pytest.raises(ConfigError, match="holds no score tables"):
         read_scores(tmp_path / "empty")
+
+
+def test_training_curves_show_loss_epoch_means_and_knn():
+    from embedkit.plots import training_curves
+
+    metrics = pl.DataFrame(
+        {
+            "epoch": [0, 0, 1, 1],
+            "step": [0, 1, 2, 3],
+            "loss": [4.0, 3.0, 2.0, 1.0],
+            "lr": [0.1, 0.1, 0.05, 0.0],
+            "knn_accuracy": [None, 0.6, None, 0.7],
+        }
+    )
+    fig = training_curves(metrics, "t")
+    loss_ax, knn_ax = fig.axes[0], fig.axes[1]
+    step_line, epoch_line = loss_ax.get_lines()
+    np.testing.assert_allclose(epoch_line.get_xdata(), [1, 3])  # each epoch's last step
+    np.testing.assert_allclose(epoch_line.get_ydata(), [3.5, 1.5])
+    np.testing.assert_allclose(knn_ax.get_lines()[0].get_ydata(), [0.6, 0.7])
+    assert len(training_curves(metrics.drop("knn_accuracy")).axes) == 2  # loss and lr axes
+
+
+def test_report_draws_pretraining_runs(tmp_path, tiny_run):
+    from embedkit.pretrain import read_metrics
+
+    text = build_report(tmp_path / "r", runs=[tiny_run]).read_text()
+    metrics = read_metrics(tiny_run)
+    assert "## Pretraining runs" in text and f"run-{tiny_run.name}.png" in text
+    assert f"{metrics['loss'].mean():.3f}" in text  # one epoch: its mean loss
+    with pytest.raises(Exception, match="has no metrics.jsonl"):
+        build_report(tmp_path / "r2", runs=[tmp_path])

@@ -4,10 +4,12 @@ Every function returns a ``matplotlib.figure.Figure``; ``embedkit report`` and t
 notebooks use the same functions. Result tables: ``ood_heatmap`` (one encoder and
 scorer), ``ood_heatmap_grid`` (all, faceted), ``probe_curves``, ``ood_bars``. Stores:
 ``embedding_map`` (PCA or UMAP), ``retrieval_grid``. Per-sample OOD scores
-(``embedkit.eval.sample_scores``): ``score_histograms``, ``roc_curves``.
+(``embedkit.eval.sample_scores``): ``score_histograms``, ``roc_curves``. Pretraining runs:
+``training_curves``.
 """
 
 from .maps import embedding_map, retrieval_grid
+from .runs import training_curves
 from .scores import roc_curves, score_histograms
 from .tables import ood_bars, ood_heatmap, ood_heatmap_grid, probe_curves
 
@@ -20,4 +22,5 @@ __all__ = [
     "retrieval_grid",
     "roc_curves",
     "score_histograms",
+    "training_curves",
 ]

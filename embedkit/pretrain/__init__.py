@@ -16,6 +16,7 @@ from .runs import (
     HEAD_FILE,
     load_head,
     read_finished_run,
+    read_metrics,
     run_state,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "load_head",
     "pretrain",
     "read_finished_run",
+    "read_metrics",
     "run_state",
 ]

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from torch import nn
 
 from ..backbones import Encoder, state_sha256
@@ -202,3 +203,16 @@ def load_head(run: Path, encoder: Encoder) -> nn.Module:
     head = method_cls(encoder, config, pretrain["size"], n_classes).output_head()
     head.load_state_dict(load_state_dict(run / HEAD_FILE))
     return head.eval()
+
+
+def read_metrics(run: str | Path) -> pl.DataFrame:
+    """A run's ``metrics.jsonl`` as a table: one row per optimiser step (epoch, step, loss, lr,
+    images_per_s; knn_accuracy and knn_auc on the steps where the monitor ran)."""
+    run = Path(run)
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise RunError(f"{run} has no metrics.jsonl: is it a pretraining run folder?")
+    try:
+        return pl.read_ndjson(path)
+    except Exception as exc:  # polars raises several kinds for a damaged line
+        raise RunError(f"{path} cannot be read ({type(exc).__name__}): is it damaged?") from None
