@@ -23,10 +23,11 @@ from .app import (
     SeedOpt,
     SizeOpt,
     app,
+    dataset_option,
     is_other_rank,
     run_command,
 )
-from .output import parse_method_params, show_table, split_names
+from .output import parse_method_params, show_table, split_ints, split_names
 
 
 @app.command()
@@ -39,6 +40,31 @@ def datasets(
     from embedkit.data.listing import dataset_table
 
     run_command(debug, lambda: show_table(dataset_table(data_root)))
+
+
+@app.command()
+def download(
+    dataset: Annotated[
+        str,
+        typer.Option("--dataset", help="Datasets, comma-separated, or 'all' (the 12 MedMNIST 2D)."),
+    ] = "all",
+    size: Annotated[
+        str, typer.Option("--size", help="Image sizes, comma-separated: 28, 64, 128, 224.")
+    ] = "28",
+    data_root: DataRootOpt = None,
+    config_file: ConfigOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Fetch MedMNIST files into the data root with medmnist's downloader; lists their sizes."""
+
+    def action():
+        from embedkit.data.listing import download as run_download
+
+        names = dataset_option(dataset) or ("all",)
+        sizes = split_ints(size)
+        show_table(run_download(names, sizes, data_root))
+
+    run_command(debug, action)
 
 
 @app.command()

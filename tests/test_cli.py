@@ -291,3 +291,33 @@ def test_bad_config_files_are_one_line(tmp_path, name, text, message):
     expected = message or "is a run's config.json: use it with pretrain"
     assert result.stderr.startswith("error: ") and expected in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_download_fetches_what_is_missing_and_datasets_says_how(tmp_path, monkeypatch):
+    import embedkit.data.loading as loading
+
+    fetched = []
+
+    def fake_download(info, size, root):  # medmnist's downloader needs the network
+        fetched.append((info.name, size))
+        path = root / (f"{info.name}.npz" if size == 28 else f"{info.name}_{size}.npz")
+        path.write_bytes(b"\0" * 2**20)
+        return path
+
+    monkeypatch.setattr(loading, "_download", fake_download)
+    (tmp_path / "breastmnist.npz").write_bytes(b"\0" * 2**19)  # already there: kept
+    listing = _invoke("datasets", "--data-root", tmp_path).output
+    assert "embedkit download --dataset breastmnist --size 64,128,224" in listing
+    out = _invoke(
+        "download", "--dataset", "pneumoniamnist,breastmnist", "--size", "28,64",
+        "--data-root", tmp_path,
+    ).output  # fmt: skip
+    assert fetched == [("pneumoniamnist", 28), ("pneumoniamnist", 64), ("breastmnist", 64)]
+    assert out.count(" 1.000 ") == 3 and " 0.500 " in out  # sizes on disk, in MB
+    for args, message in [
+        (["--dataset", "demo-med"], "generated on use"),
+        (["--size", "32"], "unsupported image size 32"),
+        (["--dataset", "pathmnst"], "did you mean pathmnist"),
+    ]:
+        result = runner.invoke(app, ["download", "--data-root", str(tmp_path), *args])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr

@@ -6,8 +6,10 @@ import os
 
 import polars as pl
 
-from .loading import candidate_files, data_root
-from .registry import DATASETS, SIZES
+from ..catalog import SIZES
+from ..errors import ConfigError
+from .loading import candidate_files, data_root, find_file
+from .registry import DATASETS, GROUPS, get_info
 
 
 def dataset_table(root: str | os.PathLike | None = None) -> pl.DataFrame:
@@ -32,6 +34,45 @@ def dataset_table(root: str | os.PathLike | None = None) -> pl.DataFrame:
                 "test": info.n_samples["test"],
                 "on_disk": ",".join(present)
                 or ("generated on use" if info.family == "demo" else "-"),
+                "to_get": ""
+                if info.family == "demo" or len(present) == len(SIZES)
+                else f"embedkit download --dataset {info.name} --size "
+                + ",".join(str(s) for s in SIZES if str(s) not in present),
             }
         )
+    return pl.DataFrame(rows)
+
+
+def download(
+    datasets: tuple[str, ...], sizes: tuple[int, ...], root: str | os.PathLike | None = None
+) -> pl.DataFrame:
+    """Fetch MedMNIST files into the data root with medmnist's downloader (files already
+    there are kept); one row per dataset and size with the file and its size on disk.
+
+    Args:
+        datasets: registered names, or ``all`` for the 12 MedMNIST 2D datasets.
+        sizes: image sizes (28, 64, 128, 224).
+        root: the data root (see ``embedkit.data.data_root``).
+    """
+    names = [n for d in datasets for n in GROUPS.get(d, (d,))]
+    infos = [get_info(name) for name in names]  # unknown names fail before any download
+    for info in infos:
+        if info.family == "demo":
+            raise ConfigError(f"{info.name} is generated on use: there is nothing to download")
+    for size in sizes:
+        if size not in SIZES:
+            raise ConfigError(f"unsupported image size {size}: choose from {SIZES}")
+    folder = data_root(root)
+    rows = []
+    for info in infos:
+        for size in sizes:
+            path = find_file(info, size, folder, download=True)
+            rows.append(
+                {
+                    "dataset": info.name,
+                    "size": size,
+                    "file": str(path),
+                    "mb": round(path.stat().st_size / 2**20, 1),
+                }
+            )
     return pl.DataFrame(rows)

@@ -96,8 +96,9 @@ def find_file(info: DatasetInfo, size: int, root: Path, download: bool = False) 
         return _download(info, size, root)
     tried = " or ".join(candidate_files(info.name, size))
     raise DataNotFoundError(
-        f"{tried} not found in {root}: download {info.urls[size]} into that folder, "
-        f"pass --download, or point --data-root / ${ENV_DATA_ROOT} at the folder that has it"
+        f"{tried} not found in {root}: run `embedkit download --dataset {info.name} --size "
+        f"{size}` (or fetch {info.urls[size]} into that folder, or pass --download), or point "
+        f"--data-root / ${ENV_DATA_ROOT} at the folder that has it"
     )
 
 
