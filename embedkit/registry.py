@@ -40,6 +40,21 @@ class Registry(dict[str, T]):
         return add
 
 
+def value_fits(value: object, default: object) -> bool:
+    """Whether ``value`` has the type of a parameter whose default is ``default``: an int
+    where a float is expected is fine, a bool is never a number; defaults that are None or
+    of other types are not checked. Shared by method (``--param``) and scorer parameters."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
 def documented_parameters(cls: type, section: str) -> dict[str, str]:
     """``{name: description}`` from the Google-style ``section`` (``Args`` or
     ``Attributes``) of the docstrings of ``cls`` and its bases (the nearest wins)."""

@@ -20,6 +20,7 @@ import polars as pl
 
 from ..errors import ConfigError, EmbedkitError
 from ..ood.plugins import resolve_scorer
+from ..registry import value_fits
 from ..store import EmbeddingStore
 from .metrics import ood_metrics
 from .results import check_stores, encoder_columns, store_datasets
@@ -106,18 +107,6 @@ def _samples(store: EmbeddingStore, dataset: str, splits: list[str]) -> _Samples
     )
 
 
-def _fits(value: Any, default: Any) -> bool:
-    """Whether ``value`` has the type of a parameter whose default is ``default`` (defaults
-    that are None or not numbers are not checked)."""
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return True
-
-
 def check_scorer_params(scorers: list[tuple[str, type]], params: dict[str, dict]) -> None:
     """Refuse parameters of scorers that are not selected, names a scorer does not take, and
     values of another type than the parameter's default, before any work."""
@@ -140,7 +129,7 @@ def check_scorer_params(scorers: list[tuple[str, type]], params: dict[str, dict]
                     f"parameters are {', '.join(accepted) or 'none'}"
                 )
             default = accepted[key].default
-            if not _fits(value, default):
+            if not value_fits(value, default):
                 raise ConfigError(
                     f"--param {name}.{key}={value}: expected type {type(default).__name__} "
                     f"(default {default})"

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from ..registry import Registry, documented_parameters
+from ..registry import Registry, documented_parameters, value_fits
 from .base import MethodConfig, PretrainMethod
 
 METHODS: Registry[type[PretrainMethod]] = Registry("method")
@@ -96,18 +96,11 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
                 f"like {','.join(map(str, default))}"
             ) from None
         return value
-    if isinstance(default, bool) or default is None:
-        ok = isinstance(value, bool) or default is None
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, type(default)) and not isinstance(value, bool)
-    if not ok:
+    if not value_fits(value, default):
         raise ConfigError(
             f"--param {where}={value}: expected {type(default).__name__} (default {default})"
         )
-    return value
+    return float(value) if isinstance(default, float) else value
 
 
 def method_parameters(name: str) -> list[dict[str, str]]:
