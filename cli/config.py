@@ -20,6 +20,7 @@ _RUN_ALIASES = {
     "warmup_fraction": "warmup",
     "compile": "compile_backbone",
     "method_params": "param",
+    "loggers": "logger",
 }
 
 
@@ -74,6 +75,8 @@ def command_defaults(data: dict[str, Any], command: str, params: dict, path: Pat
             value = _dotted(value)
         if params[name].multiple and not isinstance(value, list):
             value = [value]
+        elif isinstance(value, list) and not params[name].multiple:
+            value = ",".join(map(str, value))  # --seeds, --logger: comma-separated
         defaults[name] = value
     if unknown:
         valid = ", ".join(sorted(n.replace("_", "-") for n in params))

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .app import ConfigOpt, DataRootOpt, DebugOpt, DeviceOpt, ProgressOpt, app, run_command
-from .output import show_table
+from .output import show_table, split_names
 
 grid_app = typer.Typer(
     help="Benchmark grids: methods x datasets x backbones x inits, locally or on SLURM.",
@@ -101,6 +101,13 @@ def run_command_(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="SLURM: wait for the tasks to finish.")
     ] = False,
+    logger: Annotated[
+        str,
+        typer.Option(
+            "--logger",
+            help="Loggers of the pretraining runs besides metrics.jsonl: csv, tensorboard, wandb.",
+        ),
+    ] = "",
     progress: ProgressOpt = False,
     config_file: ConfigOpt = None,
     debug: DebugOpt = False,
@@ -128,7 +135,12 @@ def run_command_(
             sbatch=extra,
             setup=tuple(setup or ()),
         )
-        resources = Resources(device=device, data_root=data_root, progress=progress)
+        from embedkit.pretrain.loggers import check_loggers
+
+        loggers = check_loggers(split_names(logger)) if logger else ()
+        resources = Resources(
+            device=device, data_root=data_root, progress=progress, loggers=loggers
+        )
         result = run_grid(spec, output, resources, executor, jobs, slurm, wait)
         if executor == "slurm":
             ids = sorted({str(job.job_id).split("_")[0] for job in result})

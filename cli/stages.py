@@ -135,6 +135,14 @@ def pretrain(
     knn_every: Annotated[
         int, typer.Option("--knn-every", help="Epochs between online kNN checks on val (0: off).")
     ] = 0,
+    logger: Annotated[
+        str,
+        typer.Option(
+            "--logger",
+            help="Loggers besides metrics.jsonl, comma-separated: csv, tensorboard, wandb "
+            "(Lightning's; under RUN/logs).",
+        ),
+    ] = "",
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
@@ -170,6 +178,7 @@ def pretrain(
             download=download,
             checkpoint_every=checkpoint_every,
             knn_every=knn_every,
+            loggers=split_names(logger) if logger else (),
             method_params=parse_method_params(param or []),
         )
         run = run_pretrain(config, output, resume=resume, progress=progress)

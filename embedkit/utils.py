@@ -70,7 +70,7 @@ def stamp() -> dict[str, str]:
     return {
         "embedkit_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a str subclass yaml would tag
     }
 
 

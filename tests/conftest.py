@@ -58,11 +58,13 @@ def demo_store(tmp_path_factory, data_root):
 
 
 @pytest.fixture
-def interrupt_after_first_epoch(monkeypatch):
-    """Call it to make ``pretrain`` stop with KeyboardInterrupt right after the checkpoint of
-    its first epoch, as a kill would; ``monkeypatch.undo()`` ends that."""
+def interrupt_after_first_epoch():
+    """A context manager: inside it ``pretrain`` stops with KeyboardInterrupt right after the
+    checkpoint of its first epoch, as a kill would."""
+    import contextlib
 
-    def activate() -> None:
+    @contextlib.contextmanager
+    def interrupting():
         import embedkit.pretrain.loop as loop
 
         real = loop.mark_progress
@@ -72,6 +74,8 @@ def interrupt_after_first_epoch(monkeypatch):
             if epochs_done == 1:
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(loop, "mark_progress", stop)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(loop, "mark_progress", stop)
+            yield
 
-    return activate
+    return interrupting

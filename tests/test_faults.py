@@ -189,12 +189,10 @@ def _config(data_root, **overrides):
 
 
 @pytest.fixture
-def interrupted_run(tmp_path, data_root, monkeypatch, interrupt_after_first_epoch):
+def interrupted_run(tmp_path, data_root, interrupt_after_first_epoch):
     """A run stopped after its first of two epochs (checkpoint written)."""
-    interrupt_after_first_epoch()
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after_first_epoch(), pytest.raises(KeyboardInterrupt):
         pretrain(_config(data_root), tmp_path / "run", progress=False)
-    monkeypatch.undo()
     assert (tmp_path / "run" / CHECKPOINT).is_file()
     assert not (tmp_path / "run" / LOCK).exists()  # released on the way out
     return tmp_path / "run"
@@ -331,6 +329,8 @@ def test_bad_dtype_creates_no_store(tmp_path, data_root):
         ("--weight-decay", "-0.1", "--weight-decay must be 0 or positive"),
         ("--warmup", "1.5", "--warmup is a share of the steps"),
         ("--seed", "-1", "--seed must lie in 0..2**32-1"),
+        ("--logger", "csv,mlflow", "unknown logger 'mlflow': use csv, tensorboard, wandb"),
+        ("--logger", "csv,", "has an empty name"),
     ],
 )
 def test_bad_optimiser_options_create_no_run_folder(tmp_path, data_root, option, value, message):

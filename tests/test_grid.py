@@ -265,15 +265,13 @@ def test_demo_grid_end_to_end_then_nothing_to_redo_then_only_the_changed_cell(
 
 
 def test_a_killed_cell_continues_through_the_slurm_executor(
-    tmp_path, data_root, monkeypatch, interrupt_after_first_epoch
+    tmp_path, data_root, interrupt_after_first_epoch
 ):
     spec = parse_grid(MINI, "mini")
     out = tmp_path / "mini"
     resources = Resources(device="cpu", data_root=str(data_root))
-    interrupt_after_first_epoch()
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after_first_epoch(), pytest.raises(KeyboardInterrupt):
         run_grid(spec, out, resources)
-    monkeypatch.undo()
     (cell,) = expand(spec)
     assert status(out)["state"].to_list() == ["pending"]
     run = run_folder(out, cell)

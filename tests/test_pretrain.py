@@ -135,15 +135,11 @@ RESUME_PARAMS = {
 
 
 @pytest.mark.parametrize("method", sorted(RESUME_PARAMS))
-def test_resume_continues_exactly(
-    tmp_path, data_root, monkeypatch, interrupt_after_first_epoch, method
-):
+def test_resume_continues_exactly(tmp_path, data_root, interrupt_after_first_epoch, method):
     config = _config(data_root, method=method, method_params=RESUME_PARAMS[method])
     straight = pretrain(config, tmp_path / "straight", progress=False)
-    interrupt_after_first_epoch()
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after_first_epoch(), pytest.raises(KeyboardInterrupt):
         pretrain(config, tmp_path / "resumed", progress=False)
-    monkeypatch.undo()
     assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "running"
     assert not (tmp_path / "resumed" / "encoder.safetensors").exists()
     resumed = pretrain(config, tmp_path / "resumed", resume=True, progress=False)
@@ -238,3 +234,99 @@ def test_momentum_parameters_follow_the_moving_average(name):
             assert not p_momentum.requires_grad
     moved = method.momentum_pairs()[0][1].backbone.conv1.weight
     assert not torch.equal(moved, before[0][0])  # the average moved toward the online weights
+
+
+def test_lightning_loggers_follow_the_run_through_a_resume(
+    tmp_path, data_root, monkeypatch, interrupt_after_first_epoch
+):
+    """csv (a version per session) and tensorboard (one folder, events after the checkpoint
+    purged) carry the losses of metrics.jsonl, the kNN accuracy and the hyperparameters; the
+    W&B logger (Lightning's, here a stand-in recording what embedkit hands it, since wandb
+    need not be installed) keeps one run id across the resume."""
+    pytest.importorskip("tensorboard", reason="tensorboard is in the test extra")
+    import csv
+
+    import pytorch_lightning.loggers as pl_loggers
+    import yaml
+    from lightning_fabric.loggers import Logger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import embedkit.pretrain.loggers as run_loggers
+
+    made = []
+
+    class WandbStandIn(Logger):
+        name, version = "stand-in", 0
+
+        def __init__(self, **kwargs):
+            self.kwargs, self.steps, self.hparams, self.status = kwargs, [], [], None
+            made.append(self)
+
+        def log_metrics(self, metrics, step=None):
+            self.steps.append((step, dict(metrics)))
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            self.hparams.append(params)
+
+        def finalize(self, status):
+            self.status = status
+
+    monkeypatch.setattr(pl_loggers, "WandbLogger", WandbStandIn)
+    monkeypatch.setattr(run_loggers, "_EXTRAS", {})
+    monkeypatch.setenv("WANDB_PROJECT", "medssl")
+    config = _config(data_root, loggers=("csv", "tensorboard", "wandb"), knn_every=1)
+    with interrupt_after_first_epoch(), pytest.raises(KeyboardInterrupt):
+        pretrain(config, tmp_path / "run", progress=False)
+    run = pretrain(config, tmp_path / "run", resume=True, progress=False)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = {x["step"]: x["loss"] for x in lines if "loss" in x}
+    knn = {x["step"]: x["knn_accuracy"] for x in lines if "knn_accuracy" in x}
+    assert sorted(losses) == list(range(12)) and sorted(knn) == [5, 11]
+
+    sessions = []
+    for version in ("version_0", "version_1"):
+        with open(run / "logs" / "csv" / version / "metrics.csv") as f:
+            sessions.append(list(csv.DictReader(f)))
+    for rows, steps in zip(sessions, (range(6), range(6, 12)), strict=True):
+        logged = {int(r["step"]): float(r["train/loss"]) for r in rows if r["train/loss"]}
+        assert logged == {s: losses[s] for s in steps}
+        (accuracy,) = [r for r in rows if r["val/knn_accuracy"]]
+        assert float(accuracy["val/knn_accuracy"]) == knn[int(accuracy["step"])]
+    hparams = yaml.safe_load((run / "logs" / "csv" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["pretrain"]["loggers"] == ["csv", "tensorboard", "wandb"]
+    saved = json.loads((run / "config.json").read_text())
+    assert hparams["method_config"] == saved["method_config"]
+    assert hparams["method_config"]["temperature"] == 0.2  # SimCLR's default, as configured
+
+    events = EventAccumulator(str(run / "logs" / "tensorboard"))
+    events.Reload()
+    tb_losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in tb_losses] == list(range(12))  # once each: the overlap was purged
+    np.testing.assert_allclose([v for _, v in tb_losses], [losses[s] for s in range(12)], rtol=1e-6)
+    assert [(e.step, e.value) for e in events.Scalars("epoch")] == [(5, 1.0), (11, 2.0)]
+    tb_knn = {e.step: e.value for e in events.Scalars("val/knn_accuracy")}
+    assert tb_knn == pytest.approx(knn, rel=1e-6)
+
+    first, second = made
+    assert (
+        first.kwargs["id"]
+        == second.kwargs["id"]
+        == ((run / "logs" / "wandb-id").read_text().strip())
+    )
+    assert first.kwargs["project"] == "medssl" and first.kwargs["name"] == "run"
+    assert first.status == "failed" and second.status == "success"
+    assert len(first.hparams) == 1 and second.hparams == []  # logged once, at the start
+    assert [s for s, m in first.steps + second.steps if "train/loss" in m] == list(range(12))
+
+
+def test_unknown_or_missing_logger_is_refused_before_the_run_folder(
+    tmp_path, data_root, monkeypatch
+):
+    import embedkit.pretrain.loggers as run_loggers
+
+    with pytest.raises(ConfigError, match="unknown logger 'mlflow': use csv, tensorboard, wandb"):
+        pretrain(_config(data_root, loggers=("mlflow",)), tmp_path / "a", progress=False)
+    monkeypatch.setattr(run_loggers.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"pip install 'embedkit\[wandb\]'"):
+        pretrain(_config(data_root, loggers=("wandb",)), tmp_path / "b", progress=False)
+    assert list(tmp_path.iterdir()) == []

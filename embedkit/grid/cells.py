@@ -96,7 +96,7 @@ def _pretrain_config(spec: GridSpec, axes: dict[str, Any]) -> dict[str, Any]:
         method_params=params,
     )
     record = to_jsonable(config)
-    for resource in ("device", "devices", "num_nodes", "data_root", "download"):
+    for resource in ("device", "devices", "num_nodes", "data_root", "download", "loggers"):
         record.pop(resource)
     return record
 

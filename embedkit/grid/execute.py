@@ -29,6 +29,7 @@ class Resources:
     devices: int = 1
     num_nodes: int = 1
     progress: bool = False
+    loggers: tuple[str, ...] = ()
 
 
 def run_cell(output: Path, cell: Cell, resources: Resources = Resources()) -> dict[str, Any]:
@@ -101,6 +102,7 @@ def _pretrain(output: Path, cell: Cell, resources: Resources) -> Path:
         devices=resources.devices,
         num_nodes=resources.num_nodes,
         data_root=resources.data_root,
+        loggers=tuple(resources.loggers),
     )
     return pretrain(config, run_folder(output, cell), resume=True, progress=resources.progress)
 

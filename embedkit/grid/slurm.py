@@ -106,6 +106,7 @@ def submit_slurm(
         data_root=resources.data_root,
         devices=options.gpus_per_node if executor.cluster == "slurm" else 1,
         num_nodes=options.nodes if executor.cluster == "slurm" else 1,
+        loggers=resources.loggers,
     )
     job_tasks = [CellTask(str(output), c.to_json(), asdict(per_task)) for c in cells]
     with executor.batch():

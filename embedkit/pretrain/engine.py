@@ -9,6 +9,7 @@ import torch
 from ..backbones import get_backbone
 from ..data import check_size
 from ..errors import ConfigError
+from .loggers import check_loggers
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
@@ -33,6 +34,7 @@ def check_config(config, n_train: int, min_batch: int) -> None:
         raise ConfigError("--knn-every must be 0 (off) or positive")
     if not 0 <= config.seed < 2**32:
         raise ConfigError(f"--seed must lie in 0..2**32-1 (numpy's range), not {config.seed}")
+    check_loggers(config.loggers)
     if config.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{config.precision}': use {', '.join(PRECISIONS)}")
     world = config.devices * config.num_nodes

@@ -9,6 +9,8 @@ A run folder holds:
 - ``checkpoints/last.ckpt``: model (with EMA teacher and queue), optimiser, scheduler and
   position, for ``resume``.
 - ``encoder.safetensors``: the trained backbone, written last; ``embedkit embed --run`` reads it.
+- ``logs/``: what the ``loggers`` chosen (Lightning's CSV, TensorBoard, W&B) write, see
+  ``embedkit.pretrain.loggers``.
 
 Every random draw is seeded from ``(seed, epoch, rank)``, so a resumed run continues exactly.
 Data parallelism is Lightning Fabric's DDP (``devices`` x ``num_nodes`` processes; under
@@ -40,6 +42,7 @@ from ..errors import RunError
 from ..methods import get_method, method_config
 from ..utils import resolve_device, stamp, to_jsonable
 from .engine import check_config, make_fabric, make_scheduler
+from .loggers import RunLoggers
 from .monitor import KNNMonitor
 from .runs import (
     CHECKPOINT,
@@ -83,6 +86,8 @@ class PretrainConfig:
         download: fetch missing MedMNIST files with medmnist's downloader.
         checkpoint_every: save a checkpoint every this many epochs (and at the end).
         knn_every: run the online kNN monitor on the val split every this many epochs (0: off).
+        loggers: experiment loggers besides ``metrics.jsonl``: ``csv``, ``tensorboard``,
+            ``wandb`` (see ``embedkit.pretrain.loggers``).
         method_params: overrides of the method's ``Config`` fields.
     """
 
@@ -108,6 +113,7 @@ class PretrainConfig:
     download: bool = False
     checkpoint_every: int = 1
     knn_every: int = 0
+    loggers: tuple[str, ...] = ()
     method_params: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -153,7 +159,7 @@ def pretrain(
         "world_size": fabric.world_size,
         **stamp(),
     }
-    load_checkpoint, lock, fresh = False, None, False
+    load_checkpoint, lock, fresh, loggers = False, None, False, None
     if fabric.is_global_zero:  # before launching, so a refusal stops every rank
         lock, fresh = open_run_folder(output)
     try:
@@ -189,24 +195,37 @@ def pretrain(
             log.info("resuming %s after epoch %d", output, start_epoch)
         if fabric.is_global_zero:
             mark_progress(output, start_epoch)
+        loggers = RunLoggers(
+            config.loggers, output, start_epoch * updates_per_epoch, fabric.is_global_zero
+        )
+        if start_epoch == 0:
+            loggers.log_hyperparams(to_jsonable(config_json))
         monitor = None
         if val is not None:
             monitor = KNNMonitor(train, val, dataset_task(config.dataset), len(classes))
 
-        loop = _Loop(config, fabric, model, method, optimizer, scheduler, train, updates_per_epoch)
+        loop = _Loop(
+            config, fabric, model, method, optimizer, scheduler, train, updates_per_epoch, loggers
+        )
         metrics_file = output / "metrics.jsonl"
         with open(metrics_file, "a") if fabric.is_global_zero else nullcontext() as metrics:
             started = time.perf_counter()
             for epoch in range(start_epoch, config.epochs):
                 summary = loop.run_epoch(epoch, metrics, progress)
                 done = epoch + 1
+                last_step = done * updates_per_epoch - 1
+                epoch_metrics = {"train/epoch_loss": summary["loss"], "epoch": done}
                 if monitor and (done % config.knn_every == 0 or done == config.epochs):
                     if fabric.is_global_zero:
-                        record = {"epoch": epoch, "step": done * updates_per_epoch - 1}
+                        record = {"epoch": epoch, "step": last_step}
                         record.update(monitor(encoder, fabric.device))
                         metrics.write(json.dumps(record) + "\n")
                         summary["knn_accuracy"] = record["knn_accuracy"]
+                        epoch_metrics.update(
+                            {f"val/{k}": v for k, v in record.items() if k.startswith("knn_")}
+                        )
                     fabric.barrier()
+                loggers.log_metrics(epoch_metrics, last_step)
                 if fabric.is_global_zero:  # one line per epoch, on a terminal or not
                     elapsed = time.perf_counter() - started
                     left = elapsed / (done - start_epoch) * (config.epochs - done)
@@ -219,14 +238,18 @@ def pretrain(
                         "epoch": done,
                     }
                     fabric.save(checkpoint, state)
+                    loggers.save()
                     if fabric.is_global_zero:
                         metrics.flush()
                         mark_progress(output, done)
         if fabric.is_global_zero:
             export_encoder(encoder, output, config.epochs, method.output_head())
+        loggers.finalize("success")
         fabric.barrier()
         return output
     except BaseException:
+        if loggers:
+            loggers.finalize("failed")
         # a new run that stops before its first checkpoint leaves nothing behind
         if fresh and not (output / CHECKPOINT).is_file():
             shutil.rmtree(output, ignore_errors=True)
@@ -259,8 +282,11 @@ def epoch_line(done: int, epochs: int, summary: dict[str, float], elapsed: float
 class _Loop:
     """One epoch of optimiser steps: sampling, accumulation, hooks and metric lines."""
 
-    def __init__(self, config, fabric, model, method, optimizer, scheduler, train, updates):
+    def __init__(
+        self, config, fabric, model, method, optimizer, scheduler, train, updates, loggers
+    ):
         self.config, self.fabric, self.model, self.method = config, fabric, model, method
+        self.loggers = loggers
         self.optimizer, self.scheduler = optimizer, scheduler
         self.images, self.labels = train.images, torch.from_numpy(train.labels)
         self.n_train, self.updates = len(train), updates
@@ -333,4 +359,8 @@ class _Loop:
             if metrics is not None:
                 record = {"epoch": epoch, "step": step, "loss": loss, "lr": lr}
                 metrics.write(json.dumps({**record, "images_per_s": rate}) + "\n")
+            if self.loggers:
+                self.loggers.log_metrics(
+                    {"train/loss": loss, "train/lr": lr, "train/images_per_s": rate}, step
+                )
         bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{rate:.0f}")
