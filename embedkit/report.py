@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from .eval.ood import summarise_ood_groups
 from .eval.probe import summarise_probe
 from .eval.transfer import check_metric
 from .plots import (
+    compare_runs,
     ood_bars,
     ood_heatmap_grid,
     probe_curves,
@@ -129,36 +129,28 @@ class _Document:
 
 
 def _runs_section(doc: _Document, runs: list[Path]) -> None:
-    from .pretrain import read_metrics
+    from .pretrain import read_metrics, summarise_runs
 
     doc.heading("Pretraining runs")
-    rows, figures = [], []
-    for run in runs:
-        metrics = read_metrics(run)
-        try:
-            pretrain = json.loads((run / "config.json").read_text())["pretrain"]
-        except (OSError, ValueError, KeyError):
-            pretrain = {}
-        label = f"{pretrain.get('method', '?')}/{pretrain.get('backbone', '?')}"
-        last = metrics.filter(pl.col("epoch") == metrics["epoch"].max())
-        row = {
-            "run": run.name,
-            "method": label,
-            "dataset": pretrain.get("dataset", "?"),
-            "epochs": int(metrics["epoch"].max()) + 1,
-            "steps": metrics.height,
-            "last epoch loss": float(last["loss"].mean()),
-        }
-        if "knn_accuracy" in metrics.columns and metrics["knn_accuracy"].drop_nulls().len():
-            row["kNN val acc"] = float(metrics["knn_accuracy"].drop_nulls()[-1])
-        rows.append(row)
-        figures.append((run, metrics, f"{run.name}: {label} on {row['dataset']}"))
-    doc.table(pl.DataFrame(rows, strict=False))
-    for run, metrics, title in figures:
+    summary = summarise_runs(runs)
+    empty = [c for c in summary.columns if summary[c].null_count() == summary.height]
+    doc.table(summary.drop(empty))
+    metrics = [read_metrics(run) for run in runs]
+    labels = [str(run) if summary["run"].is_duplicated().any() else run.name for run in runs]
+    if len(runs) > 1:
         doc.figure(
-            training_curves(metrics, title),
-            f"run-{run.name}",
-            f"Loss (every step and epoch means), learning rate and kNN accuracy of {run.name}",
+            compare_runs(dict(zip(labels, metrics, strict=True))),
+            "runs-compared",
+            "Epoch-mean loss and kNN validation accuracy of every run (losses of different "
+            "methods are on different scales: compare shapes, and methods by kNN accuracy)",
+        )
+    rows = summary.iter_rows(named=True)
+    for i, (label, run_metrics, row) in enumerate(zip(labels, metrics, rows, strict=True)):
+        title = f"{label}: {row['method']}/{row['backbone']} on {row['dataset']}"
+        doc.figure(
+            training_curves(run_metrics, title),
+            f"run-{i + 1}-{row['run']}",
+            f"Loss (every step and epoch means), learning rate and kNN accuracy of {label}",
         )
 
 

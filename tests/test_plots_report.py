@@ -1,5 +1,7 @@
 """Figures check their content (cells, lines, bars), the report its files and tables."""
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -274,7 +276,59 @@ def test_report_draws_pretraining_runs(tmp_path, tiny_run):
 
     text = build_report(tmp_path / "r", runs=[tiny_run]).read_text()
     metrics = read_metrics(tiny_run)
-    assert "## Pretraining runs" in text and f"run-{tiny_run.name}.png" in text
+    assert "## Pretraining runs" in text and f"run-1-{tiny_run.name}.png" in text
     assert f"{metrics['loss'].mean():.3f}" in text  # one epoch: its mean loss
     with pytest.raises(Exception, match="has no metrics.jsonl"):
         build_report(tmp_path / "r2", runs=[tmp_path])
+
+
+def _fake_run(folder, method, losses_per_epoch, knn=None):
+    """A run folder with config.json and metrics.jsonl as pretrain writes them: loss lines per
+    step, and a separate kNN line at each epoch's last step."""
+    folder.mkdir(parents=True)
+    config = {"pretrain": {"method": method, "backbone": "resnet18", "dataset": "demo-med"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "run.json").write_text(json.dumps({"status": "complete"}))
+    lines, step = [], 0
+    for epoch, losses in enumerate(losses_per_epoch):
+        for loss in losses:
+            lines.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "loss": loss,
+                    "lr": 0.1,
+                    "images_per_s": 100.0 + step,
+                }
+            )
+            step += 1
+        if knn is not None:
+            lines.append({"epoch": epoch, "step": step - 1, "knn_accuracy": knn[epoch]})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return folder
+
+
+def test_runs_are_summarised_and_compared(tmp_path):
+    from embedkit.plots import compare_runs
+    from embedkit.pretrain import read_metrics, summarise_runs
+
+    a = _fake_run(tmp_path / "a", "simclr", [[4.0, 3.0], [2.0, 1.0]], knn=[0.5, 0.8])
+    b = _fake_run(tmp_path / "b", "vicreg", [[30.0, 20.0, 10.0]])
+    table = summarise_runs([a, b])
+    assert table["run"].to_list() == ["a", "b"]
+    assert table["steps"].to_list() == [4, 3]  # the kNN lines are not steps
+    assert table["epochs"].to_list() == [2, 1]
+    assert table["last_epoch_loss"].to_list() == [1.5, 20.0]
+    assert table["knn_accuracy"].to_list() == [0.8, None]
+    assert table["best_knn_accuracy"].to_list() == [0.8, None]
+    assert table["images_per_s"].to_list() == [101.5, 101.0]
+    fig = compare_runs({"a": read_metrics(a), "b": read_metrics(b)})
+    loss_ax, knn_ax = fig.axes
+    (a_loss, b_loss) = loss_ax.get_lines()
+    np.testing.assert_allclose(a_loss.get_xdata(), [1, 2])
+    np.testing.assert_allclose(a_loss.get_ydata(), [3.5, 1.5])
+    np.testing.assert_allclose(b_loss.get_ydata(), [20.0])
+    (a_knn,) = knn_ax.get_lines()  # b has no kNN monitor: no line
+    np.testing.assert_allclose(a_knn.get_ydata(), [0.5, 0.8])
+    text = build_report(tmp_path / "r", runs=[a, b]).read_text()
+    assert "runs-compared.png" in text and "run-2-b.png" in text

@@ -18,6 +18,7 @@ from .runs import (
     read_finished_run,
     read_metrics,
     run_state,
+    summarise_runs,
 )
 
 # isort: split
@@ -33,4 +34,5 @@ __all__ = [
     "read_finished_run",
     "read_metrics",
     "run_state",
+    "summarise_runs",
 ]

@@ -216,3 +216,39 @@ def read_metrics(run: str | Path) -> pl.DataFrame:
         return pl.read_ndjson(path)
     except Exception as exc:  # polars raises several kinds for a damaged line
         raise RunError(f"{path} cannot be read ({type(exc).__name__}): is it damaged?") from None
+
+
+def summarise_runs(runs: list[str | Path]) -> pl.DataFrame:
+    """One row per pretraining run: method, backbone, dataset, status, epochs and optimiser
+    steps logged, the last epoch's mean loss, the last and best kNN validation accuracy (when
+    the run monitored it), and the median images per second."""
+    rows = []
+    for run in map(Path, runs):
+        metrics = read_metrics(run)
+        try:
+            pretrain = json.loads((run / "config.json").read_text())["pretrain"]
+        except (OSError, ValueError, KeyError):
+            pretrain = {}
+        steps = metrics.filter(pl.col("loss").is_not_null())
+        last = steps.filter(pl.col("epoch") == steps["epoch"].max())
+        knn = (
+            metrics["knn_accuracy"].drop_nulls()
+            if "knn_accuracy" in metrics.columns
+            else pl.Series([], dtype=pl.Float64)
+        )
+        rows.append(
+            {
+                "run": run.name,
+                "method": pretrain.get("method"),
+                "backbone": pretrain.get("backbone"),
+                "dataset": pretrain.get("dataset"),
+                "status": run_state(run).get("status"),
+                "epochs": int(steps["epoch"].max()) + 1 if steps.height else 0,
+                "steps": steps.height,
+                "last_epoch_loss": float(last["loss"].mean()) if last.height else None,
+                "knn_accuracy": float(knn[-1]) if knn.len() else None,
+                "best_knn_accuracy": float(knn.max()) if knn.len() else None,
+                "images_per_s": float(steps["images_per_s"].median()) if steps.height else None,
+            }
+        )
+    return pl.DataFrame(rows, strict=False)
