@@ -200,6 +200,10 @@ def test_retrieval_grid_finds_the_query_itself_first(demo_store):
     assert first.get_title() == "demo-med 1.00"
     query = fig.axes[0].images[0].get_array()
     np.testing.assert_array_equal(first.images[0].get_array(), query)
+    assert query.ndim == 2  # the demo family is grey: drawn in grey on the 0-255 scale
+    for ax in fig.axes:
+        assert ax.images[0].get_cmap().name == "gray"
+        assert ax.images[0].get_clim() == (0, 255)
 
 
 def test_score_histograms_and_roc_curves_show_every_dataset(demo_store):

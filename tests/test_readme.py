@@ -37,3 +37,47 @@ def test_readme_documents_every_scorer_and_the_plugin_example(tmp_path):
         pytest.approx(1.0),
         pytest.approx(-1.0),
     ]
+
+
+def _readme_quickstart_table() -> dict[str, dict[str, float]]:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- quickstart-table:begin -->", 1)[1].split(
+        "<!-- quickstart-table:end", 1
+    )[0]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in block.splitlines()
+        if line.startswith("|") and not line.startswith("|-")
+    ]
+    header, body = rows[0], rows[1:]
+    return {row[0]: dict(zip(header[1:], map(float, row[1:]), strict=True)) for row in body}
+
+
+def test_readme_quickstart_table_matches_a_fresh_quickstart():
+    """CI runs `embedkit quickstart` at the repository root before the tests: the README's
+    table (written by notebooks/render.py) must show what that run printed, to within the
+    last-digit differences of another machine."""
+    import json
+
+    import polars as pl
+
+    from embedkit.quickstart import QuickstartConfig
+    from embedkit.utils import to_jsonable
+
+    folder = ROOT / "embedkit-quickstart"
+    if not (folder / "summary.parquet").is_file():
+        pytest.skip("no embedkit-quickstart/ at the repository root (CI's first command makes it)")
+    config = json.loads((folder / "summary.json").read_text())["config"]
+    if config != to_jsonable(QuickstartConfig()):
+        pytest.skip("embedkit-quickstart/ was made with other settings than the defaults")
+    fresh = pl.read_parquet(folder / "summary.parquet")
+    table = _readme_quickstart_table()
+    assert sorted(table) == sorted(fresh["encoder"].to_list())
+    for row in fresh.iter_rows(named=True):
+        shown = table[row["encoder"]]
+        assert list(shown) == [c for c in fresh.columns if c != "encoder"]
+        for column, value in shown.items():
+            assert value == pytest.approx(row[column], abs=0.03), (
+                f"README's quickstart table is stale ({row['encoder']}, {column}): "
+                f"run `.venv/bin/python notebooks/render.py`"
+            )

@@ -136,12 +136,16 @@ def retrieval_grid(
             file_rows = part.indices[row[neighbours[tuple(places.T)]]]
             images = split_images(store, banks[i], bank_split, file_rows)
             found.update(zip(map(tuple, places), images, strict=True))
-    fig = Figure(figsize=(1.3 * (k + 1), 1.45 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(1.5 * (k + 1), 1.65 * len(rows)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(rows), k + 1))
 
     def show(ax, image, title, colour="black"):
-        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
-        ax.set_title(title, fontsize=6, color=colour)
+        # MedMNIST stores grey images as (H, W), some as (H, W, 1): grey, on the file's own
+        # 0-255 scale (no per-image contrast stretch, so intensities compare across panels)
+        image = image.squeeze()
+        grey = image.ndim == 2
+        ax.imshow(image, cmap="gray" if grey else None, vmin=0, vmax=255)
+        ax.set_title(title, fontsize=7, color=colour)
         ax.set_xticks([])
         ax.set_yticks([])
 
