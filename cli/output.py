@@ -12,10 +12,17 @@ if TYPE_CHECKING:
 
 
 def show_table(table: pl.DataFrame, drop: Iterable[str] = ()) -> None:
-    """Print a whole table, floats to 3 decimals, without polars' shape and dtype lines."""
+    """Print a whole table, floats to 3 decimals and nulls as "-", without polars' shape and
+    dtype lines."""
     import polars as pl
 
     table = table.drop([c for c in drop if c in table.columns])
+    # a missing number (an interval one seed cannot give) prints as "-", not "null"
+    table = table.with_columns(
+        pl.col(c).map_elements(lambda v: f"{v:.3f}", return_dtype=pl.String).fill_null("-")
+        for c, dtype in table.schema.items()
+        if dtype.is_float() and table[c].null_count()
+    )
     with pl.Config(
         tbl_rows=-1,
         tbl_cols=-1,

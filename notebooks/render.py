@@ -36,7 +36,7 @@ def render_notebook(path: Path) -> None:
     text = nbformat.writes(notebook)
     for prefix in {str(ROOT), str(ROOT.resolve())}:  # outputs name folders relative to it
         text = text.replace(prefix + os.sep, "")
-    path.write_text(text)
+    path.write_text(text if text.endswith("\n") else text + "\n")
 
 
 def readme_table(summary) -> str:

@@ -65,6 +65,8 @@ def test_pretrain_embed_evaluate(tmp_path, data_root):
         tmp_path / "p.parquet",
     )
     assert result.exit_code == 0, result.output
+    (full,) = [line for line in result.output.splitlines() if "| 1.000 " in line]
+    assert full.count("| - ") == 3  # one seed at 100 %: "-" for each metric's interval
     table = pl.read_parquet(tmp_path / "p.parquet")
     assert table["label_fraction"].to_list() == [0.1, 0.1, 1.0]
     assert (tmp_path / "p.json").is_file()

@@ -76,6 +76,8 @@ def test_evaluations_on_demo_store(demo_store):
     assert table.filter(table["label_fraction"] == 0.1)["n_train"].to_list() == [120, 120]
     summary = summarise_probe(table)
     assert summary["seeds"].to_list() == [2, 1]
+    # one fit at 100 %: no interval (null), not an interval of width 0
+    assert summary["accuracy_ci95"][0] is not None and summary["accuracy_ci95"][1] is None
     assert (summary["accuracy"] > 0.6).all()  # 3 classes: chance is 1/3
     knn = knn_classify(stores, KNNConfig(datasets=("demo-med",)))
     assert knn["accuracy"][0] > 0.6

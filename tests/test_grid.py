@@ -230,6 +230,9 @@ def test_demo_grid_end_to_end_then_nothing_to_redo_then_only_the_changed_cell(
     winner = ranking.sort("best_on", descending=True).row(0, named=True)
     assert f"{winner['method']} is best on 1 of 1 datasets" in " ".join(sentences["ranking"])
     assert "one initialisation (random)" in sentences["initialisation"][0]
+    # one seed at 100 %: the best accuracy is given without an interval
+    (full,) = [s for s in sentences["in_domain"] if s.startswith("At 100 % of the labels")]
+    assert " ± - (" in full
     assert "one backbone (resnet18)" in sentences["backbone"][0]
     assert sentences["multi_domain"][0].startswith("Multi-modality training sets (1)")
     versus = collected.findings[5].table.filter(pl.col("label_fraction") == 1.0)

@@ -220,7 +220,8 @@ def summarise_probe(
     """Mean and 95 % t-interval over seeds per encoder, dataset and label fraction (or
     per ``keys``), with the number of seeds, the training-subset size (its mean, should a
     multi-label subset differ between seeds) and how many seeds' chosen heads did not
-    converge."""
+    converge. The interval is null where one seed leaves none (a fraction of 100 % uses
+    every label, so it is fitted once)."""
     keys = list(keys)
     rows = []
     for key, group in table.group_by(keys, maintain_order=True):
@@ -231,6 +232,7 @@ def summarise_probe(
         if "converged" in group.columns:
             row["unconverged"] = int((~group["converged"]).sum())
         for metric in ("accuracy", "auc", "balanced_accuracy"):
-            row[metric], row[f"{metric}_ci95"] = mean_ci(group[metric].to_numpy())
+            mean, half = mean_ci(group[metric].to_numpy())
+            row[metric], row[f"{metric}_ci95"] = mean, None if np.isnan(half) else half
         rows.append(row)
     return pl.DataFrame(rows)

@@ -165,12 +165,13 @@ def read_provenance(table_path: str | Path) -> dict:
 
 
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval (0 for a single value)."""
+    """Mean and half-width of the Student-t confidence interval (NaN for a single value: one
+    value has no interval, which is not the same as an interval of width 0)."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return float("nan"), float("nan")
     if len(values) < 2:
-        return float(values.mean()), 0.0
+        return float(values.mean()), float("nan")
     half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
     return float(values.mean()), float(half)

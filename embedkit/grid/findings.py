@@ -68,7 +68,7 @@ def finding_in_domain(summary: pl.DataFrame) -> Finding:
         best = group.sort("accuracy", descending=True).row(0, named=True)
         finding.sentences.append(
             f"At {_pct(fraction)} of the labels, the highest in-domain accuracy is "
-            f"{best['accuracy']:.3f} ± {best['accuracy_ci95']:.3f} ({best['method']}, "
+            f"{best['accuracy']:.3f} ± {_interval(best['accuracy_ci95'])} ({best['method']}, "
             f"{best['backbone']}, {best['init']} init, on {best['dataset']}), over "
             f"{_count(group['dataset'].n_unique(), 'dataset')} and "
             f"{_count(group['method'].n_unique(), 'method')}."
@@ -76,6 +76,10 @@ def finding_in_domain(summary: pl.DataFrame) -> Finding:
     if not table.height:
         finding.sentences.append("No single-domain pretraining cell is done yet.")
     return finding
+
+
+def _interval(half: float | None) -> str:
+    return "-" if half is None else f"{half:.3f}"
 
 
 def finding_ranking(summary: pl.DataFrame) -> Finding:
@@ -90,7 +94,7 @@ def finding_ranking(summary: pl.DataFrame) -> Finding:
             rows_d = group.filter(pl.col("dataset") == dataset).sort("accuracy", descending=True)
             best = rows_d.row(0, named=True)
             best_count[best["method"]] += 1
-            floor = best["accuracy"] - best["accuracy_ci95"]
+            floor = best["accuracy"] - (best["accuracy_ci95"] or 0.0)  # one seed: ties only
             for row in rows_d.iter_rows(named=True):
                 if row["accuracy"] >= floor:
                     within_count[row["method"]] += 1
@@ -165,12 +169,16 @@ def finding_initialisation(summary: pl.DataFrame) -> Finding:
             pairs = wide.drop_nulls([a, b])
             if not pairs.height:
                 continue
-            diff = pairs[a] - pairs[b]
-            clear = abs(diff.mean()) > pairs["ci"].mean()
-            verdict = "a clear difference" if clear else "no clear difference"
+            diff, ci = pairs[a] - pairs[b], pairs["ci"].mean()
+            if ci is None:  # one seed each: no interval to weigh the difference against
+                finding.sentences.append(
+                    f"{a} vs {b}: mean difference {diff.mean():+.3f} (one seed: no interval)."
+                )
+                continue
+            verdict = "a clear difference" if abs(diff.mean()) > ci else "no clear difference"
             finding.sentences.append(
                 f"{a} vs {b}: mean difference {diff.mean():+.3f}, against a mean 95 % interval "
-                f"of ±{pairs['ci'].mean():.3f}: {verdict}."
+                f"of ±{ci:.3f}: {verdict}."
             )
     return finding
 

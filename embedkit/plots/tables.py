@@ -139,7 +139,18 @@ def ood_bars(table: pl.DataFrame, metric: str = "auroc") -> Figure:
             spread = jitter.uniform(-0.25, 0.25, len(values)) * width
             ax.scatter(centre + spread, values, s=6, color="black", alpha=0.5, zorder=3)
         means, cis = np.array(stats).T
-        ax.bar(centres, means, width, yerr=cis, capsize=2, label=encoder, alpha=0.8)
+        cis = np.nan_to_num(cis)  # one pair: no interval
+        # a t-interval over few pairs can reach past 0 or 1; AUROC cannot: draw it clipped
+        below, above = np.minimum(cis, means), np.minimum(cis, 1.0 - means)
+        ax.bar(
+            centres,
+            means,
+            width,
+            yerr=np.vstack([below, above]),
+            capsize=2,
+            label=encoder,
+            alpha=0.8,
+        )
     n_pairs = table.group_by("encoder", "scorer").len()["len"].max()
     ax.set_xticks(range(len(scorers)), scorers, rotation=30, ha="right")
     ax.set_ylim(0, 1)
