@@ -1,4 +1,10 @@
-"""Exact nearest-neighbour search with FAISS, on the GPU when FAISS sees one."""
+"""Exact nearest-neighbour search: FAISS, or blocked matmul + top-k in torch on a GPU.
+
+Which engine searches (``backend="auto"``): FAISS on the GPU when FAISS sees one (faiss-gpu),
+else torch on the GPU when torch sees one (a CUDA torch beside a CPU-only FAISS, e.g. where
+no faiss-gpu wheel matches the CUDA of torch), else FAISS on the CPU. Both are exact, in
+float32: they return the same neighbours up to the order of tied scores.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,10 @@ import numpy as np
 
 from ..errors import ConfigError
 
+BACKENDS = ("auto", "faiss", "torch")
+# the (query block x bank) score matrix of the torch search stays under this many floats
+_BLOCK_FLOATS = 2**28  # 1 GiB in float32
+
 
 def l2_normalise(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     """Rows scaled to unit length (the epsilon guards the division, not the result)."""
@@ -14,30 +24,100 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + eps)
 
 
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``faiss`` or ``torch`` for ``backend`` (see the module docstring for ``auto``)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown search backend '{backend}': use {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if faiss.get_num_gpus() > 0:
+        return "faiss"
+    return "torch" if _torch_cuda() else "faiss"
+
+
 class NeighborIndex:
-    """A flat (exact) FAISS index over a bank of vectors.
+    """A flat (exact) index over a bank of vectors.
 
     Args:
         bank: ``(N, D)`` float vectors.
         metric: ``ip`` (inner product: cosine on normalised rows) or ``l2`` (squared
             Euclidean distance, as FAISS returns it).
+        backend: ``auto``, ``faiss`` or ``torch`` (see the module docstring).
+        device: the torch backend's device (default: CUDA when present, else CPU).
     """
 
-    def __init__(self, bank: np.ndarray, metric: str = "ip") -> None:
+    def __init__(
+        self, bank: np.ndarray, metric: str = "ip", backend: str = "auto", device=None
+    ) -> None:
+        if metric not in ("ip", "l2"):
+            raise ConfigError(f"unknown metric '{metric}': use ip or l2")
         bank = np.ascontiguousarray(bank, dtype=np.float32)
-        dim = bank.shape[1]
-        index = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+        self.metric, self.size = metric, len(bank)
+        self.backend = resolve_backend(backend)
+        if self.backend == "torch":
+            import torch
+
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.bank = torch.from_numpy(bank).to(device)
+            self.bank_sq = (self.bank * self.bank).sum(1) if metric == "l2" else None
+            return
+        index = (
+            faiss.IndexFlatIP(bank.shape[1]) if metric == "ip" else faiss.IndexFlatL2(bank.shape[1])
+        )
         if faiss.get_num_gpus() > 0:
             index = faiss.index_cpu_to_all_gpus(index)
         index.add(bank)
-        self.index, self.metric, self.size = index, metric, len(bank)
+        self.index = index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Similarities (``ip``) or squared distances (``l2``) and indices of the k nearest.
-        ``k`` must lie in 1..N: FAISS pads a larger one with -1, which would read as the
-        last row of the bank."""
+        """Similarities (``ip``) or squared distances (``l2``) and indices of the k nearest,
+        best first. ``k`` must lie in 1..N: FAISS pads a larger one with -1, which would read
+        as the last row of the bank."""
         if not 1 <= k <= self.size:
             raise ConfigError(
                 f"k={k} neighbours asked of a bank of {self.size} embeddings: use 1 to {self.size}"
             )
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.backend == "faiss":
+            return self.index.search(queries, k)
+        return self._torch_search(queries, k)
+
+    def _torch_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        block = max(1, min(len(queries), _BLOCK_FLOATS // max(1, self.size)))
+        scores, indices = [], []
+        # exact float32 products: no TF32 on Ampere and later, whatever the global setting
+        with torch.no_grad(), _full_float32_matmul():
+            for start in range(0, len(queries), block):
+                q = torch.from_numpy(queries[start : start + block]).to(self.bank.device)
+                product = q @ self.bank.T
+                if self.metric == "ip":
+                    values, rows = product.topk(k, dim=1)
+                else:  # |q|^2 - 2 q.b + |b|^2, clamped at 0 as FAISS does
+                    squared = (q * q).sum(1, keepdim=True) - 2 * product + self.bank_sq
+                    values, rows = squared.clamp_min_(0).topk(k, dim=1, largest=False)
+                scores.append(values.cpu())
+                indices.append(rows.cpu())
+        return torch.cat(scores).numpy(), torch.cat(indices).numpy().astype(np.int64)
+
+
+class _full_float32_matmul:
+    """Turn TF32 off for CUDA matmuls inside the block, restoring the setting after."""
+
+    def __enter__(self):
+        import torch
+
+        self.previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = self.previous
