@@ -5,14 +5,19 @@ present, else demo-med), at the same backbone, size, batch size and precision:
 
 1. method: a full optimiser step of the method (batched on-device augmentation, encoder,
    heads, loss, backward, AdamW step, momentum update);
-2. bare: the backbone's forward and backward alone on tensors of exactly the shapes the
+2. model: the method's own networks replayed call by call with the shapes the step gave
+   them (backbone on every view, projection and prediction heads, and the momentum or
+   teacher copies' forward passes without gradient), random inputs, a sum of the outputs as
+   the loss, backward, and the same AdamW step over all the method's parameters;
+3. bare: the backbone's forward and backward alone on tensors of exactly the shapes the
    method feeds it (two views for SimCLR, 2 global + 6 local crops for DINO...), a sum of
    the features as the loss, and the same optimiser step on the backbone.
 
-Their ratio is what augmentation, heads and losses cost on top of the backbone work the
-method cannot avoid; the goal on a GPU at 64 px, ResNet-50, batch 256 is >= 0.85. Images/s
-counts training images (not views). Both paths alternate round by round, so drift on a
-noisy machine hits both alike.
+method / model is what augmentation, losses, momentum updates and bookkeeping cost on top of
+the network work the method cannot avoid (Barlow Twins' and VICReg's 8192-d projectors are
+about a ResNet-50's FLOPs at 64 px): the goal on a GPU at 64 px, ResNet-50, batch 256 is
+>= 0.85. method / bare is reported beside it. Images/s counts training images (not views).
+The paths alternate round by round, so drift on a noisy machine hits all alike.
 
 CPU:  python bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 64
 GPU:  python bench/pretrain_throughput.py --backbone resnet50 --size 64 --batch-size 256
@@ -68,16 +73,18 @@ def main() -> None:
         f"device {device} ({card}), {args.backbone}, {args.size} px, batch {args.batch_size}, "
         f"{split.dataset}"
     )
-    print(f"{'method':<12} {'method img/s':>13} {'bare img/s':>11} {'ratio':>6}  views fed")
+    print(
+        f"{'method':<12} {'method img/s':>13} {'model img/s':>12} {'bare img/s':>11} "
+        f"{'/model':>7} {'/bare':>6}  views fed"
+    )
     n_classes = split.labels.shape[1] if split.labels.shape[1] > 1 else int(split.labels.max()) + 1
     for name in names:
-        method_rate, bare_rate, shapes = measure(
-            METHODS[name], args, images, labels, n_classes, autocast, device
-        )
+        rates, shapes = measure(METHODS[name], args, images, labels, n_classes, autocast, device)
         fed = " + ".join(f"{s[0]}x{s[-1]}px" for s in shapes)
         print(
-            f"{name:<12} {method_rate:>13.1f} {bare_rate:>11.1f} "
-            f"{method_rate / bare_rate:>6.3f}  {fed}",
+            f"{name:<12} {rates['method']:>13.1f} {rates['model']:>12.1f} {rates['bare']:>11.1f} "
+            f"{rates['method'] / rates['model']:>7.3f} {rates['method'] / rates['bare']:>6.3f}  "
+            f"{fed}",
             flush=True,
         )
 
@@ -104,8 +111,39 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
         method.after_step(0.5)
 
     hook = encoder.register_forward_pre_hook(lambda module, inputs: shapes.append(inputs[0].shape))
+    calls: list[tuple[torch.nn.Module, torch.Size, bool]] = []  # the networks' calls, in order
+    networks = [m for _, m in method.named_children() if any(True for _ in m.parameters())]
+    recorders = [
+        m.register_forward_pre_hook(
+            lambda module, inputs: calls.append((module, inputs[0].shape, torch.is_grad_enabled()))
+        )
+        for m in networks
+    ]
     method_step()
     hook.remove()
+    for recorder in recorders:
+        recorder.remove()
+    model_inputs = []
+    for module, shape, grad in calls:
+        x = torch.rand(shape, device=device)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif grad:
+            x.requires_grad_(True)  # a head's input carries a gradient in the real chain
+        model_inputs.append((module, x, grad))
+
+    def model_step() -> None:
+        losses = []
+        with autocast:
+            for module, x, grad in model_inputs:
+                with torch.set_grad_enabled(grad):
+                    out = module(x)
+                if grad:
+                    losses.append(out.float().sum())
+        sum(losses).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     views = [
         torch.rand(s, device=device).contiguous(memory_format=torch.channels_last) for s in shapes
     ]
@@ -119,9 +157,10 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
         bare_optimizer.zero_grad(set_to_none=True)
 
     bare_step()
-    times = {"method": 0.0, "bare": 0.0}
+    model_step()
+    times = {"method": 0.0, "model": 0.0, "bare": 0.0}
     for _ in range(args.rounds):
-        for label, step in (("method", method_step), ("bare", bare_step)):
+        for label, step in (("method", method_step), ("model", model_step), ("bare", bare_step)):
             _sync(device)
             start = time.perf_counter()
             for _ in range(args.steps):
@@ -129,7 +168,7 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
             _sync(device)
             times[label] += time.perf_counter() - start
     n = args.batch_size * args.steps * args.rounds
-    return n / times["method"], n / times["bare"], shapes
+    return {label: n / seconds for label, seconds in times.items()}, shapes
 
 
 if __name__ == "__main__":

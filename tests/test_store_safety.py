@@ -167,3 +167,55 @@ def test_verify_finds_corruption_and_ls_lists(tmp_path):
     assert "chunk 0 unreadable" in problems["test"]
     result = CliRunner().invoke(app, ["store", "verify", "--store", str(tmp_path / "s.zarr")])
     assert result.exit_code == 1 and "2 problem row(s)" in result.output
+
+
+def _chunk_files(store):
+    folder = store / "d" / "train" / "embeddings" / "c"
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("ahead", "block"), [(0, 1), (2, 1), (2, 3), (1, 100)])
+def test_the_writer_thread_and_blocks_write_the_same_bytes(tmp_path, monkeypatch, ahead, block):
+    """Chunks written in the caller's thread one by one, or by the writer thread in blocks of
+    several chunks: the same chunk files and checksums (2900 rows of 256-d: 1024-row chunks,
+    the last one partial; batches of 300 straddle chunk and block boundaries)."""
+    from embedkit.store import chunks
+
+    x = np.random.default_rng(1).normal(size=(2900, 256)).astype(np.float32)
+    batches = [x[i : i + 300] for i in range(0, 2900, 300)]
+    with StoreWriter(tmp_path / "ref.zarr", IDENTITY) as writer:
+        _write(writer, "d", "train", x, produce=[x])
+    monkeypatch.setattr(chunks, "WRITE_AHEAD", ahead)
+    monkeypatch.setattr(chunks, "WRITE_BYTES", block * 1024 * 256 * 4)
+    with StoreWriter(tmp_path / "s.zarr", IDENTITY) as writer:
+        _write(writer, "d", "train", x, produce=batches)
+    assert _chunk_files(tmp_path / "s.zarr") == _chunk_files(tmp_path / "ref.zarr")
+    ours = EmbeddingStore(tmp_path / "s.zarr").get("d", "train").attrs["chunk_sha256"]
+    assert ours == EmbeddingStore(tmp_path / "ref.zarr").get("d", "train").attrs["chunk_sha256"]
+
+
+def test_an_interruption_writes_the_whole_chunks_already_computed(tmp_path, monkeypatch):
+    """With blocks of 8 chunks, an interruption after 2.4 chunks' rows still writes and logs
+    the 2 whole chunks (resume starts after them); a failing writer's error reaches the
+    caller and nothing is published."""
+    from embedkit.store import chunks
+
+    monkeypatch.setattr(chunks, "WRITE_BYTES", 8 * 1024 * 256 * 4)
+    x = np.random.default_rng(2).normal(size=(5000, 256)).astype(np.float32)
+
+    def interrupted():
+        yield x[:2500]
+        raise KeyboardInterrupt
+
+    with StoreWriter(tmp_path / "s.zarr", IDENTITY) as writer, pytest.raises(KeyboardInterrupt):
+        _write(writer, "d", "train", x, produce=interrupted())
+    log = (tmp_path / "s.zarr" / "d" / ".train.partial" / "progress.jsonl").read_text()
+    assert [json.loads(line)["chunk"] for line in log.splitlines()] == [0, 1]
+
+    def broken_digest(values):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(chunks, "chunk_digest", broken_digest)
+    with StoreWriter(tmp_path / "t.zarr", IDENTITY) as writer, pytest.raises(OSError):
+        _write(writer, "d", "train", x, produce=[x[:2500], x[2500:]])
+    assert not (tmp_path / "t.zarr" / "d" / "train").exists()  # nothing published

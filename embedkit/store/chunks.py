@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +55,27 @@ def intact_chunks(staging: Path, identity: dict[str, Any], group) -> dict[int, s
     return intact
 
 
+# blocks of whole chunks queued for the writer thread while the caller computes the next
+# ones (memory: this many blocks more); 0 writes in the caller's thread
+WRITE_AHEAD = 2
+# whole chunks go to zarr in blocks of about this many bytes: zarr writes the chunks of one
+# call concurrently, and its per-call latency is paid once per block
+WRITE_BYTES = 8 << 20
+
+
 def write_chunks(
     group, produce, chunks: tuple[int, int], log_file: Path, where: str
 ) -> dict[int, str]:
     """Write chunks ``[first, stop)`` of ``group`` from ``produce``; log and return their
-    digests. Rows past ``stop`` are not computed."""
+    digests. Rows past ``stop`` are not computed.
+
+    Whole chunks are gathered into blocks of about ``WRITE_BYTES``; a writer thread stores,
+    hashes and logs each block (in order) while the producer computes the next (zarr's I/O and
+    hashlib release the GIL); at most ``WRITE_AHEAD`` blocks wait for it. A chunk is logged
+    only once it is written; an interruption first writes the whole chunks already computed,
+    and the thread is joined on the way out, so every whole chunk computed before an
+    interruption is on disk and logged, as when each chunk was written at once.
+    """
     first, stop = chunks
     embeddings = group["embeddings"]
     projections = group.get("projections", None)
@@ -68,34 +86,80 @@ def write_chunks(
     if start > keep_from:
         raise StoreError(f"producer began at row {start}, after row {keep_from}")
     skip, position, digests = keep_from - start, keep_from, {}
-    buffer = np.empty((rows, width), dtype=embeddings.dtype)
+    per_block = max(1, WRITE_BYTES // (rows * width * embeddings.dtype.itemsize))
+    buffer = np.empty((rows * per_block, width), dtype=embeddings.dtype)
     filled = 0
-    with open(log_file, "a") as progress:
-        for batch in batches:
-            if not np.isfinite(batch).all():
-                raise NonFiniteError(
-                    f"NaN or inf embeddings in {where}: the encoder's weights are broken; "
-                    f"nothing of this split was kept"
-                )
-            if skip:
-                dropped = min(skip, len(batch))
-                batch, skip = batch[dropped:], skip - dropped
-            while len(batch) and position < end:
-                take = min(len(batch), rows - filled)
-                buffer[filled : filled + take] = batch[:take]
-                batch, filled = batch[take:], filled + take
-                if filled == rows or position + filled == end:
-                    values = buffer[:filled]
-                    embeddings[position : position + filled] = values[:, :dim]  # whole chunk
-                    if projections is not None:
-                        projections[position : position + filled] = values[:, dim:]
-                    chunk, digest = position // rows, chunk_digest(values)
-                    progress.write(json.dumps({"chunk": chunk, "sha256": digest}) + "\n")
-                    progress.flush()
-                    digests[chunk] = digest
-                    position, filled = position + filled, 0
-            if position >= end:
-                break  # the next rank's rows are not this rank's to compute
+
+    def store(position: int, values: np.ndarray) -> list[tuple[int, str]]:
+        embeddings[position : position + len(values)] = values[:, :dim]  # whole chunks
+        if projections is not None:
+            projections[position : position + len(values)] = values[:, dim:]
+        done = []
+        for offset in range(0, len(values), rows):
+            chunk = (position + offset) // rows
+            done.append((chunk, chunk_digest(values[offset : offset + rows])))
+            progress.write(json.dumps({"chunk": chunk, "sha256": done[-1][1]}) + "\n")
+        progress.flush()
+        return done
+
+    pending: deque[Future] = deque()
+    failed = False  # the writer raised: nothing more is given to it
+
+    def collect(keep: int) -> None:
+        nonlocal failed
+        while len(pending) > keep:
+            try:
+                digests.update(pending.popleft().result())
+            except BaseException:
+                failed = True
+                raise  # a writer's error surfaces here, in the caller's thread
+
+    def flush(count: int) -> None:
+        nonlocal buffer, position, filled, failed
+        if WRITE_AHEAD:
+            pending.append(writer.submit(store, position, buffer[:count]))
+            fresh = np.empty_like(buffer)  # the block is the writer's now
+            fresh[: filled - count] = buffer[count:filled]
+            buffer = fresh
+            collect(WRITE_AHEAD)
+        else:
+            try:
+                digests.update(store(position, buffer[:count]))
+            except BaseException:
+                failed = True
+                raise
+            buffer[: filled - count] = buffer[count:filled]
+        position, filled = position + count, filled - count
+
+    with (
+        open(log_file, "a") as progress,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedkit-write") as writer,
+    ):
+        try:
+            for batch in batches:
+                if not np.isfinite(batch).all():
+                    raise NonFiniteError(
+                        f"NaN or inf embeddings in {where}: the encoder's weights are broken; "
+                        f"nothing of this split was kept"
+                    )
+                if skip:
+                    dropped = min(skip, len(batch))
+                    batch, skip = batch[dropped:], skip - dropped
+                while len(batch) and position + filled < end:
+                    take = min(len(batch), len(buffer) - filled, end - position - filled)
+                    buffer[filled : filled + take] = batch[:take]
+                    batch, filled = batch[take:], filled + take
+                    if filled == len(buffer) or position + filled == end:
+                        flush(filled)
+                if position >= end:
+                    break  # the next rank's rows are not this rank's to compute
+        except NonFiniteError:
+            raise  # nothing of the split is kept
+        except BaseException:
+            if filled >= rows and not failed:  # keep the whole chunks computed, for --resume
+                flush(filled // rows * rows)
+            raise
+        collect(0)
     if position != end:
         raise StoreError(
             f"{where}: {position} embeddings written, {end} expected; run again with "
