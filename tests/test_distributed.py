@@ -61,3 +61,62 @@ def test_two_ranks_write_the_same_store_as_one(tmp_path, data_root):
     report = verify_store(tmp_path / "two.zarr")
     assert len(report) == 3 and report["problems"].to_list() == ["", "", ""]
     assert not any(p.name.startswith("progress") for p in (tmp_path / "two.zarr").rglob("*"))
+
+
+def _losses_on_rank(rank: int, world: int, port: int, queue) -> None:
+    import torch
+    import torch.distributed as dist
+    from lightly.loss import BarlowTwinsLoss, VICRegLoss
+
+    from embedkit.methods._gram import GramBarlowTwinsLoss, GramVICRegLoss
+
+    dist.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    generator = torch.Generator().manual_seed(0)
+    z_a = torch.randn(2 * 24, 200, dtype=torch.float64, generator=generator)
+    z_b = 0.7 * z_a + 0.3 * torch.randn(2 * 24, 200, dtype=torch.float64, generator=generator)
+    mine = slice(24 * rank, 24 * (rank + 1))
+    out = {}
+    for name, reference, ours in (
+        (
+            "barlowtwins",
+            BarlowTwinsLoss(gather_distributed=True),
+            GramBarlowTwinsLoss(gather_distributed=True),
+        ),
+        ("vicreg", VICRegLoss(gather_distributed=True), GramVICRegLoss(gather_distributed=True)),
+    ):
+        for label, loss in (("reference", reference), ("ours", ours)):
+            a, b = z_a[mine].clone().requires_grad_(), z_b[mine].clone().requires_grad_()
+            value = loss(a, b)
+            grads = torch.autograd.grad(value, (a, b))
+            out[name, label] = (value.item(), grads[0].tolist(), grads[1].tolist())
+    queue.put((rank, out))
+    dist.destroy_process_group()
+
+
+def test_gram_losses_equal_lightlys_across_two_processes():
+    """Under two gloo processes (each rank its half of the batch) the losses give lightly's
+    values and gradients on every rank."""
+    import socket
+
+    import numpy as np
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    workers = [
+        context.Process(target=_losses_on_rank, args=(rank, 2, port, queue)) for rank in (0, 1)
+    ]
+    for worker in workers:
+        worker.start()
+    results = dict(queue.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    for rank in (0, 1):
+        for name in ("barlowtwins", "vicreg"):
+            expected, got = results[rank][name, "reference"], results[rank][name, "ours"]
+            for e, g in zip(expected, got, strict=True):
+                np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-14)

@@ -253,3 +253,32 @@ def test_a_vit_run_embeds_with_its_own_patch_size(tmp_path, data_root):
     store = embed(embed_config, tmp_path / "s.zarr", progress=False)
     assert store.get("demo-texture", "test").embeddings.shape == (600, 192)
     assert store.encoder["patch_size"] == 4 and store.encoder["backbone"] == "vit_tiny"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("n", "d"), [(48, 640), (300, 96)])  # the Gram path, the direct one
+@pytest.mark.parametrize("name", ["barlowtwins", "vicreg"])
+def test_gram_losses_equal_lightlys(name, n, d, dtype):
+    """Barlow Twins' and VICReg's losses through N x N Gram matrices: lightly's value and
+    gradients, to float precision."""
+    from lightly.loss import BarlowTwinsLoss, VICRegLoss
+
+    from embedkit.methods._gram import GramBarlowTwinsLoss, GramVICRegLoss
+
+    reference, ours = {
+        "barlowtwins": (BarlowTwinsLoss(lambda_param=5e-3), GramBarlowTwinsLoss(lambda_param=5e-3)),
+        "vicreg": (VICRegLoss(), GramVICRegLoss()),
+    }[name]
+    generator = torch.Generator().manual_seed(n)
+    z_a = torch.randn(n, d, dtype=dtype, generator=generator)
+    z_b = 0.7 * z_a + 0.3 * torch.randn(n, d, dtype=dtype, generator=generator)
+    results = []
+    for loss in (reference, ours):
+        a, b = z_a.clone().requires_grad_(), z_b.clone().requires_grad_()
+        value = loss(a, b)
+        results.append((value.detach(), *torch.autograd.grad(value, (a, b))))
+    tolerance = (
+        {"rtol": 1e-9, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-7}
+    )
+    for expected, got in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, expected, **tolerance)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
 from ..backbones import Encoder
 from . import register_method
+from ._gram import GramBarlowTwinsLoss
 from .base import MethodConfig, PretrainMethod
 
 
@@ -33,7 +33,8 @@ class BarlowTwinsConfig(MethodConfig):
 
 @register_method("barlowtwins")
 class BarlowTwins(PretrainMethod):
-    """Barlow Twins with lightly's ``BarlowTwinsProjectionHead`` and ``BarlowTwinsLoss``."""
+    """Barlow Twins with lightly's ``BarlowTwinsProjectionHead`` and ``BarlowTwinsLoss`` (through
+    the batch's Gram matrices on one process, ``embedkit.methods._gram``)."""
 
     Config = BarlowTwinsConfig
     min_batch_size = 4  # the loss normalises over the batch: two samples give a degenerate one
@@ -45,7 +46,9 @@ class BarlowTwins(PretrainMethod):
         self.projection_head = BarlowTwinsProjectionHead(
             encoder.feature_dim, config.hidden_dim, config.projection_dim
         )
-        self.criterion = BarlowTwinsLoss(lambda_param=config.lambda_param, gather_distributed=True)
+        self.criterion = GramBarlowTwinsLoss(
+            lambda_param=config.lambda_param, gather_distributed=True
+        )
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)

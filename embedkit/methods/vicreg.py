@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 
 from ..backbones import Encoder
 from . import register_method
+from ._gram import GramVICRegLoss
 from .base import MethodConfig, PretrainMethod
 
 
@@ -36,7 +36,8 @@ class VICRegConfig(MethodConfig):
 
 @register_method("vicreg")
 class VICReg(PretrainMethod):
-    """VICReg with lightly's ``VICRegProjectionHead`` and ``VICRegLoss``."""
+    """VICReg with lightly's ``VICRegProjectionHead`` and ``VICRegLoss`` (its covariance term
+    through the batch's Gram matrices, ``embedkit.methods._gram``)."""
 
     Config = VICRegConfig
     min_batch_size = 4  # the variance and covariance terms are batch statistics
@@ -48,7 +49,7 @@ class VICReg(PretrainMethod):
         self.projection_head = VICRegProjectionHead(
             encoder.feature_dim, config.hidden_dim, config.projection_dim, config.num_layers
         )
-        self.criterion = VICRegLoss(
+        self.criterion = GramVICRegLoss(
             lambda_param=config.invariance_weight,
             mu_param=config.variance_weight,
             nu_param=config.covariance_weight,
