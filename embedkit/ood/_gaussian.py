@@ -1,8 +1,27 @@
-"""Gaussian statistics shared by the Mahalanobis-family scorers (not a scorer itself)."""
+"""Gaussian statistics shared by the Mahalanobis-family scorers (not a scorer itself).
+
+The heavy steps (the covariance's ``X^T X``, its eigendecomposition, the whitened distances)
+run in float64 torch on the GPU when torch sees one, else on the CPU; arrays come in and go
+out as numpy, so a scorer's fitted state stays plain arrays.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def compute_device():
+    """The device the scorers' linear algebra runs on: CUDA when torch sees it, else CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def as_float64(x: np.ndarray, device=None):
+    """``x`` as a float64 torch tensor on ``device`` (the compute device by default)."""
+    import torch
+
+    return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device or compute_device())
 
 
 def whitening(covariance: np.ndarray, rcond: float | None = None) -> np.ndarray:
@@ -14,19 +33,22 @@ def whitening(covariance: np.ndarray, rcond: float | None = None) -> np.ndarray:
     OpenOOD's Mahalanobis scores) use: real but small directions of a rank-deficient
     covariance (dead ReLU units) are kept, rounding noise is not.
     """
+    import torch
+
     if rcond is None:
         rcond = covariance.shape[0] * np.finfo(np.float64).eps
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    keep = eigenvalues > rcond * np.abs(eigenvalues).max()
-    return eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
+    eigenvalues, eigenvectors = torch.linalg.eigh(as_float64(covariance))
+    keep = eigenvalues > rcond * eigenvalues.abs().max()
+    return (eigenvectors[:, keep] / eigenvalues[keep].sqrt()).cpu().numpy()
 
 
 def squared_distances(x: np.ndarray, means: np.ndarray, transform: np.ndarray) -> np.ndarray:
     """``(N, C)`` squared Mahalanobis distances of rows of ``x`` to each of ``means``."""
-    z = np.asarray(x, dtype=np.float64) @ transform
-    m = means @ transform
-    d = (z * z).sum(1, keepdims=True) - 2.0 * z @ m.T + (m * m).sum(1)
-    return np.maximum(d, 0.0)
+    t = as_float64(transform)
+    z = as_float64(x) @ t
+    m = as_float64(means) @ t
+    d = (z * z).sum(1, keepdim=True) - 2.0 * z @ m.T + (m * m).sum(1)
+    return d.clamp_min_(0.0).cpu().numpy()
 
 
 def class_statistics(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -34,15 +56,19 @@ def class_statistics(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, n
 
     Without labels, or with multi-label targets, the data is one class.
     """
-    x = np.asarray(x, dtype=np.float64)
+    import torch
+
     if y is None or np.asarray(y).reshape(len(x), -1).shape[1] > 1:
         labels = np.zeros(len(x), dtype=np.int64)
     else:
         labels = np.asarray(y).reshape(-1)
     classes, inverse = np.unique(labels, return_inverse=True)
-    counts = np.bincount(inverse)
-    means = np.zeros((len(classes), x.shape[1]))
-    np.add.at(means, inverse, x)
+    x = as_float64(x)
+    inverse = torch.as_tensor(inverse.reshape(-1), device=x.device)
+    counts = torch.bincount(inverse, minlength=len(classes)).to(x.dtype)
+    means = torch.zeros(len(classes), x.shape[1], dtype=x.dtype, device=x.device)
+    means.index_add_(0, inverse, x)
     means /= counts[:, None]
     centred = x - means[inverse]
-    return means, centred.T @ centred / len(x)
+    covariance = centred.T @ centred / len(x)
+    return means.cpu().numpy(), covariance.cpu().numpy()

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..eval.linear import LinearHead, fit_linear
+from ._gaussian import as_float64
 from .base import OODScorer
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,20 @@ class ResidualSpace:
 
     The origin is ``-pinv(W) b`` of the linear head, where every logit is zero; the principal
     subspace holds the ``dim`` largest eigenvectors of the uncentred covariance about it.
+    Computed in float64 on the compute device (``embedkit.ood._gaussian``); the origin and the
+    basis are kept as numpy arrays.
     """
 
     def __init__(self, X: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int) -> None:
-        self.origin = -np.linalg.pinv(weight) @ bias
-        shifted = np.asarray(X, dtype=np.float64) - self.origin
-        eigenvalues, eigenvectors = np.linalg.eigh(shifted.T @ shifted / len(shifted))
-        order = np.argsort(eigenvalues)[::-1]
-        self.basis = np.ascontiguousarray(eigenvectors[:, order[dim:]])
+        import torch
+
+        self.origin = -np.linalg.pinv(weight) @ bias  # (K, D): small, on the CPU as before
+        shifted = as_float64(X) - as_float64(self.origin)
+        eigenvalues, eigenvectors = torch.linalg.eigh(shifted.T @ shifted / len(shifted))
+        order = torch.argsort(eigenvalues, descending=True)
+        self.basis = eigenvectors[:, order[dim:]].contiguous().cpu().numpy()
 
     def norm(self, X: np.ndarray) -> np.ndarray:
         """Length of each row's component outside the principal subspace."""
-        return np.linalg.norm((np.asarray(X, dtype=np.float64) - self.origin) @ self.basis, axis=1)
+        shifted = as_float64(X) - as_float64(self.origin)
+        return (shifted @ as_float64(self.basis)).norm(dim=1).cpu().numpy()
