@@ -64,7 +64,10 @@ def encode(
     """Yield ``(start, embeddings)`` for consecutive batches of uint8 ``(N, H, W, C)`` images.
 
     Reading overlaps compute (``prefetched_batches``); on a GPU the batches are pinned and
-    copied asynchronously, run in bf16 autocast and channels_last.
+    copied asynchronously, run in bf16 autocast and channels_last, and each batch's features
+    are copied back into pinned host memory without blocking: a batch is handed out only once
+    the next one is queued on the GPU, so the caller's work on batch i (checks, writes,
+    hashes) runs while the GPU computes batch i+1.
     """
     on_gpu = device.type == "cuda"
     encoder.eval().to(device)
@@ -74,10 +77,38 @@ def encode(
     bar = tqdm(
         total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False
     )
-    for start, batch in prefetched_batches(images, batch_size, pin=on_gpu):
+    ring: list[torch.Tensor] = []  # two pinned host buffers, alternating (GPU only)
+    pending = None
+    for i, (start, batch) in enumerate(prefetched_batches(images, batch_size, pin=on_gpu)):
         batch = to_float(batch.to(device, non_blocking=True))
         with autocast:
             features = encoder(batch.contiguous(memory_format=torch.channels_last))
-        yield start, features.float().cpu().numpy()
-        bar.update(len(batch))
+        if on_gpu:
+            if not ring:
+                shape = (batch_size, features.shape[1])
+                ring = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in "ab"]
+            host = ring[i % 2][: len(features)]
+            host.copy_(features.float(), non_blocking=True)  # queued after the forward pass
+            done = torch.cuda.Event()
+            done.record()
+            ready = (start, host, done)
+        else:
+            ready = (start, features.float().numpy(), None)
+        if pending is not None:
+            yield _handed_out(pending)
+            bar.update(len(pending[1]))
+        pending = ready
+    if pending is not None:
+        yield _handed_out(pending)
+        bar.update(len(pending[1]))
     bar.close()
+
+
+def _handed_out(pending) -> tuple[int, np.ndarray]:
+    """A batch's start and features as a numpy array the caller owns (a pinned buffer is
+    copied out, once its transfer is done, so that the ring can take the next batch)."""
+    start, features, done = pending
+    if done is None:
+        return start, features
+    done.synchronize()
+    return start, features.numpy().copy()
