@@ -1,6 +1,8 @@
 """Stage 1, pretraining: SSL methods on timm backbones, into self-describing run folders.
 
 - ``loop``: ``PretrainConfig`` and ``pretrain``, the training loop on Lightning Fabric.
+- ``epoch``: one epoch's optimiser steps and metric lines, and the epoch summary line.
+- ``loggers``: Lightning's CSV, TensorBoard and W&B loggers beside ``metrics.jsonl``.
 - ``engine``: option checks, the Fabric set-up and the learning-rate schedule.
 - ``runs``: the run folder (config, status, metrics, checkpoint, exported encoder and head),
   which ``embedkit.embed`` reads.
