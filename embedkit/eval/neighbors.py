@@ -8,6 +8,8 @@ float32: they return the same neighbours up to the order of tied scores.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import faiss
 import numpy as np
 
@@ -22,6 +24,19 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     """Rows scaled to unit length (the epsilon guards the division, not the result)."""
     x = np.asarray(x, dtype=np.float32)
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + eps)
+
+
+@contextmanager
+def _no_tf32():
+    """Exact float32 CUDA matmuls inside the block (TF32 off), the setting restored after."""
+    import torch
+
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def _torch_cuda() -> bool:
@@ -94,7 +109,7 @@ class NeighborIndex:
         block = max(1, min(len(queries), _BLOCK_FLOATS // max(1, self.size)))
         scores, indices = [], []
         # exact float32 products: no TF32 on Ampere and later, whatever the global setting
-        with torch.no_grad(), _full_float32_matmul():
+        with torch.no_grad(), _no_tf32():
             for start in range(0, len(queries), block):
                 q = torch.from_numpy(queries[start : start + block]).to(self.bank.device)
                 product = q @ self.bank.T
@@ -106,18 +121,3 @@ class NeighborIndex:
                 scores.append(values.cpu())
                 indices.append(rows.cpu())
         return torch.cat(scores).numpy(), torch.cat(indices).numpy().astype(np.int64)
-
-
-class _full_float32_matmul:
-    """Turn TF32 off for CUDA matmuls inside the block, restoring the setting after."""
-
-    def __enter__(self):
-        import torch
-
-        self.previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = self.previous
