@@ -77,6 +77,8 @@ class _Document:
 
     @staticmethod
     def _cell(value) -> str:
+        if value is None:  # a value the row does not have (no kNN monitor, one seed)
+            return "-"
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
     def markdown(self) -> str:
@@ -136,7 +138,8 @@ def _runs_section(doc: _Document, runs: list[Path]) -> None:
     empty = [c for c in summary.columns if summary[c].null_count() == summary.height]
     doc.table(summary.drop(empty))
     metrics = [read_metrics(run) for run in runs]
-    labels = [str(run) if summary["run"].is_duplicated().any() else run.name for run in runs]
+    same_names = summary["run"].is_duplicated().any()  # then label runs by their paths
+    labels = [str(run) if same_names else run.name for run in runs]
     if len(runs) > 1:
         doc.figure(
             compare_runs(dict(zip(labels, metrics, strict=True))),

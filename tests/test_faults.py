@@ -329,7 +329,12 @@ def test_bad_dtype_creates_no_store(tmp_path, data_root):
         ("--weight-decay", "-0.1", "--weight-decay must be 0 or positive"),
         ("--warmup", "1.5", "--warmup is a share of the steps"),
         ("--seed", "-1", "--seed must lie in 0..2**32-1"),
-        ("--logger", "csv,mlflow", "unknown logger 'mlflow': use csv, tensorboard, wandb"),
+        (
+            "--logger",
+            "csv,mlflow",
+            "unknown logger 'mlflow': valid loggers: csv, tensorboard, wandb",
+        ),
+        ("--logger", "tensorbord", "unknown logger 'tensorbord': did you mean tensorboard?"),
         ("--logger", "csv,", "has an empty name"),
     ],
 )

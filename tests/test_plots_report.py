@@ -336,3 +336,5 @@ def test_runs_are_summarised_and_compared(tmp_path):
     np.testing.assert_allclose(a_knn.get_ydata(), [0.5, 0.8])
     text = build_report(tmp_path / "r", runs=[a, b]).read_text()
     assert "runs-compared.png" in text and "run-2-b.png" in text
+    (row_b,) = [line for line in text.splitlines() if line.startswith("| b |")]
+    assert row_b.endswith("| 20.000 | - | - | 101.000 |")  # no kNN monitor: "-", not None

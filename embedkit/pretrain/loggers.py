@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownNameError
 
 LOGGERS = ("csv", "tensorboard", "wandb")
 LOG_DIR = "logs"
@@ -42,7 +42,7 @@ def check_loggers(names: Iterable[str]) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(names))
     for name in names:
         if name not in LOGGERS:
-            raise ConfigError(f"unknown logger '{name}': use {', '.join(LOGGERS)}")
+            raise UnknownNameError("logger", name, LOGGERS)
         modules = _EXTRAS.get(name, ())
         if modules and not any(importlib.util.find_spec(m) for m in modules):
             raise ConfigError(
