@@ -282,3 +282,36 @@ def test_gram_losses_equal_lightlys(name, n, d, dtype):
     )
     for expected, got in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(got, expected, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n_local", [0, 3])
+def test_fused_dino_loss_equals_lightlys(n_local, dtype):
+    """DINO's loss as log-sum-exp minus a dot product per view: lightly's value, gradients
+    and centre, over two calls (the second uses the first's centre)."""
+    from lightly.loss import DINOLoss
+
+    from embedkit.methods._dino_loss import FusedDINOLoss
+
+    # 0.0625 is a float32 number: lightly turns the teacher temperature into a float32 tensor
+    reference, ours = (
+        cls(output_dim=512, center_momentum=0.8).to(dtype) for cls in (DINOLoss, FusedDINOLoss)
+    )
+    generator = torch.Generator().manual_seed(n_local)
+    for call in range(2):
+        teacher = [3 * torch.randn(6, 512, dtype=dtype, generator=generator) for _ in range(2)]
+        student = [3 * torch.randn(6, 512, dtype=dtype, generator=generator)]
+        student += [teacher[0] + torch.randn(6, 512, dtype=dtype, generator=generator)]
+        student += [torch.randn(6, 512, dtype=dtype, generator=generator) for _ in range(n_local)]
+        results = []
+        for loss in (reference, ours):
+            views = [view.clone().requires_grad_() for view in student]
+            value = loss(teacher, views, teacher_temp=0.0625)
+            results.append((value.detach(), *torch.autograd.grad(value, views), loss.center))
+        # gradients are (|W| softmax - W) / T: where the two nearly cancel, the error is
+        # relative to the gradients' scale (largest entry of any view, ~0.2-0.8 here)
+        eps = 1e-13 if dtype == torch.float64 else 1e-5
+        scale = max(grad.abs().max().item() for grad in results[0][1:-1])
+        for expected, got in zip(results[0], results[1], strict=True):
+            torch.testing.assert_close(got, expected, rtol=eps, atol=eps * scale)
+        assert results[1][0] > 0 and results[1][-1].abs().sum() > 0, call

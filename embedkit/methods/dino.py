@@ -2,7 +2,8 @@
 
 Two global crops go through the teacher; the global and ``n_local`` small local crops go
 through the student, whose softmax must match the teacher's centred, sharpened softmax of
-the other views (lightly's ``DINOProjectionHead`` and ``DINOLoss``). The teacher temperature
+the other views (lightly's ``DINOProjectionHead``, and ``DINOLoss`` computed view by view
+without log-softmax tensors: ``_dino_loss``). The teacher temperature
 warms up linearly over the first ``teacher_temp_warmup`` of training, the teacher momentum
 rises from 0.996 to 1 on a cosine, and the head's last layer stays frozen during the first
 epoch. Local crops are ``96/224`` of the image side, rounded to the ViT patch size.
@@ -17,12 +18,12 @@ import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
-from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 
 from ..augment import AugmentConfig, BatchAugment
 from ..backbones import Encoder
 from . import register_method
+from ._dino_loss import FusedDINOLoss
 from ._momentum import MomentumMethod
 from .base import MethodConfig
 
@@ -106,7 +107,7 @@ class DINO(MomentumMethod):
 
         self.projection_head = make_head()
         self.init_momentum_branch(make_head)
-        self.criterion = DINOLoss(
+        self.criterion = FusedDINOLoss(
             output_dim=config.output_dim,
             warmup_teacher_temp=config.warmup_teacher_temp,
             teacher_temp=config.teacher_temp,
