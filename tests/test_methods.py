@@ -284,16 +284,18 @@ def test_gram_losses_equal_lightlys(name, n, d, dtype):
         torch.testing.assert_close(got, expected, **tolerance)
 
 
+@pytest.mark.parametrize("form", ["views", "blocks", "one block"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("n_local", [0, 3])
-def test_fused_dino_loss_equals_lightlys(n_local, dtype):
-    """DINO's loss as log-sum-exp minus a dot product per view: lightly's value, gradients
-    and centre, over two calls (the second uses the first's centre)."""
+def test_fused_dino_loss_equals_lightlys(n_local, dtype, form):
+    """DINO's loss by blocks of views with a written-out gradient: lightly's value,
+    gradients and centre over two calls (the second uses the first's centre), given as
+    lightly's list of views, as the method's (views, batch, dim) blocks, or as one block
+    holding views with and without a matching teacher view."""
     from lightly.loss import DINOLoss
 
     from embedkit.methods._dino_loss import FusedDINOLoss
 
-    # 0.0625 is a float32 number: lightly turns the teacher temperature into a float32 tensor
     reference, ours = (
         cls(output_dim=512, center_momentum=0.8).to(dtype) for cls in (DINOLoss, FusedDINOLoss)
     )
@@ -306,7 +308,15 @@ def test_fused_dino_loss_equals_lightlys(n_local, dtype):
         results = []
         for loss in (reference, ours):
             views = [view.clone().requires_grad_() for view in student]
-            value = loss(teacher, views, teacher_temp=0.0625)
+            given_teacher, given_student = teacher, views
+            if loss is ours and form == "blocks":
+                given_teacher = torch.stack(teacher)
+                given_student = [torch.stack(views[:2])]
+                given_student += [torch.stack(views[2:])] if n_local else []
+            elif loss is ours and form == "one block":
+                given_teacher, given_student = torch.stack(teacher), torch.stack(views)
+            # 0.0625 is a float32 number: lightly makes the temperature a float32 tensor
+            value = loss(given_teacher, given_student, teacher_temp=0.0625)
             results.append((value.detach(), *torch.autograd.grad(value, views), loss.center))
         # gradients are (|W| softmax - W) / T: where the two nearly cancel, the error is
         # relative to the gradients' scale (largest entry of any view, ~0.2-0.8 here)

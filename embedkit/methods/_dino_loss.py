@@ -1,18 +1,19 @@
-"""DINO's cross-entropy without the student's log-softmax tensors.
+"""DINO's cross-entropy view by view, with its gradient written out.
 
 lightly's ``DINOLoss`` stacks every student view, takes their log-softmax over the 65,536
 prototypes and contracts it with the teacher's softmax over all (teacher, student) view pairs
-but the matching ones. With ``P_t`` the teacher's probabilities, ``z_s`` a student view's
-logits over the temperature and ``W_s = sum_{t != s} P_t``, the same sum is
+but the matching ones; autograd then keeps the stacked copies and walks back through the
+stack, the division by the temperature and the log-softmax. With ``P_t`` the teacher's
+probabilities and ``W_s = sum_{t != s} P_t``, the same sum is one term per student view,
 
-    sum_s sum_{t != s} -<P_t, log_softmax(z_s)> = sum_s sum_b ( |W_sb| lse(z_sb) - <W_sb, z_sb> ),
+    sum_s sum_{t != s} -<P_t, log_softmax(z_s / T)> = sum_s -<W_s, log_softmax(z_s / T)>,
 
-where ``|W_sb|`` is the row's mass (the number of teacher views paired with ``s``, up to
-rounding) and ``lse`` the row's log-sum-exp. Forward this is a log-sum-exp and one dot
-product per view, backward ``(|W| softmax(z) - W) / T``: no stacked copy of the student
-views, no log-softmax tensor kept for backward, about half the memory traffic of the
-original over views of ``batch x 65,536`` (the loss's whole cost). The sums run in float32
-outside autocast (float64 stays float64); the centre and its update are lightly's.
+whose gradient is ``(|W_s| softmax(z_s / T) - W_s) / T`` per row (``|W_s|`` the row's mass,
+the number of teacher views paired with ``s`` up to rounding). ``_PairedCrossEntropy`` computes
+each term with the fused log-softmax kernel and its gradient from the saved log-probabilities
+in place: no stacked copy of the views and about half the memory traffic of the original
+(the loss's whole cost, at ``batch x 65,536`` per view). The sums run in float32 outside
+autocast (float64 stays float64); the centre and its update are lightly's.
 """
 
 from __future__ import annotations
@@ -22,36 +23,77 @@ from lightly.loss import DINOLoss
 from torch.nn import functional as F
 
 
+class _PairedCrossEntropy(torch.autograd.Function):
+    """``-sum_k <weights_k, log_softmax(logits_k / temperature)>`` over a block of ``K``
+    views ``(K, B, D)``; ``weights`` is ``(K, B, D)`` or one ``(B, D)`` for every view."""
+
+    @staticmethod
+    def forward(ctx, logits, weights, temperature: float, dtype: torch.dtype):
+        log_p = F.log_softmax(logits.to(dtype) / temperature, dim=-1)
+        ctx.save_for_backward(log_p, weights)
+        ctx.temperature, ctx.input_dtype = temperature, logits.dtype
+        if weights.dim() == log_p.dim():
+            return -weights.flatten().dot(log_p.flatten())
+        return -(log_p.view(log_p.shape[0], -1) @ weights.flatten()).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        log_p, weights = ctx.saved_tensors
+        scale = grad_output / ctx.temperature
+        grad = log_p.exp().mul_(weights.sum(-1, keepdim=True) * scale).sub_(weights * scale)
+        return grad.to(ctx.input_dtype), None, None, None
+
+
+def _blocks(views: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views as ``(K, B, D)`` blocks: a ``(B, D)`` tensor is one view, ``(K, B, D)`` is K."""
+    if isinstance(views, torch.Tensor):
+        views = [views]
+    return [view.unsqueeze(0) if view.dim() == 2 else view for view in views]
+
+
 class FusedDINOLoss(DINOLoss):
-    """lightly's ``DINOLoss`` (same arguments, buffers and value) computed view by view as
-    log-sum-exp minus a dot product."""
+    """lightly's ``DINOLoss`` (same arguments, buffers and value) computed by blocks of views
+    with a hand-written gradient.
+
+    Besides lightly's lists of ``(B, D)`` views, teacher and student outputs may be given as
+    ``(K, B, D)`` blocks of ``K`` views (a head's output over stacked views, viewed as
+    ``(K, B, D)``), numbered in order: the whole block's gradient is then one tensor, with no
+    copy to split or stack.
+    """
 
     def forward(
         self,
-        teacher_out: list[torch.Tensor],
-        student_out: list[torch.Tensor],
+        teacher_out: torch.Tensor | list[torch.Tensor],
+        student_out: torch.Tensor | list[torch.Tensor],
         teacher_temp: float | None = None,
         epoch: int | None = None,
     ) -> torch.Tensor:
-        if teacher_temp is None and epoch is not None:  # lightly's per-epoch schedule
-            return super().forward(teacher_out, student_out, epoch=epoch)
-        temperature = self.teacher_temp if teacher_temp is None else float(teacher_temp)
-        n_teacher, n_student = len(teacher_out), len(student_out)
+        teachers, students = _blocks(teacher_out), _blocks(student_out)
+        n_teacher = sum(block.shape[0] for block in teachers)
+        n_student = sum(block.shape[0] for block in students)
         n_terms = n_teacher * n_student - min(n_teacher, n_student)
-        if n_terms == 0:
-            return super().forward(teacher_out, student_out, teacher_temp=teacher_temp)
-        dtype = torch.promote_types(teacher_out[0].dtype, torch.float32)
-        with torch.autocast(teacher_out[0].device.type, enabled=False):
-            teacher = torch.stack(teacher_out).to(dtype)
+        if n_terms == 0 or (teacher_temp is None and epoch is not None):
+            # lightly's error for too few views, or its per-epoch temperature schedule
+            teacher_list = [view for block in teachers for view in block]
+            student_list = [view for block in students for view in block]
+            return super().forward(teacher_list, student_list, teacher_temp, epoch)
+        temperature = self.teacher_temp if teacher_temp is None else float(teacher_temp)
+        dtype = torch.promote_types(teachers[0].dtype, torch.float32)
+        with torch.autocast(teachers[0].device.type, enabled=False):
+            teacher = torch.cat(teachers).to(dtype) if len(teachers) > 1 else teachers[0].to(dtype)
             probabilities = F.softmax((teacher - self.center) / temperature, dim=-1)
             paired_with_all = probabilities.sum(0)
-            loss = teacher.new_zeros(())
-            for s, view in enumerate(student_out):
-                weights = paired_with_all - probabilities[s] if s < n_teacher else paired_with_all
-                logits = view.to(dtype) / self.student_temp
-                mass = weights.sum(-1)
-                loss = loss + mass.dot(torch.logsumexp(logits, dim=-1))
-                loss = loss - weights.flatten().dot(logits.flatten())
+            loss, first = teacher.new_zeros(()), 0
+            for block in students:
+                last = first + block.shape[0]
+                weights = paired_with_all  # a view without a matching teacher view
+                if first < n_teacher:
+                    weights = paired_with_all - probabilities[first:last]
+                    if last > n_teacher:
+                        rest = paired_with_all.expand(last - n_teacher, *paired_with_all.shape)
+                        weights = torch.cat([weights, rest])
+                loss = loss + _PairedCrossEntropy.apply(block, weights, self.student_temp, dtype)
+                first = last
             loss = loss / (n_terms * teacher.shape[1])
         self.update_center(teacher)
         return loss

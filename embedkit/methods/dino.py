@@ -127,14 +127,16 @@ class DINO(MomentumMethod):
     def training_step(self, images, labels, generator) -> torch.Tensor:
         n = len(images)
         global_views = self.two_views(images, generator)
-        teacher = self.momentum_forward(global_views).chunk(2)
-        student = list(self.projection_head(self.encoder(global_views)).chunk(2))
+        # each head's output over stacked views, as (views, batch, dim) blocks
+        teacher = self.momentum_forward(global_views).unflatten(0, (2, n))
+        student = [self.projection_head(self.encoder(global_views)).unflatten(0, (2, n))]
         if self.config.n_local:
             local_views = torch.cat(
                 [self.augment_local(images, generator) for _ in range(self.config.n_local)]
             )
-            student += list(self.projection_head(self.encoder(local_views)).split(n))
-        return self.criterion(list(teacher), student, teacher_temp=self.teacher_temperature())
+            local = self.projection_head(self.encoder(local_views))
+            student.append(local.unflatten(0, (self.config.n_local, n)))
+        return self.criterion(teacher, student, teacher_temp=self.teacher_temperature())
 
     def before_optimizer_step(self) -> None:
         self.projection_head.cancel_last_layer_gradients(self.epoch)
