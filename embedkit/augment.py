@@ -11,9 +11,11 @@ jitter and blur are per-sample tensor arithmetic. Blur sigmas scale with image s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,25 +89,45 @@ def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, g) -> to
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+# Constants of the colour operations, built once per device and dtype: a tensor made from
+# Python numbers on a GPU is a host-to-device copy that waits for the GPU to catch up.
+_LUMA = (0.299, 0.587, 0.114)
+_RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float64
+)
+# Rotating the (I, Q) plane by a in YIQ space is, in RGB, the matrix
+# inv(YIQ) @ (E_y + cos(a) E_iq + sin(a) J) @ YIQ = HUE[0] + cos(a) HUE[1] + sin(a) HUE[2].
+_HUE_BASIS = np.stack(
+    [
+        np.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
+        for rotation in (
+            np.diag([1.0, 0.0, 0.0]),
+            np.diag([0.0, 1.0, 1.0]),
+            np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
+        )
+    ]
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _constant(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    values = {"luma": np.array(_LUMA).reshape(1, 3, 1, 1), "hue": _HUE_BASIS}[name]
+    return torch.as_tensor(values, dtype=dtype).to(device)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
-    return (x * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (x * _constant("luma", x.device, x.dtype)).sum(1, keepdim=True)
 
 
 def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by ``angle`` (radians, per sample) in YIQ space."""
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        device=x.device,
-        dtype=x.dtype,
-    )
-    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
-    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
-    i, q = yiq[:, 1], yiq[:, 2]
-    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq)
+    """Rotate hue by ``angle`` (radians, per sample) in YIQ space, as one 3 x 3 RGB matrix
+    per sample."""
+    basis = _constant("hue", x.device, x.dtype)
+    coefficients = torch.stack([torch.ones_like(angle), torch.cos(angle), torch.sin(angle)], 1)
+    matrices = (coefficients.to(x.dtype) @ basis.flatten(1)).view(-1, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", matrices, x)
 
 
 def color_jitter(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
@@ -177,11 +199,12 @@ class BatchAugment(torch.nn.Module):
     def forward(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment float images in [0, 1] of shape ``(B, C, H, W)``."""
         cfg = self.config
-        x = random_resized_crop(images, self.size, cfg, generator)
-        x = color_jitter(x, cfg, generator)
-        x = random_grayscale(x, cfg, generator)
-        x = gaussian_blur(x, cfg, generator).clamp_(0.0, 1.0)  # rounding can step past 1
-        return random_solarize(x, cfg, generator)
+        with torch.autocast(images.device.type, enabled=False):  # pixels stay in full precision
+            x = random_resized_crop(images, self.size, cfg, generator)
+            x = color_jitter(x, cfg, generator)
+            x = random_grayscale(x, cfg, generator)
+            x = gaussian_blur(x, cfg, generator).clamp_(0.0, 1.0)  # rounding can step past 1
+            return random_solarize(x, cfg, generator)
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -66,9 +66,10 @@ def test_two_ranks_write_the_same_store_as_one(tmp_path, data_root):
 def _losses_on_rank(rank: int, world: int, port: int, queue) -> None:
     import torch
     import torch.distributed as dist
-    from lightly.loss import BarlowTwinsLoss, VICRegLoss
+    from lightly.loss import BarlowTwinsLoss, NTXentLoss, VICRegLoss
 
     from embedkit.methods._gram import GramBarlowTwinsLoss, GramVICRegLoss
+    from embedkit.methods._ntxent import SyncFreeNTXentLoss
 
     dist.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     generator = torch.Generator().manual_seed(0)
@@ -83,6 +84,11 @@ def _losses_on_rank(rank: int, world: int, port: int, queue) -> None:
             GramBarlowTwinsLoss(gather_distributed=True),
         ),
         ("vicreg", VICRegLoss(gather_distributed=True), GramVICRegLoss(gather_distributed=True)),
+        (
+            "ntxent",
+            NTXentLoss(0.2, gather_distributed=True),
+            SyncFreeNTXentLoss(0.2, gather_distributed=True),
+        ),
     ):
         for label, loss in (("reference", reference), ("ours", ours)):
             a, b = z_a[mine].clone().requires_grad_(), z_b[mine].clone().requires_grad_()
@@ -93,7 +99,7 @@ def _losses_on_rank(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
-def test_gram_losses_equal_lightlys_across_two_processes():
+def test_rewritten_losses_equal_lightlys_across_two_processes():
     """Under two gloo processes (each rank its half of the batch) the losses give lightly's
     values and gradients on every rank."""
     import socket
@@ -116,7 +122,7 @@ def test_gram_losses_equal_lightlys_across_two_processes():
         worker.join(timeout=60)
         assert worker.exitcode == 0
     for rank in (0, 1):
-        for name in ("barlowtwins", "vicreg"):
+        for name in ("barlowtwins", "vicreg", "ntxent"):
             expected, got = results[rank][name, "reference"], results[rank][name, "ours"]
             for e, g in zip(expected, got, strict=True):
                 np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-14)

@@ -325,3 +325,60 @@ def test_fused_dino_loss_equals_lightlys(n_local, dtype, form):
         for expected, got in zip(results[0], results[1], strict=True):
             torch.testing.assert_close(got, expected, rtol=eps, atol=eps * scale)
         assert results[1][0] > 0 and results[1][-1].abs().sum() > 0, call
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sync_free_ntxent_equals_lightlys(dtype):
+    """SimCLR's in-batch NT-Xent with the self-similarities at -inf: lightly's value and
+    gradients."""
+    from lightly.loss import NTXentLoss
+
+    from embedkit.methods._ntxent import SyncFreeNTXentLoss
+
+    generator = torch.Generator().manual_seed(1)
+    z0 = torch.randn(12, 32, dtype=dtype, generator=generator)
+    z1 = z0 + 0.5 * torch.randn(12, 32, dtype=dtype, generator=generator)
+    results = []
+    for loss in (NTXentLoss(0.2), SyncFreeNTXentLoss(0.2)):
+        a, b = z0.clone().requires_grad_(), z1.clone().requires_grad_()
+        value = loss(a, b)
+        results.append((value.detach(), *torch.autograd.grad(value, (a, b))))
+    eps = 1e-12 if dtype == torch.float64 else 1e-5
+    for expected, got in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=eps, atol=eps)
+    assert results[1][0] > 0
+
+
+def test_host_pointer_queue_equals_lightlys_memory_bank():
+    """MoCo's queue with its write position on the host: lightly's losses, gradients,
+    queue contents and pointer over steps that wrap around (lightly drops the tail of a
+    batch at the end of the queue), and after a restore."""
+    from lightly.loss import NTXentLoss
+
+    from embedkit.methods._ntxent import SyncFreeNTXentLoss
+
+    reference, ours = NTXentLoss(0.2, (10, 8)), SyncFreeNTXentLoss(0.2, (10, 8))
+    ours.memory_bank.bank.copy_(reference.memory_bank.bank)
+    generator = torch.Generator().manual_seed(2)
+    pointers = []
+    for step in range(5):
+        q = torch.randn(4, 8, generator=generator)
+        k = torch.randn(4, 8, generator=generator)
+        results = []
+        for loss in (reference, ours):
+            query = q.clone().requires_grad_()
+            value = loss(query, k)
+            results.append((value.detach(), *torch.autograd.grad(value, query)))
+        for expected, got in zip(results[0], results[1], strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ours.memory_bank.bank, reference.memory_bank.bank)
+        assert int(ours.memory_bank.bank_ptr) == int(reference.memory_bank.bank_ptr)
+        assert ours.memory_bank.position == int(reference.memory_bank.bank_ptr), step
+        pointers.append(ours.memory_bank.position)
+    assert pointers == [4, 8, 0, 4, 8]
+    fresh = SyncFreeNTXentLoss(0.2, (10, 8))
+    fresh.memory_bank.restore(reference.memory_bank.bank, 8)
+    q = torch.randn(4, 8, generator=generator, requires_grad=True)  # a training step
+    k = torch.randn(4, 8, generator=generator)
+    torch.testing.assert_close(fresh(q, k), reference(q, k))
+    assert fresh.memory_bank.position == 0 == int(reference.memory_bank.bank_ptr)

@@ -64,6 +64,51 @@ def test_unknown_method_lists_valid_ones():
         get_method("simclrr")
 
 
+def test_host_sync_probe_sees_what_would_stall_a_gpu():
+    from embedkit.host_syncs import HostSyncs
+
+    x = torch.rand(6)
+    with HostSyncs() as syncs:
+        x.sum().item()
+        x[x > 0.5]
+        torch.tensor([1.0, 2.0], device=x.device)
+        torch.linalg.inv(torch.eye(3) + 1)
+        y = x * 2 + x.exp()  # queued work, no waiting
+    ops = sorted(op for op, _ in syncs.found)
+    assert ops == ["_linalg_check_errors", "_local_scalar_dense", "index.Tensor", "lift_fresh"]
+    assert all(where.startswith("tests/test_pretrain.py:") for _, where in syncs.found)
+    assert syncs.count == 4 and y.shape == (6,)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_training_step_never_waits_for_the_device(name):
+    """A full step (augmentation of colour images, networks, loss, backward, the fused AdamW
+    the loop uses, momentum updates) has none of the operations that make the host wait for
+    a GPU, so the host can queue the next step while the device runs this one."""
+    from embedkit.host_syncs import HostSyncs
+    from embedkit.pretrain.engine import make_optimizer
+
+    torch.manual_seed(0)
+    cls = get_method(name)
+    method = cls(create_encoder("resnet18"), cls.Config(**SMALL.get(name, {})), 28, 3).train()
+    optimizer = make_optimizer(method.parameters(), 1e-3, 0.05, torch.device("cpu"))
+    images, labels = _batch(8, 3), torch.randint(0, 3, (8, 1))
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        loss = method.training_step(images, labels, generator)
+        loss.backward()
+        method.before_optimizer_step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_step(0.5)
+
+    step()  # the first step builds cached constants and the optimiser's state
+    with HostSyncs() as syncs:
+        step()
+    assert syncs.count == 0, syncs.summary()
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_batch_augment_is_seeded_and_per_sample(channels):
     augment = BatchAugment(28, AugmentConfig())
@@ -76,6 +121,33 @@ def test_batch_augment_is_seeded_and_per_sample(channels):
     assert not torch.allclose(a, c)
     same = augment(images[:1].expand(8, -1, -1, -1), torch.Generator().manual_seed(3))
     assert (same - same[:1]).abs().flatten(1).amax(1)[1:].min() > 0.01  # each sample its own view
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_hue_rotation_is_a_rotation_of_the_iq_plane(dtype):
+    """The per-sample RGB matrix built from constants equals converting to YIQ, rotating
+    (I, Q) and converting back; it keeps luma and is the identity at angle 0."""
+    from embedkit.augment import _rotate_hue
+
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=dtype
+    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 5, 7, dtype=dtype, generator=generator)
+    angle = (torch.rand(6, dtype=dtype, generator=generator) - 0.5) * 2.5
+    angle[0] = 0.0
+    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, images)
+    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    rotated = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    expected = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), rotated)
+    got = _rotate_hue(images, angle)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+    torch.testing.assert_close(got[0], images[0], rtol=0, atol=tolerance)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=dtype).view(1, 3, 1, 1)
+    torch.testing.assert_close((got * luma).sum(1), (images * luma).sum(1), rtol=0, atol=tolerance)
+    assert (got[1:] - images[1:]).abs().amax() > 0.05
 
 
 def test_augment_identity_settings_keep_images():

@@ -1,8 +1,8 @@
 """What MoCo v1 and v2 share (not a method itself): a momentum encoder and a queue.
 
 Keys of past batches wait in a queue as negatives (lightly's memory bank inside
-``NTXentLoss``). The queue is kept in the module's state (``get_extra_state``), so a resumed
-run continues with the same negatives.
+``NTXentLoss``, its write position kept on the host: ``_ntxent``). The queue is kept in the
+module's state (``get_extra_state``), so a resumed run continues with the same negatives.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightly.loss import NTXentLoss
 from torch import nn
 
 from ..backbones import Encoder
 from ._momentum import MomentumMethod
+from ._ntxent import SyncFreeNTXentLoss
 
 
 class MomentumQueueMethod(MomentumMethod):
@@ -27,7 +27,7 @@ class MomentumQueueMethod(MomentumMethod):
         super().__init__(encoder, config, image_size, n_classes)
         self.projection_head = self.make_head(encoder.feature_dim)
         self.init_momentum_branch()
-        self.criterion = NTXentLoss(
+        self.criterion = SyncFreeNTXentLoss(
             temperature=config.temperature,
             memory_bank_size=(config.queue_size, config.projection_dim),
             gather_distributed=True,
@@ -40,12 +40,7 @@ class MomentumQueueMethod(MomentumMethod):
 
     def get_extra_state(self) -> dict[str, Any]:
         bank = self.criterion.memory_bank
-        return {
-            "bank": bank.bank.detach().cpu().clone(),
-            "ptr": bank.bank_ptr.detach().cpu().clone(),
-        }
+        return {"bank": bank.bank.detach().cpu().clone(), "ptr": torch.tensor([bank.position])}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        bank = self.criterion.memory_bank
-        bank.bank.copy_(state["bank"])
-        bank.bank_ptr.copy_(state["ptr"])
+        self.criterion.memory_bank.restore(state["bank"], int(state["ptr"][0]))

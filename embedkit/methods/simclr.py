@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
 from ..backbones import Encoder
 from . import register_method
+from ._ntxent import SyncFreeNTXentLoss
 from .base import MethodConfig, PretrainMethod
 
 
@@ -47,7 +47,7 @@ class SimCLR(PretrainMethod):
         self.projection_head = SimCLRProjectionHead(
             encoder.feature_dim, hidden, config.projection_dim
         )
-        self.criterion = NTXentLoss(temperature=config.temperature, gather_distributed=True)
+        self.criterion = SyncFreeNTXentLoss(temperature=config.temperature, gather_distributed=True)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)

@@ -52,9 +52,13 @@ class EpochLoop:
     def _batch(self, order: np.ndarray, pass_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = pass_index * self.config.batch_size + self.fabric.global_rank * self.local_batch
         rows = np.sort(order[start : start + self.local_batch])
-        batch = torch.from_numpy(np.array(self.images[rows])).to(self.fabric.device)
-        batch = to_float(batch).contiguous(memory_format=torch.channels_last)
-        return batch, self.labels[rows].to(self.fabric.device)
+        images, labels = torch.from_numpy(np.array(self.images[rows])), self.labels[rows]
+        device = self.fabric.device
+        if device.type == "cuda":  # a pageable copy would wait for the GPU to finish the step
+            images, labels = images.pin_memory(), labels.pin_memory()
+        images = images.to(device, non_blocking=True)
+        batch = to_float(images).contiguous(memory_format=torch.channels_last)
+        return batch, labels.to(device, non_blocking=True)
 
     def run_epoch(self, epoch: int, metrics, progress: bool) -> dict[str, float]:
         """Train one epoch; return its mean loss, images per second and last lr."""

@@ -37,7 +37,7 @@ from ..backbones import create_encoder, patch_size_for
 from ..data import dataset_classes, dataset_task, load_split
 from ..methods import get_method, method_config
 from ..utils import resolve_device, stamp, to_jsonable
-from .engine import check_config, make_fabric, make_scheduler
+from .engine import check_config, make_fabric, make_optimizer, make_scheduler
 from .epoch import EpochLoop, epoch_line
 from .loggers import RunLoggers
 from .monitor import KNNMonitor
@@ -168,8 +168,8 @@ def pretrain(
             method = method.to(memory_format=torch.channels_last)
         if config.compile:
             encoder.backbone.compile()
-        optimizer = torch.optim.AdamW(
-            method.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        optimizer = make_optimizer(
+            method.parameters(), config.lr, config.weight_decay, fabric.device
         )
         updates_per_epoch = len(train) // config.batch_size // config.accumulate
         total_updates = updates_per_epoch * config.epochs

@@ -1,0 +1,82 @@
+"""lightly's NT-Xent loss and MoCo queue without host synchronisation.
+
+On a GPU, two steps of lightly's ``NTXentLoss`` make the host wait until the device has
+finished all queued work, every optimiser step: the in-batch loss drops each view's
+similarity to itself by boolean indexing (the result's size is only known on the device),
+and the memory bank reads its write position with ``int(bank_ptr)``. Here the self-
+similarities are set to ``-inf`` instead (the softmax gives them exactly zero weight, so the
+loss and its gradients are lightly's), and the queue keeps its write position as a Python
+int next to the ``bank_ptr`` buffer, which is still written for anyone reading it.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models import utils as lightly_utils
+from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.utils import dist as lightly_dist
+
+
+class HostPointerMemoryBank(MemoryBankModule):
+    """lightly's ``MemoryBankModule`` (same buffers, same order of keys) whose write
+    position lives on the host."""
+
+    def __init__(self, size, gather_distributed: bool = False) -> None:
+        super().__init__(size=size, gather_distributed=gather_distributed)
+        self.position = 0
+
+    def restore(self, bank: torch.Tensor, position: int) -> None:
+        """Load a saved queue and its write position."""
+        self.bank.copy_(bank)
+        self.position = int(position)
+        self.bank_ptr.fill_(self.position)
+
+    @torch.no_grad()
+    def _init_memory_bank(self, size) -> None:
+        super()._init_memory_bank(size)
+        self.position = 0
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, batch: torch.Tensor) -> None:
+        if self.gather_distributed and lightly_dist.world_size() > 1:
+            batch = lightly_utils.concat_all_gather(batch)
+        n, start = batch.shape[0], self.position
+        if start + n >= self.size[0]:  # lightly's rule: the batch's tail is dropped
+            self.bank[start:] = batch[: self.size[0] - start].detach()
+            self.position = 0
+        else:
+            self.bank[start : start + n] = batch.detach()
+            self.position = start + n
+        self.bank_ptr.fill_(self.position)
+
+
+class SyncFreeNTXentLoss(NTXentLoss):
+    """lightly's ``NTXentLoss`` (same arguments and value) without host synchronisation."""
+
+    def __init__(self, temperature: float = 0.5, memory_bank_size=0, gather_distributed=False):
+        super().__init__(temperature, memory_bank_size, gather_distributed)
+        self.memory_bank = HostPointerMemoryBank(memory_bank_size, gather_distributed)
+
+    def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
+        if self.memory_bank.size[0] > 0:
+            return super().forward(out0, out1)
+        n = out0.shape[0]
+        out0 = torch.nn.functional.normalize(out0, dim=1)
+        out1 = torch.nn.functional.normalize(out1, dim=1)
+        labels = torch.arange(n, device=out0.device)
+        if self.gather_distributed and lightly_dist.world_size() > 1:
+            all0 = torch.cat(lightly_dist.gather(out0), 0)
+            all1 = torch.cat(lightly_dist.gather(out1), 0)
+            self_pairs = lightly_dist.eye_rank(n, device=out0.device)
+            labels = labels + lightly_dist.rank() * n
+        else:
+            all0, all1 = out0, out1
+            self_pairs = torch.eye(n, device=out0.device, dtype=torch.bool)
+        logits = torch.cat(
+            [
+                torch.cat([out0 @ all1.T, (out0 @ all0.T).masked_fill(self_pairs, -torch.inf)], 1),
+                torch.cat([out1 @ all0.T, (out1 @ all1.T).masked_fill(self_pairs, -torch.inf)], 1),
+            ]
+        )
+        return self.cross_entropy(logits / self.temperature, labels.repeat(2))
