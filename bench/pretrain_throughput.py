@@ -20,7 +20,9 @@ about a ResNet-50's FLOPs at 64 px): the goal on a GPU at 64 px, ResNet-50, batc
 The paths alternate round by round, so drift on a noisy machine hits all alike. All three
 use the loop's optimiser (``make_optimizer``: fused AdamW). ``syncs`` counts the operations
 in one method step that would make the host wait for a GPU (``embedkit.host_syncs``; 0 is
-the goal, and it is measured on a CPU too).
+the goal, and it is measured on a CPU too); ``ops`` the operations dispatched by one method
+step / one model step (views excluded): about the kernels a GPU launches, which bound a step
+of small kernels whatever the card.
 
 CPU:  python bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 64
 GPU:  python bench/pretrain_throughput.py --backbone resnet50 --size 64 --batch-size 256
@@ -78,7 +80,7 @@ def main() -> None:
     )
     print(
         f"{'method':<12} {'method img/s':>13} {'model img/s':>12} {'bare img/s':>11} "
-        f"{'/model':>7} {'/bare':>6} {'syncs':>5}  views fed"
+        f"{'/model':>7} {'/bare':>6} {'syncs':>5} {'ops':>11}  views fed"
     )
     n_classes = split.labels.shape[1] if split.labels.shape[1] > 1 else int(split.labels.max()) + 1
     for name in names:
@@ -91,7 +93,7 @@ def main() -> None:
         print(
             f"{name:<12} {rates['method']:>13.1f} {rates['model']:>12.1f} {rates['bare']:>11.1f} "
             f"{rates['method'] / rates['model']:>7.3f} {rates['method'] / rates['bare']:>6.3f} "
-            f"{syncs.count:>5}  {fed}",
+            f"{syncs.count:>5} {syncs.launches:>5}/{syncs.model_launches:<5}  {fed}",
             flush=True,
         )
 
@@ -107,7 +109,7 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
     method = cls(encoder, cls.Config(), args.size, n_classes).to(device)
     method = method.to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(method.parameters(), 1e-4, 0.05, device)
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = torch.Generator().manual_seed(0)  # augmentation draws happen on the host
     shapes: list[torch.Size] = []
 
     def method_step() -> None:
@@ -169,6 +171,9 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
     model_step()
     with HostSyncs() as syncs:  # what would make the host wait for a GPU, on any device
         method_step()
+    with HostSyncs() as model_syncs:
+        model_step()
+    syncs.model_launches = model_syncs.launches
     times = {"method": 0.0, "model": 0.0, "bare": 0.0}
     for _ in range(args.rounds):
         for label, step in (("method", method_step), ("model", model_step), ("bare", bare_step)):

@@ -1,23 +1,33 @@
-"""SimCLR-style augmentations that run on whole batches of tensors on the training device.
+"""SimCLR-style augmentations of whole batches on the training device, launched as a few
+image-sized kernels.
 
 The parameters follow lightly's ``SimCLRTransform`` (random resized crop with scale
 (0.08, 1), horizontal flip 0.5, colour jitter 0.8 of strength 0.8/0.8/0.8/0.2, random
 grayscale 0.2, Gaussian blur 0.5 with sigma in (0.1, 2) at 224 px; solarisation, off by
-default, for BYOL-style asymmetric views), but nothing is done
-per image in Python: crops and flips are one ``grid_sample`` with per-sample affine grids,
-jitter and blur are per-sample tensor arithmetic. Blur sigmas scale with image size, so a
-28 px image is blurred as its 224 px original would be.
+default, for BYOL-style asymmetric views). Nothing is done per image in Python, and nothing
+per sample on the device: every random choice of a call (crop box, flip, jitter factors, hue
+angle, grey, blur sigma, solarisation) is drawn on the host from a CPU generator in one draw
+and turned there into per-sample matrices and kernels, which reach the device in one
+non-blocking copy. The device then runs the image work only: one ``grid_sample`` for crops
+and flips, brightness, contrast and saturation as one 3 x 3 matrix and offset per sample, hue
+as another (YIQ rotation), grey as a third, the blur as one grouped separable convolution,
+solarisation as one ``where``; a step none of the samples needs is not launched. Views of
+the same size, each with its own strengths (SimCLR's two views, BYOL-style asymmetric pairs,
+DINO's local crops), go through one call (``augment_views``). Blur sigmas scale with image
+size, so a 28 px image is blurred as its 224 px original would be. The same seed gives the
+same views on any device.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .host_syncs import upload
 
 
 @dataclass(frozen=True)
@@ -61,40 +71,10 @@ AUGMENT_PRESETS: dict[str, dict[str, float]] = {
 }
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=g, device=device)
-
-
-def _bernoulli(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) < p
-
-
-def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, g) -> torch.Tensor:
-    """Crop a random area (scale, aspect ratio) of each image, flip it, resize to ``size``."""
-    n, device = x.shape[0], x.device
-    area = _uniform(n, cfg.min_scale, cfg.max_scale, g, device)
-    log_ratio = _uniform(n, math.log(cfg.ratio[0]), math.log(cfg.ratio[1]), g, device)
-    ratio = torch.exp(log_ratio)
-    width = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the image side
-    height = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (1 - width) * (2 * torch.rand(n, generator=g, device=device) - 1)
-    cy = (1 - height) * (2 * torch.rand(n, generator=g, device=device) - 1)
-    flip = torch.where(_bernoulli(n, cfg.hflip_prob, g, device), -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0] = width * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = height
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
-# Constants of the colour operations, built once per device and dtype: a tensor made from
-# Python numbers on a GPU is a host-to-device copy that waits for the GPU to catch up.
-_LUMA = (0.299, 0.587, 0.114)
-_RGB_TO_YIQ = np.array(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float64
-)
+# The per-sample parameters are worked out on the host in numpy (float64): a few small
+# arrays per call, no device kernels and no torch dispatch for them.
+_LUMA = np.array([0.299, 0.587, 0.114])
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 # Rotating the (I, Q) plane by a in YIQ space is, in RGB, the matrix
 # inv(YIQ) @ (E_y + cos(a) E_iq + sin(a) J) @ YIQ = HUE[0] + cos(a) HUE[1] + sin(a) HUE[2].
 _HUE_BASIS = np.stack(
@@ -107,80 +87,152 @@ _HUE_BASIS = np.stack(
         )
     ]
 )
+_N_DRAWS = 14  # uniform numbers drawn per sample (see ``_draw``)
+# the steps a call may skip when none of its samples takes them, and their parameters
+_STEPS = {
+    "jitter": ("jitter_matrix", "jitter_mean"),
+    "hue": ("hue",),
+    "gray": ("gray",),
+    "blur": ("blur",),
+    "solarize": ("solarize",),
+}
 
 
-@functools.lru_cache(maxsize=32)
-def _constant(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    values = {"luma": np.array(_LUMA).reshape(1, 3, 1, 1), "hue": _HUE_BASIS}[name]
-    return torch.as_tensor(values, dtype=dtype).to(device)
+def hue_matrices(angle: np.ndarray) -> np.ndarray:
+    """RGB matrices ``(N, 3, 3)`` rotating hue by ``angle`` (radians) in YIQ space."""
+    coefficients = np.stack([np.ones_like(angle), np.cos(angle), np.sin(angle)], 1)
+    return (coefficients @ _HUE_BASIS.reshape(3, 9)).reshape(-1, 3, 3)
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
-    return (x * _constant("luma", x.device, x.dtype)).sum(1, keepdim=True)
+def _blur_radius(cfg: AugmentConfig, size: int) -> int:
+    return max(1, math.ceil(3 * cfg.blur_sigma[1] * size / 224))
 
 
-def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by ``angle`` (radians, per sample) in YIQ space, as one 3 x 3 RGB matrix
-    per sample."""
-    basis = _constant("hue", x.device, x.dtype)
-    coefficients = torch.stack([torch.ones_like(angle), torch.cos(angle), torch.sin(angle)], 1)
-    matrices = (coefficients.to(x.dtype) @ basis.flatten(1)).view(-1, 3, 3)
-    return torch.einsum("bij,bjhw->bihw", matrices, x)
+def _draw(n: int, channels: int, size: int, radius: int, cfg: AugmentConfig, generator):
+    """The per-sample parameters of ``n`` views, and for each skippable step the mask of the
+    samples that take it (host arrays)."""
+    u = torch.rand(n, _N_DRAWS, generator=generator, dtype=torch.float64).numpy()
+
+    def between(column: int, low: float, high: float) -> np.ndarray:
+        return low + (high - low) * u[:, column]
+
+    def factor(column: int, strength: float) -> np.ndarray:
+        return between(column, max(0.0, 1 - strength), 1 + strength)
+
+    # random resized crop and flip, as affine grids over the image in [-1, 1]
+    area = between(0, cfg.min_scale, cfg.max_scale)
+    ratio = np.exp(between(1, math.log(cfg.ratio[0]), math.log(cfg.ratio[1])))
+    width = np.minimum(np.sqrt(area * ratio), 1.0)  # fractions of the image side
+    height = np.minimum(np.sqrt(area / ratio), 1.0)
+    theta = np.zeros((n, 2, 3))
+    theta[:, 0, 0] = width * np.where(u[:, 4] < cfg.hflip_prob, -1.0, 1.0)
+    theta[:, 0, 2] = (1 - width) * (2 * u[:, 2] - 1)
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = (1 - height) * (2 * u[:, 3] - 1)
+
+    # colour jitter: brightness b, contrast c around the mean luma m, saturation s, in order:
+    # x -> S (c b x + (1 - c) m) = c b S x + (1 - c) b (luma . channel means of x)   (S 1 = 1)
+    jitter = u[:, 5] < cfg.jitter_prob
+    brightness, contrast = factor(6, cfg.brightness), factor(7, cfg.contrast)
+    eye = np.broadcast_to(np.eye(channels), (n, channels, channels))
+    luma = _LUMA if channels == 3 else np.ones(1)
+    desaturate = np.ones((channels, 1)) @ luma.reshape(1, -1)
+    s = (factor(8, cfg.saturation) if channels == 3 else np.ones(n)).reshape(-1, 1, 1)
+    linear = (contrast * brightness).reshape(-1, 1, 1) * (s * eye + (1 - s) * desaturate)
+    offset = ((1 - contrast) * brightness).reshape(-1, 1) * luma.reshape(1, -1)
+    out = {
+        "theta": theta,
+        "jitter_matrix": np.where(jitter.reshape(-1, 1, 1), linear, eye),
+        "jitter_mean": np.where(jitter.reshape(-1, 1), offset, 0.0),
+        "jitter_mask": jitter,
+    }
+    if channels == 3:
+        rotate = jitter & (cfg.hue > 0)
+        angle = between(9, -cfg.hue, cfg.hue) * 2 * math.pi
+        gray = u[:, 10] < cfg.grayscale_prob
+        out["hue"] = np.where(rotate.reshape(-1, 1, 1), hue_matrices(angle), eye)
+        out["gray"] = np.where(gray.reshape(-1, 1, 1), desaturate, eye)
+        out.update({"hue_mask": rotate, "gray_mask": gray})
+
+    # Gaussian blur: one normalised 1-d kernel per sample, the identity where not blurred
+    scale = size / 224
+    sigma = between(11, cfg.blur_sigma[0] * scale, cfg.blur_sigma[1] * scale)
+    blurred = u[:, 12] < cfg.blur_prob
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets.reshape(1, -1) / sigma.reshape(-1, 1)) ** 2)
+    kernel /= kernel.sum(axis=1, keepdims=True)
+    out["blur"] = np.where(blurred.reshape(-1, 1), kernel, (offsets == 0).astype(np.float64))
+
+    # solarisation: invert pixels at or above the threshold (above 1: never)
+    solarize = u[:, 13] < cfg.solarize_prob
+    out["solarize"] = np.where(solarize, 0.5, 2.0)
+    out.update({"blur_mask": blurred, "solarize_mask": solarize})
+    return out
 
 
-def color_jitter(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue jitter, applied to a random subset."""
-    n, device = x.shape[0], x.device
-    apply = _bernoulli(n, cfg.jitter_prob, g, device).view(-1, 1, 1, 1)
-
-    def factor(strength: float) -> torch.Tensor:
-        return _uniform(n, max(0.0, 1 - strength), 1 + strength, g, device).view(-1, 1, 1, 1)
-
-    out = x * factor(cfg.brightness)
-    mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * factor(cfg.contrast) + mean
-    if x.shape[1] == 3:
-        gray = _gray(out)
-        out = (out - gray) * factor(cfg.saturation) + gray
-        angle = _uniform(n, -cfg.hue, cfg.hue, g, device) * 2 * math.pi
-        out = _rotate_hue(out.clamp(0, 1), angle)
-    return torch.where(apply, out.clamp(0, 1), x)
+def _to_device(parts: dict[str, np.ndarray], device: torch.device, dtype) -> dict:
+    """The host arrays in one copy (pinned and non-blocking on a GPU)."""
+    flat = np.concatenate([array.reshape(len(array), -1) for array in parts.values()], 1)
+    pieces = upload(flat, device, dtype).split([a[0].size for a in parts.values()], dim=1)
+    return {
+        name: piece.reshape(array.shape)
+        for (name, array), piece in zip(parts.items(), pieces, strict=True)
+    }
 
 
-def random_grayscale(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
-    apply = _bernoulli(x.shape[0], cfg.grayscale_prob, g, x.device).view(-1, 1, 1, 1)
-    return torch.where(apply, _gray(x).expand_as(x), x)
-
-
-def random_solarize(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
-    """Invert the pixels above 0.5 of a random subset (BYOL's solarisation)."""
-    if cfg.solarize_prob == 0:
-        return x
-    apply = _bernoulli(x.shape[0], cfg.solarize_prob, g, x.device).view(-1, 1, 1, 1)
-    return torch.where(apply & (x >= 0.5), 1.0 - x, x)
-
-
-def gaussian_blur(x: torch.Tensor, cfg: AugmentConfig, g) -> torch.Tensor:
-    """Blur a random subset with per-sample sigma (separable, one grouped convolution)."""
+def _matrix(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Apply a per-sample ``(N, C, C)`` colour matrix to ``(N, C, H, W)`` images."""
     n, c, h, w = x.shape
-    scale = h / 224
-    low, high = cfg.blur_sigma[0] * scale, cfg.blur_sigma[1] * scale
-    sigma = _uniform(n, low, high, g, x.device)
-    apply = _bernoulli(n, cfg.blur_prob, g, x.device)
-    radius = max(1, math.ceil(3 * high))
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1)) ** 2)
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    identity = (offsets == 0).to(x.dtype).expand_as(kernel)
-    kernel = torch.where(apply.view(-1, 1), kernel, identity).repeat_interleave(c, dim=0)
-    flat = F.pad(x.reshape(1, n * c, h, w), [radius] * 4, mode="reflect")
-    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)
-    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
-    return flat.view(n, c, h, w)
+    return torch.bmm(matrices, x.reshape(n, c, h * w)).view(n, c, h, w)
+
+
+def augment_views(
+    images: torch.Tensor, augments: list[BatchAugment], generator: torch.Generator
+) -> torch.Tensor:
+    """One view of every image per entry of ``augments`` (all of one output size), stacked
+    in order: ``(len(augments) * B, C, size, size)``, in one pass of image kernels.
+
+    Args:
+        images: float images in [0, 1], ``(B, C, H, W)``, on the training device.
+        augments: the views' augmentations (their sizes must agree).
+        generator: a CPU generator; every random choice is drawn from it, view by view.
+    """
+    sizes = {augment.size for augment in augments}
+    if len(sizes) != 1:
+        raise ValueError(f"views of one call must share their size, got {sorted(sizes)}")
+    size, (n, channels) = sizes.pop(), images.shape[:2]
+    radius = max(_blur_radius(augment.config, size) for augment in augments)
+    drawn = [_draw(n, channels, size, radius, a.config, generator) for a in augments]
+    params = {key: np.concatenate([d[key] for d in drawn]) for key in drawn[0]}
+    steps = [step for step in _STEPS if params.get(f"{step}_mask", np.zeros(1)).any()]
+    parts = {"theta": params["theta"]}
+    parts.update({name: params[name] for step in steps for name in _STEPS[step]})
+    with torch.autocast(images.device.type, enabled=False):  # pixels stay in full precision
+        p = _to_device(parts, images.device, images.dtype)
+        k = len(augments)
+        source = images.repeat(k, 1, 1, 1) if k > 1 else images
+        grid = F.affine_grid(p["theta"], [k * n, channels, size, size], align_corners=False)
+        x = F.grid_sample(
+            source, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+        if "jitter_matrix" in p:
+            offset = (p["jitter_mean"] * x.mean((-2, -1))).sum(1)
+            x = _matrix(x, p["jitter_matrix"]).add_(offset.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+            if "hue" in p:
+                x = _matrix(x, p["hue"]).clamp_(0.0, 1.0)
+        if "gray" in p:
+            x = _matrix(x, p["gray"])
+        if "blur" in p:
+            kernel = p["blur"].repeat_interleave(channels, dim=0)
+            flat = F.pad(x.reshape(1, -1, size, size), [radius] * 4, mode="reflect")
+            flat = F.conv2d(flat, kernel.view(-1, 1, 1, 2 * radius + 1), groups=kernel.shape[0])
+            flat = F.conv2d(flat, kernel.view(-1, 1, 2 * radius + 1, 1), groups=kernel.shape[0])
+            x = flat.view_as(x)
+        if "gray" in p or "blur" in p:
+            x = x.clamp_(0.0, 1.0)  # rounding can step past 1
+        if "solarize" in p:
+            x = torch.where(x >= p["solarize"].view(-1, 1, 1, 1), 1.0 - x, x)
+        return x
 
 
 class BatchAugment(torch.nn.Module):
@@ -197,14 +249,9 @@ class BatchAugment(torch.nn.Module):
         self.config = config or AugmentConfig()
 
     def forward(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augment float images in [0, 1] of shape ``(B, C, H, W)``."""
-        cfg = self.config
-        with torch.autocast(images.device.type, enabled=False):  # pixels stay in full precision
-            x = random_resized_crop(images, self.size, cfg, generator)
-            x = color_jitter(x, cfg, generator)
-            x = random_grayscale(x, cfg, generator)
-            x = gaussian_blur(x, cfg, generator).clamp_(0.0, 1.0)  # rounding can step past 1
-            return random_solarize(x, cfg, generator)
+        """Augment float images in [0, 1] of shape ``(B, C, H, W)``; ``generator`` is a CPU
+        generator."""
+        return augment_views(images, [self], generator)
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

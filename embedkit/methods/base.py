@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..augment import AugmentConfig, BatchAugment
+from ..augment import AugmentConfig, BatchAugment, augment_views
 from ..backbones import Encoder
 
 
@@ -30,8 +30,9 @@ class PretrainMethod(nn.Module):
     """An encoder plus the heads and loss that train it.
 
     Subclasses set ``name`` and ``Config`` and implement ``training_step``. The loop calls
-    ``training_step`` on float images in [0, 1] of shape ``(B, C, H, W)`` (labels are given
-    for the supervised baseline), ``before_optimizer_step`` after the backward pass and
+    ``training_step`` on float images in [0, 1] of shape ``(B, C, H, W)`` with a CPU
+    generator for the augmentations (labels are given for the supervised baseline),
+    ``before_optimizer_step`` after the backward pass and
     ``after_step`` after each optimiser step (for momentum encoders). Before each step it sets
     ``progress`` (0 to 1 over training) and ``epoch``, for schedules inside the loss.
 
@@ -66,8 +67,9 @@ class PretrainMethod(nn.Module):
         raise NotImplementedError
 
     def two_views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Two augmented views of every image, stacked into one batch (first views first)."""
-        return torch.cat([self.augment(images, generator), self.augment_second(images, generator)])
+        """Two augmented views of every image, stacked into one batch (first views first),
+        augmented in one call."""
+        return augment_views(images, [self.augment, self.augment_second], generator)
 
     def output_head(self) -> nn.Module | None:
         """The head whose output ``embed --with-head`` stores beside the backbone features

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from lightly.models.modules import DINOProjectionHead
 
-from ..augment import AugmentConfig, BatchAugment
+from ..augment import AugmentConfig, BatchAugment, augment_views
 from ..backbones import Encoder
 from . import register_method
 from ._dino_loss import FusedDINOLoss
@@ -131,9 +131,8 @@ class DINO(MomentumMethod):
         teacher = self.momentum_forward(global_views).unflatten(0, (2, n))
         student = [self.projection_head(self.encoder(global_views)).unflatten(0, (2, n))]
         if self.config.n_local:
-            local_views = torch.cat(
-                [self.augment_local(images, generator) for _ in range(self.config.n_local)]
-            )
+            local_augments = [self.augment_local] * self.config.n_local
+            local_views = augment_views(images, local_augments, generator)
             local = self.projection_head(self.encoder(local_views))
             student.append(local.unflatten(0, (self.config.n_local, n)))
         return self.criterion(teacher, student, teacher_temp=self.teacher_temperature())

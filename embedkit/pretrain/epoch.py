@@ -65,7 +65,7 @@ class EpochLoop:
         config, fabric, method = self.config, self.fabric, self.method
         self.model.train()
         order = np.random.default_rng([config.seed, epoch]).permutation(self.n_train)
-        generator = torch.Generator(device=fabric.device).manual_seed(
+        generator = torch.Generator().manual_seed(  # augmentation draws, on the host
             (config.seed * 1_000_003 + epoch) * 4099 + fabric.global_rank
         )
         bar = tqdm(
