@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import deactivate_requires_grad
 from torch import nn
 
 from .base import PretrainMethod
@@ -66,6 +66,8 @@ class MomentumMethod(PretrainMethod):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        momentum = self.momentum_at(progress)
+        # average <- m average + (1 - m) online, as one multi-tensor lerp over all parameters
+        # (lightly's update_momentum is a multiply and an add: two passes over them)
+        weight = 1.0 - self.momentum_at(progress)
         for online, average in self.momentum_pairs():
-            update_momentum(online, average, m=momentum)
+            torch._foreach_lerp_(list(average.parameters()), list(online.parameters()), weight)
