@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..augment import to_float
 from ..errors import RunError
+from ..host_syncs import upload
 
 LOG_EVERY = 20  # optimiser steps between metric lines' flush (and loss checks)
 
@@ -45,20 +46,17 @@ class EpochLoop:
         self.config, self.fabric, self.model, self.method = config, fabric, model, method
         self.loggers = loggers
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.images, self.labels = train.images, torch.from_numpy(train.labels)
+        self.images, self.labels = train.images, train.labels
         self.n_train, self.updates = len(train), updates
         self.local_batch = config.batch_size // fabric.world_size
 
     def _batch(self, order: np.ndarray, pass_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = pass_index * self.config.batch_size + self.fabric.global_rank * self.local_batch
         rows = np.sort(order[start : start + self.local_batch])
-        images, labels = torch.from_numpy(np.array(self.images[rows])), self.labels[rows]
-        device = self.fabric.device
-        if device.type == "cuda":  # a pageable copy would wait for the GPU to finish the step
-            images, labels = images.pin_memory(), labels.pin_memory()
-        images = images.to(device, non_blocking=True)
+        device = self.fabric.device  # pinned, non-blocking copies: the GPU need not finish first
+        images = upload(np.array(self.images[rows]), device, torch.uint8)
         batch = to_float(images).contiguous(memory_format=torch.channels_last)
-        return batch, labels.to(device, non_blocking=True)
+        return batch, upload(self.labels[rows], device, torch.int64)
 
     def run_epoch(self, epoch: int, metrics, progress: bool) -> dict[str, float]:
         """Train one epoch; return its mean loss, images per second and last lr."""
