@@ -55,7 +55,7 @@ class SyncFreeNTXentLoss(NTXentLoss):
     """lightly's ``NTXentLoss`` (same arguments and value) without host synchronisation."""
 
     def __init__(self, temperature: float = 0.5, memory_bank_size=0, gather_distributed=False):
-        super().__init__(temperature, memory_bank_size, gather_distributed)
+        super().__init__(temperature, 0, gather_distributed)  # lightly's checks, no bank
         self.memory_bank = HostPointerMemoryBank(memory_bank_size, gather_distributed)
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
