@@ -1,4 +1,4 @@
-"""DINO's cross-entropy view by view, with its gradient written out.
+"""DINO's cross-entropy by blocks of views, with its gradient written out.
 
 lightly's ``DINOLoss`` stacks every student view, takes their log-softmax over the 65,536
 prototypes and contracts it with the teacher's softmax over all (teacher, student) view pairs
@@ -10,9 +10,10 @@ probabilities and ``W_s = sum_{t != s} P_t``, the same sum is one term per stude
 
 whose gradient is ``(|W_s| softmax(z_s / T) - W_s) / T`` per row (``|W_s|`` the row's mass,
 the number of teacher views paired with ``s`` up to rounding). ``_PairedCrossEntropy`` computes
-each term with the fused log-softmax kernel and its gradient from the saved log-probabilities
-in place: no stacked copy of the views and about half the memory traffic of the original
-(the loss's whole cost, at ``batch x 65,536`` per view). The sums run in float32 outside
+the terms of a block of views (a head's output over stacked views) with the fused log-softmax
+kernel, and their gradient from the saved log-probabilities in place: no stacked or split
+copies of the views and about half the memory traffic of the original (the loss's whole
+cost, at ``batch x 65,536`` per view). The sums run in float32 outside
 autocast (float64 stays float64); the centre and its update are lightly's.
 """
 

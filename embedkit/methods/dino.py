@@ -2,8 +2,8 @@
 
 Two global crops go through the teacher; the global and ``n_local`` small local crops go
 through the student, whose softmax must match the teacher's centred, sharpened softmax of
-the other views (lightly's ``DINOProjectionHead``, and ``DINOLoss`` computed view by view
-without log-softmax tensors: ``_dino_loss``). The teacher temperature
+the other views (lightly's ``DINOProjectionHead``, and ``DINOLoss`` computed by blocks of
+views with a written-out gradient: ``_dino_loss``). The teacher temperature
 warms up linearly over the first ``teacher_temp_warmup`` of training, the teacher momentum
 rises from 0.996 to 1 on a cosine, and the head's last layer stays frozen during the first
 epoch. Local crops are ``96/224`` of the image side, rounded to the ViT patch size.
