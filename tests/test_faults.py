@@ -756,6 +756,8 @@ def test_a_damaged_store_is_found_by_verify_and_refused_by_every_evaluator(
         ("temperature=abc", "--param simclr.temperature=abc: expected float"),
         ("projection_dim=1.5", "--param simclr.projection_dim=1.5: expected int"),
         ("augment.blur_sigma=0.1", "augment.blur_sigma: expected 2 comma-separated numbers"),
+        ("temperature=-0.1", "--param simclr.temperature=-0.1: must be 0 or more (default 0.2)"),
+        ("augment.blur_sigma=-1,2", "augment.blur_sigma: numbers of 0 or more"),
     ],
 )
 def test_bad_method_parameters_create_no_run_folder(tmp_path, data_root, param, message):

@@ -95,11 +95,17 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
                 f"--param {where}: expected {len(default)} comma-separated numbers, "
                 f"like {','.join(map(str, default))}"
             ) from None
+        if min(value) < 0:
+            raise ConfigError(f"--param {where}: numbers of 0 or more, like {default}")
         return value
     if not value_fits(value, default):
         raise ConfigError(
             f"--param {where}={value}: expected {type(default).__name__} (default {default})"
         )
+    # every numeric setting is a count, size, probability, strength, temperature, weight or
+    # momentum: a negative one would fail deep inside a step instead of here
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and value < 0:
+        raise ConfigError(f"--param {where}={value}: must be 0 or more (default {default})")
     return float(value) if isinstance(default, float) else value
 
 
