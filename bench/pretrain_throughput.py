@@ -22,7 +22,10 @@ use the loop's optimiser (``make_optimizer``: fused AdamW). ``syncs`` counts the
 in one method step that would make the host wait for a GPU (``embedkit.host_syncs``; 0 is
 the goal, and it is measured on a CPU too); ``ops`` the operations dispatched by one method
 step / one model step (views excluded): about the kernels a GPU launches, which bound a step
-of small kernels whatever the card.
+of small kernels whatever the card. On a GPU, ``gpu ms`` is the time the GPU spends in
+kernels and copies per step (torch.profiler, the union of their intervals over 3 steps) and
+``busy`` that time over the step's wall time: a busy fraction well under 1 says the host
+(launches, Python) and not the card sets the pace.
 
 CPU:  python bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 64
 GPU:  python bench/pretrain_throughput.py --backbone resnet50 --size 64 --batch-size 256
@@ -41,6 +44,35 @@ from _data import add_data_root, real_file
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def gpu_ms(step, device: torch.device, steps: int = 3) -> float | None:
+    """Milliseconds per step during which the GPU runs a kernel or a copy (None off a GPU, or
+    where the profiler cannot read the device)."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            _sync(device)
+        spans = sorted(
+            (e.time_range.start, e.time_range.end)
+            for e in prof.events()
+            if e.device_type == DeviceType.CUDA
+        )
+    except Exception as error:  # noqa: BLE001 (a profiler that cannot start: no column)
+        print(f"profiler unavailable: {error}")
+        return None
+    busy, end = 0.0, float("-inf")
+    for start, stop in spans:  # the union of the intervals, in microseconds
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return busy / 1000 / steps
 
 
 def main() -> None:
@@ -83,10 +115,13 @@ def main() -> None:
         f"{'/model':>7} {'/bare':>6} {'syncs':>5} {'ops':>11}  views fed"
     )
     n_classes = split.labels.shape[1] if split.labels.shape[1] > 1 else int(split.labels.max()) + 1
+    busy_rows = []
     for name in names:
-        rates, shapes, syncs = measure(
+        rates, shapes, syncs, busy = measure(
             METHODS[name], args, images, labels, n_classes, autocast, device
         )
+        if busy:
+            busy_rows.append((name, rates, busy))
         fed = " + ".join(f"{s[0]}x{s[-1]}px" for s in shapes)
         if syncs.count:
             print(syncs.summary())
@@ -96,6 +131,17 @@ def main() -> None:
             f"{syncs.count:>5} {syncs.launches:>5}/{syncs.model_launches:<5}  {fed}",
             flush=True,
         )
+    if busy_rows:
+        print(
+            f"{'method':<12} {'ms/step':>8} {'gpu ms':>7} {'busy':>5} | model {'ms/step':>8} "
+            f"{'gpu ms':>7} {'busy':>5} | bare {'ms/step':>8} {'gpu ms':>7} {'busy':>5}"
+        )
+        for name, rates, busy in busy_rows:
+            cells = []
+            for path in ("method", "model", "bare"):
+                wall = args.batch_size / rates[path] * 1000
+                cells.append(f"{wall:>8.2f} {busy[path]:>7.2f} {busy[path] / wall:>5.2f}")
+            print(f"{name:<12} {cells[0]} |       {cells[1]} |      {cells[2]}", flush=True)
 
 
 def measure(cls, args, images, labels, n_classes, autocast, device):
@@ -168,6 +214,7 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
         bare_optimizer.zero_grad(set_to_none=True)
 
     bare_step()
+    bare_step()
     model_step()
     with HostSyncs() as syncs:  # what would make the host wait for a GPU, on any device
         method_step()
@@ -184,7 +231,11 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
             _sync(device)
             times[label] += time.perf_counter() - start
     n = args.batch_size * args.steps * args.rounds
-    return {label: n / seconds for label, seconds in times.items()}, shapes, syncs
+    busy = {"method": gpu_ms(method_step, device), "model": gpu_ms(model_step, device)}
+    busy["bare"] = gpu_ms(bare_step, device)
+    if any(ms is None for ms in busy.values()):
+        busy = None
+    return {label: n / seconds for label, seconds in times.items()}, shapes, syncs, busy
 
 
 if __name__ == "__main__":
