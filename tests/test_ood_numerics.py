@@ -57,3 +57,38 @@ def test_the_shared_probe_head_refits_an_array_changed_in_place():
     assert np.sign(changed.head_.weight[1, 0] - changed.head_.weight[0, 0]) != np.sign(
         first.head_.weight[1, 0] - first.head_.weight[0, 0]
     )
+
+
+def test_scorers_inside_sharing_fit_each_statistic_once_with_the_same_scores(monkeypatch):
+    """What ``evaluate_ood`` does per ID dataset: the Gaussian scorers share class statistics,
+    whitening and distances, vim and residual share the residual space, and every score is
+    bit-identical to a scorer fitted on its own."""
+    import torch
+
+    from embedkit.ood._shared import sharing
+
+    rng = np.random.default_rng(3)
+    x, x2 = rng.normal(size=(300, 12)), rng.normal(size=(300, 12)) * 2 + 1
+    y = rng.integers(0, 3, (300, 1))
+    queries = rng.normal(size=(40, 12)) + 0.5
+    names = ("mahalanobis", "relative_mahalanobis", "vim", "residual", "energy")
+    eigh = torch.linalg.eigh
+    calls = []
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: calls.append(a.shape) or eigh(a))
+
+    def scores(train):
+        return {n: get_scorer(n)().fit(train, y).score_samples(queries) for n in names}
+
+    alone, alone2 = scores(x), scores(x2)
+    assert len(calls) == 2 * 5  # 1 + 2 + 1 + 1 eigendecompositions per training set
+    calls.clear()
+    with sharing():
+        together, together2 = scores(x), scores(x2)  # another array: nothing mixed up
+        assert len(calls) == 2 * 3  # class covariance, background, residual space
+        again = scores(x)
+    assert len(calls) == 2 * 3  # the same arrays again: all from the block's cache
+    for name in names:
+        np.testing.assert_array_equal(together[name], alone[name])
+        np.testing.assert_array_equal(together2[name], alone2[name])
+        np.testing.assert_array_equal(again[name], alone[name])
+    assert not np.allclose(together["mahalanobis"], together2["mahalanobis"])

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import ConfigError, EmbedkitError
+from ..ood._shared import sharing
 from ..ood.plugins import resolve_scorer
 from ..registry import value_fits
 from ..store import EmbeddingStore
@@ -197,33 +198,43 @@ def _evaluate_store(
             ", ".join(ood_datasets),
             len(scorers),
         )
-        train = store.get(id_dataset, "train")
-        id_test = _samples(store, id_dataset, ["test"])
-        for name, cls in scorers:
-            with _scorer_step(name, f"fit on {id_dataset}"):
-                scorer = cls(**config.scorer_params.get(name, {}))
-                scorer.fit(train.embeddings, train.labels)
-            id_scores = _scores(scorer, id_test.embeddings, name)
-            params = getattr(scorer, "get_params", dict)()
-            saved = [(id_test, id_scores, False)]
-            for ood_dataset in ood_datasets:
-                ood = ood_samples(ood_dataset)
-                ood_scores = _scores(scorer, ood.embeddings, name)
-                saved.append((ood, ood_scores, True))
-                rows.append(
-                    {
-                        **columns,
-                        "id_dataset": id_dataset,
-                        "ood_dataset": ood_dataset,
-                        "scorer": name,
-                        "params": json.dumps(params, sort_keys=True, default=str),
-                        **ood_metrics(id_scores, ood_scores),
-                        "n_id": len(id_scores),
-                        "n_ood": len(ood_scores),
-                    }
-                )
-            if config.save_scores:
-                _save_scores(Path(config.save_scores), columns["encoder"], id_dataset, name, saved)
+        with sharing():  # one float64 copy, head, Gaussian fit and residual space per ID
+            rows += _evaluate_id(
+                store, id_dataset, ood_datasets, ood_samples, columns, scorers, config
+            )
+    return rows
+
+
+def _evaluate_id(store, id_dataset, ood_datasets, ood_samples, columns, scorers, config):
+    """The rows of one ID dataset against each of ``ood_datasets``, for every scorer."""
+    rows = []
+    train = store.get(id_dataset, "train")
+    id_test = _samples(store, id_dataset, ["test"])
+    for name, cls in scorers:
+        with _scorer_step(name, f"fit on {id_dataset}"):
+            scorer = cls(**config.scorer_params.get(name, {}))
+            scorer.fit(train.embeddings, train.labels)
+        id_scores = _scores(scorer, id_test.embeddings, name)
+        params = getattr(scorer, "get_params", dict)()
+        saved = [(id_test, id_scores, False)]
+        for ood_dataset in ood_datasets:
+            ood = ood_samples(ood_dataset)
+            ood_scores = _scores(scorer, ood.embeddings, name)
+            saved.append((ood, ood_scores, True))
+            rows.append(
+                {
+                    **columns,
+                    "id_dataset": id_dataset,
+                    "ood_dataset": ood_dataset,
+                    "scorer": name,
+                    "params": json.dumps(params, sort_keys=True, default=str),
+                    **ood_metrics(id_scores, ood_scores),
+                    "n_id": len(id_scores),
+                    "n_ood": len(ood_scores),
+                }
+            )
+        if config.save_scores:
+            _save_scores(Path(config.save_scores), columns["encoder"], id_dataset, name, saved)
     return rows
 
 

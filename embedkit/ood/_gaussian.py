@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._shared import shared
+
 
 def compute_device():
     """The device the scorers' linear algebra runs on: CUDA when torch sees it, else CPU."""
@@ -18,10 +20,22 @@ def compute_device():
 
 
 def as_float64(x: np.ndarray, device=None):
-    """``x`` as a float64 torch tensor on ``device`` (the compute device by default)."""
+    """``x`` as a float64 torch tensor on ``device`` (the compute device by default), which
+    callers must not change in place: inside ``sharing()`` one copy serves every scorer. A
+    float32 array goes to a GPU as float32 and widens there (half the bytes, no host pass)."""
     import torch
 
-    return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device or compute_device())
+    device = torch.device(device or compute_device())
+
+    def convert():
+        array = np.asarray(x)
+        if device.type != "cpu" and array.dtype == np.float32:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device).double()
+        return torch.as_tensor(np.asarray(array, dtype=np.float64), device=device)
+
+    if not isinstance(x, np.ndarray):
+        return convert()
+    return shared("float64", (x,), str(device), convert)
 
 
 def whitening(covariance: np.ndarray, rcond: float | None = None) -> np.ndarray:
@@ -37,18 +51,26 @@ def whitening(covariance: np.ndarray, rcond: float | None = None) -> np.ndarray:
 
     if rcond is None:
         rcond = covariance.shape[0] * np.finfo(np.float64).eps
-    eigenvalues, eigenvectors = torch.linalg.eigh(as_float64(covariance))
-    keep = eigenvalues > rcond * eigenvalues.abs().max()
-    return (eigenvectors[:, keep] / eigenvalues[keep].sqrt()).cpu().numpy()
+
+    def compute() -> np.ndarray:
+        eigenvalues, eigenvectors = torch.linalg.eigh(as_float64(covariance))
+        keep = eigenvalues > rcond * eigenvalues.abs().max()
+        return (eigenvectors[:, keep] / eigenvalues[keep].sqrt()).cpu().numpy()
+
+    return shared("whitening", (covariance,), float(rcond), compute)
 
 
 def squared_distances(x: np.ndarray, means: np.ndarray, transform: np.ndarray) -> np.ndarray:
     """``(N, C)`` squared Mahalanobis distances of rows of ``x`` to each of ``means``."""
-    t = as_float64(transform)
-    z = as_float64(x) @ t
-    m = as_float64(means) @ t
-    d = (z * z).sum(1, keepdim=True) - 2.0 * z @ m.T + (m * m).sum(1)
-    return d.clamp_min_(0.0).cpu().numpy()
+
+    def compute() -> np.ndarray:
+        t = as_float64(transform)
+        z = as_float64(x) @ t
+        m = as_float64(means) @ t
+        d = (z * z).sum(1, keepdim=True) - 2.0 * z @ m.T + (m * m).sum(1)
+        return d.clamp_min_(0.0).cpu().numpy()
+
+    return shared("squared_distances", (x, means, transform), None, compute)
 
 
 def class_statistics(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +78,10 @@ def class_statistics(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, n
 
     Without labels, or with multi-label targets, the data is one class.
     """
+    return shared("class_statistics", (x, y), None, lambda: _class_statistics(x, y))
+
+
+def _class_statistics(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     if y is None or np.asarray(y).reshape(len(x), -1).shape[1] > 1:

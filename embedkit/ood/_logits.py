@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..eval.linear import LinearHead, fit_linear
 from ._gaussian import as_float64
+from ._shared import active, shared
 from .base import OODScorer
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,21 @@ def _digest(*arrays: np.ndarray) -> str:
 
 
 def _shared_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
+    """The probe head of ``(X, y)``: inside ``sharing()`` keyed on the arrays themselves,
+    outside on their content (one digest per fit)."""
+    if active():
+        return shared("head", (X, y), float(l2), lambda: _fit_head(X, y, l2))
     global _last_head
     key = _digest(X, y)
     if _last_head is not None and _last_head[0] == key and _last_head[1] == l2:
         return _last_head[2]
+    head = _fit_head(X, y, l2)
+    _last_head = (key, l2, head)
+    return head
+
+
+def _fit_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
+    y = y.reshape(len(X), -1)
     multi_label = y.shape[1] > 1
     n_outputs = y.shape[1] if multi_label else int(y.max()) + 1
     head = fit_linear(X, y, n_outputs, multi_label, l2=l2)
@@ -44,7 +56,6 @@ def _shared_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
             l2,
             head.n_iter,
         )
-    _last_head = (key, l2, head)
     return head
 
 
@@ -61,12 +72,20 @@ class LogitScorer(OODScorer):
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LogitScorer:
         if y is None:
             raise ConfigError(f"the {self.name} scorer needs the ID training labels")
-        self.head_ = _shared_head(X, np.asarray(y).reshape(len(X), -1), self.l2)
+        self.head_ = _shared_head(X, np.asarray(y), self.l2)
         return self
 
     def logits(self, X: np.ndarray) -> np.ndarray:
+        """The head's float64 logits of ``X`` (on the compute device: ``X``'s float64 copy
+        there is the one the Gaussian and residual scorers use)."""
         self._check_fitted("head_")
-        return self.head_.logits(X)
+        head = self.head_
+
+        def compute() -> np.ndarray:
+            z = as_float64(X) @ as_float64(head.weight).T + as_float64(head.bias)
+            return z.cpu().numpy()
+
+        return shared("logits", (X, head.weight, head.bias), None, compute)
 
 
 def logsumexp(z: np.ndarray) -> np.ndarray:
@@ -95,15 +114,25 @@ class ResidualSpace:
     """
 
     def __init__(self, X: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int) -> None:
+        self.origin, self.basis = shared(
+            "residual_space", (X, weight, bias), dim, lambda: self._fit(X, weight, bias, dim)
+        )
+
+    @staticmethod
+    def _fit(X: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int):
         import torch
 
-        self.origin = -np.linalg.pinv(weight) @ bias  # (K, D): small, on the CPU as before
-        shifted = as_float64(X) - as_float64(self.origin)
+        origin = -np.linalg.pinv(weight) @ bias  # (K, D): small, on the CPU as before
+        shifted = as_float64(X) - as_float64(origin)
         eigenvalues, eigenvectors = torch.linalg.eigh(shifted.T @ shifted / len(shifted))
         order = torch.argsort(eigenvalues, descending=True)
-        self.basis = eigenvectors[:, order[dim:]].contiguous().cpu().numpy()
+        return origin, eigenvectors[:, order[dim:]].contiguous().cpu().numpy()
 
     def norm(self, X: np.ndarray) -> np.ndarray:
         """Length of each row's component outside the principal subspace."""
-        shifted = as_float64(X) - as_float64(self.origin)
-        return (shifted @ as_float64(self.basis)).norm(dim=1).cpu().numpy()
+
+        def compute() -> np.ndarray:
+            shifted = as_float64(X) - as_float64(self.origin)
+            return (shifted @ as_float64(self.basis)).norm(dim=1).cpu().numpy()
+
+        return shared("residual_norm", (X, self.origin, self.basis), None, compute)

@@ -1,0 +1,53 @@
+"""Work that scorers share while one ID dataset is scored (not a scorer).
+
+``evaluate_ood`` fits every scorer on the same training arrays and scores the same OOD
+arrays with each of them. Inside ``sharing()`` a result computed from the same array
+objects is computed once: the float64 copy of an embedding matrix on the compute device,
+the Gaussian class statistics and their whitening (mahalanobis, relative_mahalanobis), the
+probe head and its logits (the logit scorers) and ViM's residual space (vim, residual).
+
+Keys are the identities of the input arrays, and the cache holds those arrays, so no id is
+reused while the block runs; the arrays must not change in place inside the block (the
+store's arrays do not). Outside the block nothing is kept and every call computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_cache: dict[tuple, tuple[tuple, Any]] | None = None
+
+
+@contextmanager
+def sharing():
+    """Share results among the scorers fitted and run inside the block (nestable: an inner
+    block uses the outer one's cache)."""
+    global _cache
+    outer = _cache
+    if outer is None:
+        _cache = {}
+    try:
+        yield
+    finally:
+        _cache = outer
+
+
+def active() -> bool:
+    return _cache is not None
+
+
+def shared(kind: str, arrays: tuple, extra: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()``, or inside ``sharing()`` the result of the first call with the same
+    ``kind``, the same array objects and the same ``extra``."""
+    if _cache is None:
+        return compute()
+    key = (kind, tuple(id(a) for a in arrays), extra)
+    hit = _cache.get(key)
+    if hit is None:
+        hit = (arrays, compute())  # the arrays are held: their ids stay theirs
+        _cache[key] = hit
+    return hit[1]
