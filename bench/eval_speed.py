@@ -26,6 +26,9 @@ Run: python bench/eval_speed.py [--bank 100000 --queries 20000 --dim 2048] [--sc
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,7 +143,9 @@ def synthetic_store(path: Path, scale: float, dim: int):
     return EmbeddingStore(path)
 
 
-def bench_matrix(scale: float, dim: int, scorers: tuple[str, ...], per_scorer: bool) -> None:
+def bench_matrix(
+    scale: float, dim: int, scorers: tuple[str, ...], per_scorer: bool, profile: int = 0
+) -> None:
     from embedkit.eval import OODConfig, evaluate_ood
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,8 +155,14 @@ def bench_matrix(scale: float, dim: int, scorers: tuple[str, ...], per_scorer: b
             f"matrix  synthetic store: {total} embeddings x {dim} ({scale:g} x MedMNIST sizes), "
             f"written in {t_write:.1f} s"
         )
+        profiler = cProfile.Profile() if profile else None
+        if profiler:
+            profiler.enable()
         t, table = timed(lambda: evaluate_ood([store], OODConfig(scorers=scorers)))
         print(f"matrix  all {len(scorers)} scorers, {table.height} rows: {t:.1f} s", flush=True)
+        if profiler:  # where the time goes: on a GPU, the host waits at the copies back
+            profiler.disable()
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(profile)
         for scorer in scorers if per_scorer else ():
             t, table = timed(lambda s=scorer: evaluate_ood([store], OODConfig(scorers=(s,))))
             print(f"matrix  {scorer:22s} {table.height} pairs in {t:7.1f} s", flush=True)
@@ -301,6 +312,9 @@ def main() -> None:
     parser.add_argument(
         "--no-per-scorer", action="store_true", help="matrix: only the all-scorer call"
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="matrix: print the N costliest functions"
+    )
     add_data_root(parser)
     args = parser.parse_args()
     sections = args.sections.split(",")
@@ -310,7 +324,7 @@ def main() -> None:
         from embedkit.ood import SCORERS
 
         scorers = tuple(args.scorers.split(",")) if args.scorers else tuple(SCORERS)
-        bench_matrix(args.scale, args.dim, scorers, not args.no_per_scorer)
+        bench_matrix(args.scale, args.dim, scorers, not args.no_per_scorer, args.profile)
     if "read" in sections:
         bench_read(args.scale, args.dim)
     if "probe" in sections or "optimum" in sections:
