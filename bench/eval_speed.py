@@ -155,6 +155,10 @@ def bench_matrix(
             f"matrix  synthetic store: {total} embeddings x {dim} ({scale:g} x MedMNIST sizes), "
             f"written in {t_write:.1f} s"
         )
+        if profile:  # evaluate_ood's progress per ID dataset, with the time since start
+            import logging
+
+            logging.basicConfig(level=logging.INFO, format="%(relativeCreated)8.0f ms %(message)s")
         profiler = cProfile.Profile() if profile else None
         if profiler:
             profiler.enable()
