@@ -16,7 +16,12 @@ def _same_neighbours(bank, queries, metric, k):
     np.testing.assert_allclose(torch_scores, faiss_scores, rtol=1e-5, atol=1e-5)
     # each torch neighbour's true score is the score FAISS ranks at that place: the same
     # neighbours up to the order of ties
-    if metric == "ip":
+    if metric == "cosine":  # the index scales rows itself: the same as "ip" on unit rows
+        bank, queries = l2_normalise(bank), l2_normalise(queries)
+        ip_scores, ip_rows = NeighborIndex(bank, "ip", backend="faiss").search(queries, k)
+        np.testing.assert_array_equal(faiss_scores, ip_scores)
+        np.testing.assert_array_equal(faiss_rows, ip_rows)
+    if metric != "l2":
         true = np.einsum("qd,qkd->qk", queries.astype(np.float64), bank[torch_rows])
     else:
         true = ((queries[:, None, :].astype(np.float64) - bank[torch_rows]) ** 2).sum(-1)
@@ -25,13 +30,16 @@ def _same_neighbours(bank, queries, metric, k):
     assert agree > 0.99, agree  # random data: ties are rare
 
 
-@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
 def test_torch_search_matches_faiss(metric, monkeypatch):
     rng = np.random.default_rng(0)
     bank = rng.normal(size=(3000, 64)).astype(np.float32)
     queries = rng.normal(size=(700, 64)).astype(np.float32)
     if metric == "ip":
         bank, queries = l2_normalise(bank), l2_normalise(queries)
+    if metric == "cosine":  # rows of many lengths, which the index must scale away
+        bank *= rng.uniform(0.1, 10, size=(3000, 1)).astype(np.float32)
+        queries *= rng.uniform(0.1, 10, size=(700, 1)).astype(np.float32)
     _same_neighbours(bank, queries, metric, k=20)
     monkeypatch.setattr(neighbors, "_BLOCK_FLOATS", 3000 * 64)  # 64-query blocks, last partial
     _same_neighbours(bank, queries, metric, k=1)

@@ -18,7 +18,7 @@ import polars as pl
 from ..errors import ConfigError
 from ..store import EmbeddingStore
 from .metrics import classification_metrics
-from .neighbors import NeighborIndex, l2_normalise
+from .neighbors import NeighborIndex
 from .results import check_stores, encoder_columns, store_datasets
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ def knn_predict(bank_x, bank_y, queries, n_classes: int, task: str, config: KNNC
             f"(solo-learn uses 0.07; --weighting majority takes no temperature)"
         )
     if config.metric == "cosine":
-        index = NeighborIndex(l2_normalise(bank_x), metric="ip")
-        similarity, neighbours = index.search(l2_normalise(queries), config.k)
+        index = NeighborIndex(bank_x, metric="cosine")  # rows normalised where it searches
+        similarity, neighbours = index.search(queries, config.k)
     else:
         squared, neighbours = NeighborIndex(bank_x, metric="l2").search(queries, config.k)
         similarity = -np.sqrt(np.maximum(squared, 0.0))

@@ -61,8 +61,9 @@ class NeighborIndex:
 
     Args:
         bank: ``(N, D)`` float vectors.
-        metric: ``ip`` (inner product: cosine on normalised rows) or ``l2`` (squared
-            Euclidean distance, as FAISS returns it).
+        metric: ``ip`` (inner product), ``cosine`` (inner product of rows scaled to unit
+            length by the index: on the GPU for the torch search, with ``l2_normalise`` for
+            FAISS) or ``l2`` (squared Euclidean distance, as FAISS returns it).
         backend: ``auto``, ``faiss`` or ``torch`` (see the module docstring).
         device: the torch backend's device (default: CUDA when present, else CPU).
     """
@@ -70,8 +71,8 @@ class NeighborIndex:
     def __init__(
         self, bank: np.ndarray, metric: str = "ip", backend: str = "auto", device=None
     ) -> None:
-        if metric not in ("ip", "l2"):
-            raise ConfigError(f"unknown metric '{metric}': use ip or l2")
+        if metric not in ("ip", "cosine", "l2"):
+            raise ConfigError(f"unknown metric '{metric}': use ip, cosine or l2")
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.metric, self.size = metric, len(bank)
         self.backend = resolve_backend(backend)
@@ -79,11 +80,13 @@ class NeighborIndex:
             import torch
 
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.bank = torch.from_numpy(bank).to(device)
+            self.bank = self._rows(torch.from_numpy(bank).to(device))
             self.bank_sq = (self.bank * self.bank).sum(1) if metric == "l2" else None
             return
+        if metric == "cosine":
+            bank = l2_normalise(bank)
         index = (
-            faiss.IndexFlatIP(bank.shape[1]) if metric == "ip" else faiss.IndexFlatL2(bank.shape[1])
+            faiss.IndexFlatL2(bank.shape[1]) if metric == "l2" else faiss.IndexFlatIP(bank.shape[1])
         )
         if faiss.get_num_gpus() > 0:
             index = faiss.index_cpu_to_all_gpus(index)
@@ -100,8 +103,17 @@ class NeighborIndex:
             )
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.backend == "faiss":
-            return self.index.search(queries, k)
+            return self.index.search(
+                l2_normalise(queries) if self.metric == "cosine" else queries, k
+            )
         return self._torch_search(queries, k)
+
+    def _rows(self, x):
+        """Rows as the metric compares them: scaled to unit length for ``cosine``, in float32
+        as ``l2_normalise`` does (on the device, where the torch search runs)."""
+        if self.metric != "cosine":
+            return x
+        return x / (x.norm(dim=1, keepdim=True) + 1e-10)
 
     def _torch_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -111,9 +123,11 @@ class NeighborIndex:
         # exact float32 products: no TF32 on Ampere and later, whatever the global setting
         with torch.no_grad(), _no_tf32():
             for start in range(0, len(queries), block):
-                q = torch.from_numpy(queries[start : start + block]).to(self.bank.device)
+                q = self._rows(
+                    torch.from_numpy(queries[start : start + block]).to(self.bank.device)
+                )
                 product = q @ self.bank.T
-                if self.metric == "ip":
+                if self.metric != "l2":
                     values, rows = product.topk(k, dim=1)
                 else:  # |q|^2 - 2 q.b + |b|^2, clamped at 0 as FAISS does
                     squared = (q * q).sum(1, keepdim=True) - 2 * product + self.bank_sq

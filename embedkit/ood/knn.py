@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..eval.neighbors import NeighborIndex, l2_normalise
+from ..eval.neighbors import NeighborIndex
 from . import register_scorer
 from .base import OODScorer
 
@@ -28,11 +28,11 @@ class KNNScorer(OODScorer):
         self.k = k
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> KNNScorer:
-        self.index_ = NeighborIndex(l2_normalise(X), metric="ip")
+        self.index_ = NeighborIndex(X, metric="cosine")  # normalised where it searches
         return self
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted("index_")
-        similarity, _ = self.index_.search(l2_normalise(X), self.k)
+        similarity, _ = self.index_.search(X, self.k)
         kth = np.clip(similarity[:, -1].astype(np.float64), -1.0, 1.0)
         return -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))  # |a - b| for unit a, b
