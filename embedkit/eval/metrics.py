@@ -21,7 +21,7 @@ def _curve(positive_scores: np.ndarray, negative_scores: np.ndarray):
     """True and false positive counts at each distinct threshold, highest score first."""
     scores = np.concatenate([positive_scores, negative_scores])
     is_positive = np.concatenate([np.ones(len(positive_scores)), np.zeros(len(negative_scores))])
-    order = np.argsort(-scores, kind="mergesort")
+    order = np.argsort(-scores)  # any order within a tie: counts are read at its end
     scores, is_positive = scores[order], is_positive[order]
     last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
     tps = np.cumsum(is_positive)[last_of_tie]
@@ -65,7 +65,10 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95
     tps, fps = _curve(-ood_scores, -id_scores)  # OOD positive: flip "more ID" to "more OOD"
     tpr_curve = np.r_[0.0, tps / tps[-1]]
     fpr_curve = np.r_[0.0, fps / fps[-1]]
-    tps_in, fps_in = _curve(id_scores, ood_scores)
+    # ID positive is the same sort read from the other end: at each distinct score s (now
+    # highest first), ID at or above s = all ID minus the ID below s, likewise for OOD
+    tps_in = (len(id_scores) - np.r_[0.0, fps[:-1]])[::-1]
+    fps_in = (len(ood_scores) - np.r_[0.0, tps[:-1]])[::-1]
     return {
         "auroc": _auroc(tps, fps),
         "fpr95": float(fpr_curve[np.argmax(tpr_curve >= tpr)]),
