@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,10 +239,19 @@ def _read_checked(group, attrs: dict[str, Any], head: bool):
     digests, rows = attrs.get("chunk_sha256"), attrs.get("rows_per_chunk")
     if digests is None or not rows or len(digests) != -(-n // rows):
         raise DamagedSplitError("its chunk checksums are missing or of the wrong count")
-    for i, digest in enumerate(digests):
+
+    def digest_of(i: int) -> str:
         part = [v[i * rows : (i + 1) * rows] for v in values.values()]
-        if chunk_digest(part[0] if len(part) == 1 else np.hstack(part)) != digest:
-            raise DamagedSplitError(f"chunk {i} differs from its checksum recorded at write time")
+        return chunk_digest(part[0] if len(part) == 1 else np.hstack(part))
+
+    # SHA-256 releases the GIL: chunks are hashed on several cores
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1), "embedkit-verify") as pool:
+        found = pool.map(digest_of, range(len(digests)))
+        for i, (digest, computed) in enumerate(zip(digests, found, strict=True)):
+            if computed != digest:
+                raise DamagedSplitError(
+                    f"chunk {i} differs from its checksum recorded at write time"
+                )
     for name, array in (("labels", labels), ("indices", indices)):
         recorded = attrs.get(f"{name}_sha256")  # absent in splits written before it was kept
         if recorded is not None and chunk_digest(array) != recorded:
