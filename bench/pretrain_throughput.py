@@ -19,15 +19,15 @@ about a ResNet-50's FLOPs at 64 px): the goal on a GPU at 64 px, ResNet-50, batc
 >= 0.85. method / bare is reported beside it. Images/s counts training images (not views).
 The paths alternate round by round, after one unmeasured round, so drift on a noisy machine
 hits all alike; the median and range of the per-round method / model ratio say how far the
-noise moves it (on the H100 a path with the same work as its model read 0.874 over 3 rounds). All three
-use the loop's optimiser (``make_optimizer``: fused AdamW). ``syncs`` counts the operations
-in one method step that would make the host wait for a GPU (``embedkit.host_syncs``; 0 is
-the goal, and it is measured on a CPU too); ``ops`` the operations dispatched by one method
-step / one model step (views excluded): about the kernels a GPU launches, which bound a step
-of small kernels whatever the card. On a GPU, ``gpu ms`` is the time the GPU spends in
-kernels and copies per step (torch.profiler, the union of their intervals over 3 steps) and
-``busy`` that time over the step's wall time: a busy fraction well under 1 says the host
-(launches, Python) and not the card sets the pace.
+noise moves it (on the H100 a path with the same work as its model read 0.874 over 3
+rounds). All three use the loop's optimiser (``make_optimizer``: fused AdamW). ``syncs``
+counts the operations in one method step that would make the host wait for a GPU
+(``embedkit.host_syncs``; 0 is the goal, and it is measured on a CPU too); ``ops`` the
+operations dispatched by one method step / one model step (views excluded): about the
+kernels a GPU launches, which bound a step of small kernels whatever the card. On a GPU,
+``gpu ms`` is the time the GPU spends in kernels and copies per step (torch.profiler, the
+union of their intervals over 3 steps) and ``busy`` that time over the step's wall time: a
+busy fraction well under 1 says the host (launches, Python) and not the card sets the pace.
 
 CPU:  python bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 64
 GPU:  python bench/pretrain_throughput.py --backbone resnet50 --size 64 --batch-size 256
@@ -86,6 +86,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds, after one unmeasured")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--methods", default="all")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbone, as `embedkit pretrain --compile` does (all paths)",
+    )
     add_data_root(parser)
     args = parser.parse_args()
 
@@ -157,6 +162,8 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
 
     torch.manual_seed(0)
     encoder = create_encoder(args.backbone, image_size=args.size)
+    if args.compile:  # the loop's --compile: fewer, fused kernels in the backbone
+        encoder.backbone.compile()
     method = cls(encoder, cls.Config(), args.size, n_classes).to(device)
     method = method.to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(method.parameters(), 1e-4, 0.05, device)
