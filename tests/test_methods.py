@@ -382,3 +382,41 @@ def test_host_pointer_queue_equals_lightlys_memory_bank():
     k = torch.randn(4, 8, generator=generator)
     torch.testing.assert_close(fresh(q, k), reference(q, k))
     assert fresh.memory_bank.position == 0 == int(reference.memory_bank.bank_ptr)
+
+
+@pytest.mark.parametrize("name", ["simsiam", "vicreg"])
+def test_batched_losses_equal_the_view_by_view_definition(name):
+    """SimSiam's symmetric loss and VICReg's variance and covariance terms run both views in
+    one call each (fewer kernels per step); the step's loss and gradients equal lightly's
+    view-by-view formulation on the same views."""
+    from lightly.loss import NegativeCosineSimilarity, VICRegLoss
+
+    torch.manual_seed(0)
+    cls = get_method(name)
+    small = {"vicreg": {"hidden_dim": 96, "projection_dim": 64}, "simsiam": {"projection_dim": 64}}
+    config = cls.Config(**small[name])  # 8 rows per view, 64 features: the Gram form
+    method = cls(create_encoder("resnet18", image_size=32), config, 32, 2).double().train()
+    images = torch.rand(
+        8, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+
+    def reference(views):
+        z0, z1 = method.projection_head(method.encoder(views)).chunk(2)
+        if name == "vicreg":
+            return VICRegLoss()(z0, z1)
+        p0, p1 = method.prediction_head(z0), method.prediction_head(z1)
+        cosine = NegativeCosineSimilarity()
+        return 0.5 * (cosine(p0, z1.detach()) + cosine(p1, z0.detach()))
+
+    results = []
+    for compute in (
+        lambda: method.training_step(images, None, torch.Generator().manual_seed(1)),
+        lambda: reference(method.two_views(images, torch.Generator().manual_seed(1))),
+    ):
+        method.zero_grad()
+        loss = compute()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in method.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-9, atol=1e-12)
+    for got, expected in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from lightly.loss import BarlowTwinsLoss, VICRegLoss
-from lightly.loss.vicreg_loss import invariance_loss, variance_loss
+from lightly.loss.vicreg_loss import invariance_loss
 from lightly.utils.dist import gather
 from torch.nn import functional as F
 
@@ -73,15 +73,24 @@ class GramVICRegLoss(VICRegLoss):
         invariance = invariance_loss(z_a, z_b)
         if self.gather_distributed and _distributed():  # as lightly: statistics of all ranks
             z_a, z_b = torch.cat(gather(z_a)), torch.cat(gather(z_b))
-        variance = 0.5 * (variance_loss(z_a, self.eps) + variance_loss(z_b, self.eps))
-        covariance = _covariance_loss(z_a) + _covariance_loss(z_b)
+        variance, covariance = _variance_covariance(torch.stack([z_a, z_b]), self.eps)
         return (
             self.lambda_param * invariance + self.mu_param * variance + self.nu_param * covariance
         )
 
 
-def _covariance_loss(x: torch.Tensor) -> torch.Tensor:
-    """VICReg's covariance term: squared off-diagonal covariances, summed, over D."""
-    n, d = x.shape
-    x = x - x.mean(0)
-    return off_diagonal_square_sum(x, x) / (n - 1) ** 2 / d
+def _variance_covariance(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """VICReg's variance term (the views' mean) and covariance term (the views' sum) of
+    ``(views, N, D)`` projections, both views in each operation: about half the kernels of
+    one view at a time, forward and backward.
+
+    The covariance ``C = X^T X / (N - 1)`` of centred ``X`` has ``C_jj`` = the variance of
+    column j, so its off-diagonal square sum is ``|X X^T|^2 / (N - 1)^2 - sum_j var_j^2``,
+    with the smaller of the two Gram matrices."""
+    n, d = z.shape[1], z.shape[2]
+    x = z - z.mean(1, keepdim=True)
+    var = x.pow(2).sum(1) / (n - 1)  # (views, D): torch.var's unbiased estimate
+    variance = F.relu(1.0 - torch.sqrt(var + eps)).mean()
+    gram = x @ x.transpose(1, 2) if n < d else x.transpose(1, 2) @ x
+    covariance = (gram.pow(2).sum() / (n - 1) ** 2 - var.pow(2).sum()) / d
+    return variance, covariance

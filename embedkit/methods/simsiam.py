@@ -46,9 +46,10 @@ class SimSiam(PretrainMethod):
         self.prediction_head = SimSiamPredictionHead(
             config.projection_dim, config.predictor_hidden_dim, config.projection_dim
         )
-        self.criterion = NegativeCosineSimilarity()
+        self.criterion = NegativeCosineSimilarity(dim=-1)  # over features, views stacked
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)
         p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
-        return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
+        # both directions in one call: 0.5 * (D(p0, z1) + D(p1, z0)) with half the kernels
+        return self.criterion(torch.stack([p0, p1]), torch.stack([z1, z0]).detach())
