@@ -86,6 +86,12 @@ def test_mocov3_loss_matches_the_formula():
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     expected = -np.mean(np.diag(log_softmax)) * 2 * t
     assert contrastive_loss(query, key, t).item() == pytest.approx(expected, rel=1e-5)
+    # views stacked: the sum of each view's loss, in one call (as the step runs both)
+    other_q, other_k = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    both = contrastive_loss(torch.stack([query, other_q]), torch.stack([key, other_k]), t)
+    torch.testing.assert_close(
+        both, contrastive_loss(query, key, t) + contrastive_loss(other_q, other_k, t)
+    )
 
 
 def _dino(**changes):
@@ -384,16 +390,21 @@ def test_host_pointer_queue_equals_lightlys_memory_bank():
     assert fresh.memory_bank.position == 0 == int(reference.memory_bank.bank_ptr)
 
 
-@pytest.mark.parametrize("name", ["simsiam", "vicreg"])
+@pytest.mark.parametrize("name", ["simsiam", "vicreg", "mocov3"])
 def test_batched_losses_equal_the_view_by_view_definition(name):
-    """SimSiam's symmetric loss and VICReg's variance and covariance terms run both views in
-    one call each (fewer kernels per step); the step's loss and gradients equal lightly's
-    view-by-view formulation on the same views."""
+    """SimSiam's and MoCo v3's symmetric losses and VICReg's variance and covariance terms
+    run both views in one call each (fewer kernels per step); the step's loss and gradients
+    equal the view-by-view formulation (lightly's losses, MoCo v3's per direction) on the
+    same views."""
     from lightly.loss import NegativeCosineSimilarity, VICRegLoss
 
     torch.manual_seed(0)
     cls = get_method(name)
-    small = {"vicreg": {"hidden_dim": 96, "projection_dim": 64}, "simsiam": {"projection_dim": 64}}
+    small = {
+        "vicreg": {"hidden_dim": 96, "projection_dim": 64},
+        "simsiam": {"projection_dim": 64},
+        "mocov3": {"hidden_dim": 96, "projection_dim": 64},
+    }
     config = cls.Config(**small[name])  # 8 rows per view, 64 features: the Gram form
     method = cls(create_encoder("resnet18", image_size=32), config, 32, 2).double().train()
     images = torch.rand(
@@ -401,6 +412,11 @@ def test_batched_losses_equal_the_view_by_view_definition(name):
     )
 
     def reference(views):
+        if name == "mocov3":
+            p0, p1 = method.prediction_head(method.projection_head(method.encoder(views))).chunk(2)
+            k0, k1 = method.momentum_forward(views).chunk(2)
+            t = method.config.temperature
+            return contrastive_loss(p0, k1, t) + contrastive_loss(p1, k0, t)
         z0, z1 = method.projection_head(method.encoder(views)).chunk(2)
         if name == "vicreg":
             return VICRegLoss()(z0, z1)
@@ -416,7 +432,8 @@ def test_batched_losses_equal_the_view_by_view_definition(name):
         method.zero_grad()
         loss = compute()
         loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in method.parameters()]))
+        grads = [p.grad.clone() for p in method.parameters() if p.grad is not None]
+        results.append((loss.detach(), grads))  # momentum branches take no gradient
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-9, atol=1e-12)
     for got, expected in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10)

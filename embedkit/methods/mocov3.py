@@ -57,13 +57,17 @@ class MoCoV3Config(MethodConfig):
 def contrastive_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE of each query against its key, with all gathered keys as candidates.
 
-    Scaled by ``2 * temperature`` as in the paper's reference code.
+    Scaled by ``2 * temperature`` as in the paper's reference code. ``(N, D)`` inputs give
+    one loss; ``(V, N, D)`` inputs the sum of the V views' losses, in one call (the step is
+    bound by kernel launches on a GPU).
     """
-    query, key = F.normalize(query, dim=1), F.normalize(key, dim=1)
-    keys = torch.cat(dist.gather(key)) if dist.world_size() > 1 else key
-    logits = query @ keys.T / temperature
-    targets = torch.arange(len(query), device=query.device) + dist.rank() * len(query)
-    return F.cross_entropy(logits, targets) * 2 * temperature
+    query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+    keys = torch.cat(dist.gather(key), dim=-2) if dist.world_size() > 1 else key
+    logits = query @ keys.transpose(-2, -1) / temperature
+    n, views = query.shape[-2], query[..., 0, 0].numel()
+    targets = torch.arange(n, device=query.device) + dist.rank() * n
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.repeat(views))
+    return loss * views * 2 * temperature
 
 
 @register_method("mocov3")
@@ -93,4 +97,5 @@ class MoCoV3(MomentumMethod):
         p0, p1 = predictions.chunk(2)
         k0, k1 = keys.chunk(2)
         temperature = self.config.temperature
-        return contrastive_loss(p0, k1, temperature) + contrastive_loss(p1, k0, temperature)
+        # both directions, (p0, k1) and (p1, k0), in one call
+        return contrastive_loss(torch.stack([p0, p1]), torch.stack([k1, k0]), temperature)
