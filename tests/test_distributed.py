@@ -70,6 +70,13 @@ def _losses_on_rank(rank: int, world: int, port: int, queue) -> None:
 
     from embedkit.methods._gram import GramBarlowTwinsLoss, GramVICRegLoss
     from embedkit.methods._ntxent import SyncFreeNTXentLoss
+    from embedkit.methods.mocov3 import contrastive_loss
+
+    def mocov3_by_direction(a, b):  # queries a, keys b: the first 12 rows view 0
+        return contrastive_loss(a[:12], b[12:], 0.2) + contrastive_loss(a[12:], b[:12], 0.2)
+
+    def mocov3_stacked(a, b):
+        return contrastive_loss(torch.stack([a[:12], a[12:]]), torch.stack([b[12:], b[:12]]), 0.2)
 
     dist.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     generator = torch.Generator().manual_seed(0)
@@ -89,6 +96,7 @@ def _losses_on_rank(rank: int, world: int, port: int, queue) -> None:
             NTXentLoss(0.2, gather_distributed=True),
             SyncFreeNTXentLoss(0.2, gather_distributed=True),
         ),
+        ("mocov3", mocov3_by_direction, mocov3_stacked),  # keys gathered across ranks
     ):
         for label, loss in (("reference", reference), ("ours", ours)):
             a, b = z_a[mine].clone().requires_grad_(), z_b[mine].clone().requires_grad_()
@@ -122,7 +130,7 @@ def test_rewritten_losses_equal_lightlys_across_two_processes():
         worker.join(timeout=60)
         assert worker.exitcode == 0
     for rank in (0, 1):
-        for name in ("barlowtwins", "vicreg", "ntxent"):
+        for name in ("barlowtwins", "vicreg", "ntxent", "mocov3"):
             expected, got = results[rank][name, "reference"], results[rank][name, "ours"]
             for e, g in zip(expected, got, strict=True):
                 np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-14)
