@@ -226,7 +226,6 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
         bare_optimizer.zero_grad(set_to_none=True)
 
     bare_step()
-    bare_step()
     model_step()
     with HostSyncs() as syncs:  # what would make the host wait for a GPU, on any device
         method_step()
@@ -235,7 +234,8 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
     syncs.model_launches = model_syncs.launches
     paths = (("method", method_step), ("model", model_step), ("bare", bare_step))
     for _, step in paths:  # one unmeasured round: clocks, caches and allocator settle
-        step()
+        for _ in range(args.steps):
+            step()
     rounds: list[dict[str, float]] = []  # seconds per path, round by round
     for _ in range(args.rounds):
         rounds.append({})
