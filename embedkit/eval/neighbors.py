@@ -20,7 +20,10 @@ BACKENDS = ("auto", "faiss", "torch")
 _BLOCK_FLOATS = 2**28  # 1 GiB in float32
 
 
-def l2_normalise(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
+_EPS = 1e-10  # guards the division by a row's length, in both normalisations below
+
+
+def l2_normalise(x: np.ndarray, eps: float = _EPS) -> np.ndarray:
     """Rows scaled to unit length (the epsilon guards the division, not the result)."""
     x = np.asarray(x, dtype=np.float32)
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + eps)
@@ -113,7 +116,7 @@ class NeighborIndex:
         as ``l2_normalise`` does (on the device, where the torch search runs)."""
         if self.metric != "cosine":
             return x
-        return x / (x.norm(dim=1, keepdim=True) + 1e-10)
+        return x / (x.norm(dim=1, keepdim=True) + _EPS)
 
     def _torch_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
