@@ -23,6 +23,10 @@ times, with the same encoder and batch size:
    (a race in the pipeline's pinned buffers would hand out another batch's rows). On a GPU
    the bare forward also runs as one CUDA graph per batch (``GraphedForward``, as the
    pipeline runs it): the eager bare forward is bound by kernel launches at these sizes.
+   Then the pipeline's parts alone on the same images: the reads (pinned on a GPU), ``encode``
+   without the store (split into a fixed cost per pass and a cost per batch) and the store
+   without ``encode``; with --profile N, one pass under torch.profiler (ops and CUDA runtime
+   calls, all threads) and under cProfile (the main thread's waits).
 
 Goal: embedkit at >= 90 % of bare.
 Run: python bench/embed_throughput.py [--backbone resnet18] [--data-root ../shared/data]
@@ -118,7 +122,7 @@ def print_ceiling(args, device) -> None:
             )
 
 
-def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path):
+def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, profile=0):
     """Images/s of the bare forward and of ``encode`` + ``write_split`` on ``images``, paths
     alternating pass by pass, and the largest difference between the stored features and the
     bare forward's, relative to the features' largest magnitude."""
@@ -205,7 +209,72 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path):
     write((reference[i : i + batch_size].copy() for i in range(0, n, batch_size)), "alone")
     rates["store alone"] = n / (time.perf_counter() - start)
     rates["sides"] = (spent["encode"] / (passes + 1), spent["store"] / (passes + 1))
+    rates["parts"] = pipeline_parts(encoder, images, batch_size, device)
+    if profile:
+        profile_pass(pipeline, device, profile)
     return rates, error
+
+
+def pipeline_parts(encoder, images, batch_size, device) -> dict[str, float]:
+    """The pipeline's parts alone on the same images: reading (pinned on a GPU) and ``encode``
+    without the store, the latter on all images and on a quarter of them (the difference
+    separates a pass's fixed cost, such as a CUDA graph's capture, from its cost per batch)."""
+    from embedkit.embed import encode
+    from embedkit.embed.inference import prefetched_batches
+
+    def seconds(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def reads() -> None:
+        for _ in prefetched_batches(images, batch_size, pin=device.type == "cuda"):
+            pass
+
+    def encodes(count: int):
+        def run() -> None:
+            for _ in encode(encoder, images[:count], batch_size, device):
+                pass
+
+        return run
+
+    n = len(images)
+    quarter = n // 4 // batch_size * batch_size
+    whole, part = seconds(encodes(n)), seconds(encodes(quarter))
+    per_batch = (whole - part) / ((n - quarter) / batch_size)
+    return {
+        "reads alone": n / seconds(reads),
+        "encode alone": n / whole,
+        "encode fixed s": whole - per_batch * n / batch_size,
+        "encode per batch ms": per_batch * 1e3,
+    }
+
+
+def profile_pass(pipeline, device, rows: int) -> None:
+    """Where one pipeline pass spends its host time: torch.profiler's ops and CUDA runtime
+    calls on every thread (the reader's pinning, the waits for the GPU), then cProfile's own
+    time per function on the main thread (the waits for the reader and the writer)."""
+    import cProfile
+    import pstats
+    import sys
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        pipeline()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    pipeline()
+    profiler.disable()
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(rows)
 
 
 def print_sizes(args, device) -> None:
@@ -225,7 +294,7 @@ def print_sizes(args, device) -> None:
             shape = (args.synthetic_images, size, size, 3)
             images = rng.integers(0, 256, size=shape, dtype=np.uint8)
             rates, error = bare_and_pipeline(
-                encoder, images, args.batch_size, device, args.passes, Path(tmp)
+                encoder, images, args.batch_size, device, args.passes, Path(tmp), args.profile
             )
             bare, ours = rates["bare"], rates["pipeline"]
             graphed = (
@@ -235,6 +304,7 @@ def print_sizes(args, device) -> None:
                 else ""
             )
             encode_side, store_side = rates["sides"]
+            parts, pinned = rates["parts"], " (pinned)" if device.type == "cuda" else ""
             print(
                 f"  {size:3d} px: bare forward {bare:8.0f} | pipeline {ours:8.0f} | ratio "
                 f"{ours / bare:.3f} (goal >= 0.90){graphed} | stored vs bare, max rel. diff "
@@ -242,7 +312,11 @@ def print_sizes(args, device) -> None:
                 f"          one pipeline pass ({len(images) / ours:.2f} s): {encode_side:.2f} s "
                 f"in encode (reads, launches, GPU waits), {store_side:.2f} s in the store "
                 f"between batches, the rest after the last one | the store alone on these "
-                f"features {rates['store alone']:8.0f} img/s",
+                f"features {rates['store alone']:8.0f} img/s\n"
+                f"          alone: reads{pinned} {parts['reads alone']:8.0f} img/s | encode "
+                f"without the store {parts['encode alone']:8.0f} img/s = "
+                f"{parts['encode fixed s']:.3f} s per pass + "
+                f"{parts['encode per batch ms']:.2f} ms per batch",
                 flush=True,
             )
             if error > 1e-2:
@@ -262,6 +336,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="e.g. 28,64: bare vs pipeline per size")
     parser.add_argument("--synthetic-images", type=int, default=20_000)
     parser.add_argument("--sizes-only", action="store_true", help="Only the --sizes section.")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="--sizes: profile one pipeline pass per size, printing the N costliest entries",
+    )
     add_data_root(parser)
     args = parser.parse_args()
     from embedkit.utils import resolve_device

@@ -27,7 +27,7 @@ if [ "$small" = 1 ]; then
   run 120 $PY bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 16 \
     --steps 1 --rounds 1 --methods simclr,vicreg
   run 120 $PY bench/embed_throughput.py --backbone resnet18 --sizes 28,64 --sizes-only \
-    --synthetic-images 600 --passes 1
+    --synthetic-images 600 --passes 1 --profile 5
   run 120 $PY bench/embed_throughput.py --ceiling-only --ceiling-images 2000 --ceiling-passes 1
   run 120 $PY bench/eval_speed.py --sections knn --bank 2000 --queries 500 --dim 256 --no-sklearn
   run 120 $PY bench/eval_speed.py --sections matrix --dim 256 --scale 0.01 --no-per-scorer \
@@ -40,9 +40,10 @@ fi
 run 200 env -u EMBEDKIT_DATA $PY bench/pretrain_throughput.py --backbone resnet50 --size 64 \
   --batch-size 256 --steps 5 --rounds 8
 # the pipeline against the bare forward, eager and as one CUDA graph, at 28 and 64 px (goal
-# 0.90), then the host ceiling
-run 60 $PY bench/embed_throughput.py --backbone resnet50 --sizes 28,64 --sizes-only \
-  --synthetic-images 20480 --passes 2
+# 0.90), each part of the pipeline alone and a profile of one pass (where is the host's ~15 ms
+# per batch?), then the host ceiling
+run 100 $PY bench/embed_throughput.py --backbone resnet50 --sizes 28,64 --sizes-only \
+  --synthetic-images 20480 --passes 2 --profile 15
 run 60 $PY bench/embed_throughput.py --ceiling-only --ceiling-images 20000 --ceiling-passes 2
 # the torch search (faiss-gpu cannot travel) and the 12 x 11 matrix of 8 scorers (goal < 60 s)
 run 60 $PY bench/eval_speed.py --sections knn --no-sklearn
