@@ -39,6 +39,8 @@ import argparse
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,33 @@ class ZeroCostEncoder(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.out[: len(images)]
+
+
+def pinned_per_batch(images: np.ndarray, batch_size: int, ring=None):
+    """The extraction's reads before the staging ring, for an A/B on a GPU: a fresh array per
+    batch pinned with ``Tensor.pin_memory()``, in a prefetch thread (``ring`` is ignored)."""
+
+    def load(start: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(images[start : start + batch_size])).pin_memory()
+
+    starts = range(0, len(images), batch_size)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, starts[0]) if starts else None
+        for i, start in enumerate(starts):
+            batch = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(load, starts[i + 1])
+            yield start, batch
+
+
+@contextmanager
+def patched(module, name: str, value):
+    former = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, former)
 
 
 def host_ceiling(
@@ -127,7 +156,7 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, p
     alternating pass by pass, and the largest difference between the stored features and the
     bare forward's, relative to the features' largest magnitude."""
     from embedkit.augment import to_float
-    from embedkit.embed import encode
+    from embedkit.embed import encode, inference
     from embedkit.store import EmbeddingStore, StoreWriter
 
     n = len(images)
@@ -188,6 +217,13 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, p
 
     reference = bare()  # also the warm-up of the bare path
     paths["pipeline"] = pipeline
+    if device.type == "cuda":  # A/B: the reads as they were before the staging ring
+
+        def pipeline_pinned_per_batch() -> None:
+            with patched(inference, "prefetched_batches", pinned_per_batch):
+                write(f for _, f in encode(encoder, images, batch_size, device))
+
+        paths["pinned per batch"] = pipeline_pinned_per_batch
     for name, fn in paths.items():  # warm-up of the others
         if name != "bare":
             fn()
@@ -220,7 +256,7 @@ def pipeline_parts(encoder, images, batch_size, device) -> dict[str, float]:
     without the store, the latter on all images and on a quarter of them (the difference
     separates a pass's fixed cost, such as a CUDA graph's capture, from its cost per batch)."""
     from embedkit.embed import encode
-    from embedkit.embed.inference import prefetched_batches
+    from embedkit.embed.inference import StagingRing, prefetched_batches
 
     def seconds(fn) -> float:
         if device.type == "cuda":
@@ -231,9 +267,17 @@ def pipeline_parts(encoder, images, batch_size, device) -> dict[str, float]:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    def reads() -> None:
-        for _ in prefetched_batches(images, batch_size, pin=device.type == "cuda"):
-            pass
+    def reads(fresh_pins: bool = False):
+        def run() -> None:  # nothing reads the batches: no release, buffers simply reused
+            shape = (batch_size, *images.shape[1:])
+            ring = StagingRing(shape, torch.uint8) if device.type == "cuda" else None
+            batches = (pinned_per_batch if fresh_pins else prefetched_batches)(
+                images, batch_size, ring
+            )
+            for _ in batches:
+                pass
+
+        return run
 
     def encodes(count: int):
         def run() -> None:
@@ -247,7 +291,8 @@ def pipeline_parts(encoder, images, batch_size, device) -> dict[str, float]:
     whole, part = seconds(encodes(n)), seconds(encodes(quarter))
     per_batch = (whole - part) / ((n - quarter) / batch_size)
     return {
-        "reads alone": n / seconds(reads),
+        "reads alone": n / seconds(reads()),
+        "reads pinned per batch": n / seconds(reads(True)) if device.type == "cuda" else None,
         "encode alone": n / whole,
         "encode fixed s": whole - per_batch * n / batch_size,
         "encode per batch ms": per_batch * 1e3,
@@ -304,7 +349,15 @@ def print_sizes(args, device) -> None:
                 else ""
             )
             encode_side, store_side = rates["sides"]
-            parts, pinned = rates["parts"], " (pinned)" if device.type == "cuda" else ""
+            parts = rates["parts"]
+            pinned, pinned_ab = "", ""
+            if device.type == "cuda":
+                fresh = parts["reads pinned per batch"]
+                pinned = f" (into the staging ring; pinned per batch {fresh:8.0f})"
+                pinned_ab = (
+                    f"          A/B: the pipeline with the reads pinned per batch (as before "
+                    f"the staging ring) {rates['pinned per batch']:8.0f} img/s\n"
+                )
             print(
                 f"  {size:3d} px: bare forward {bare:8.0f} | pipeline {ours:8.0f} | ratio "
                 f"{ours / bare:.3f} (goal >= 0.90){graphed} | stored vs bare, max rel. diff "
@@ -313,6 +366,7 @@ def print_sizes(args, device) -> None:
                 f"in encode (reads, launches, GPU waits), {store_side:.2f} s in the store "
                 f"between batches, the rest after the last one | the store alone on these "
                 f"features {rates['store alone']:8.0f} img/s\n"
+                f"{pinned_ab}"
                 f"          alone: reads{pinned} {parts['reads alone']:8.0f} img/s | encode "
                 f"without the store {parts['encode alone']:8.0f} img/s = "
                 f"{parts['encode fixed s']:.3f} s per pass + "

@@ -8,6 +8,7 @@ import zarr
 from embedkit.backbones import create_encoder
 from embedkit.data import load_split
 from embedkit.embed import EmbedConfig, embed, encode
+from embedkit.embed.inference import StagingRing, prefetched_batches
 from embedkit.errors import RunError, StoreError
 from embedkit.store import EmbeddingStore, chunk_rows
 
@@ -35,6 +36,37 @@ def test_store_round_trip(demo_store, data_root):
     ]
     catalog = demo_store.catalog()
     assert catalog.height == 9 and set(catalog["n"].to_list()) == {300, 500, 600, 1000, 1200, 2000}
+
+
+class _Copied:
+    """Stands in for the CUDA event released with a batch: records when the ring waits on
+    it, and what the batch's buffer still holds at that moment."""
+
+    def __init__(self, ring: StagingRing, index: int, waits: list) -> None:
+        self.ring, self.index, self.waits = ring, index, waits
+
+    def synchronize(self) -> None:
+        buffer = self.ring.buffers[self.index % len(self.ring.buffers)]
+        self.waits.append((self.index, buffer.numpy().copy()))
+
+
+def test_a_staging_buffer_is_read_into_again_only_after_its_release():
+    images = np.arange(20 * 2 * 2 * 3, dtype=np.uint8).reshape(20, 2, 2, 3)
+    ring = StagingRing((3, 2, 2, 3), torch.uint8, count=3, pin=False)
+    waits, seen, pointers = [], [], []
+    for i, (start, batch) in enumerate(prefetched_batches(images, 3, ring)):
+        assert start == 3 * i
+        np.testing.assert_array_equal(batch.numpy(), images[start : start + 3])
+        seen.append(batch.numpy().copy())
+        pointers.append(batch.data_ptr())
+        ring.release(i, _Copied(ring, i, waits))
+    np.testing.assert_array_equal(np.concatenate(seen), images)  # 7 batches, the last of 2
+    assert len(set(pointers)) == 3 and pointers[:3] == pointers[3:6]
+    # batches 3-6 reuse the buffers of batches 0-3, each after waiting on that batch's
+    # release, while the buffer still held that batch
+    assert [index for index, _ in waits] == [0, 1, 2, 3]
+    for index, held in waits:
+        np.testing.assert_array_equal(held, images[3 * index : 3 * index + 3])
 
 
 def test_chunks_hold_at_least_a_megabyte(demo_store):

@@ -1,7 +1,8 @@
 """Batched inference of an encoder over uint8 images: what extraction and the monitor run.
 
-Reading the next batch overlaps compute (a prefetch thread); on a GPU the batches are pinned
-and copied asynchronously, the model runs in bf16 autocast with channels_last weights.
+Reading the next batch overlaps compute (a prefetch thread); on a GPU the batches are read into
+a ring of pinned buffers and copied asynchronously, the model runs in bf16 autocast with
+channels_last weights.
 """
 
 from __future__ import annotations
@@ -76,23 +77,63 @@ class GraphedForward:
         return self.output
 
 
-def prefetched_batches(images: np.ndarray, batch_size: int, pin: bool):
-    """Yield ``(start, uint8 tensor)`` batches, reading the next one in a background thread
-    while the caller computes on the current one; pinned for asynchronous copies to a GPU."""
+class StagingRing:
+    """Host buffers that batches pass through on their way to a GPU, taken in turn (pinned,
+    so that the copies to the device are asynchronous).
 
-    def load(start: int) -> torch.Tensor:
-        batch = torch.from_numpy(np.array(images[start : start + batch_size]))
-        return batch.pin_memory() if pin else batch
+    Batch ``i`` is read into buffer ``i % count`` once the event released for the batch
+    that used it last has completed (``release``: an event recorded after that batch's copy
+    to the device). Pinning a fresh tensor per batch (``Tensor.pin_memory()``) allocates
+    through the CUDA driver, whose lock the reading thread then shares with the thread
+    that launches the GPU's work; the ring pins its buffers once, and each batch is one
+    copy from the images into them.
+    """
+
+    def __init__(
+        self, shape: tuple[int, ...], dtype: torch.dtype, count: int = 3, pin: bool = True
+    ) -> None:
+        self.buffers = [torch.empty(shape, dtype=dtype, pin_memory=pin) for _ in range(count)]
+        self._released: list = [None] * count
+
+    def fill(self, index: int, values: np.ndarray) -> torch.Tensor:
+        """Batch ``index``'s ``values`` in its buffer, once that buffer's last batch is copied."""
+        slot = index % len(self.buffers)
+        released, self._released[slot] = self._released[slot], None
+        if released is not None:
+            released.synchronize()
+        view = self.buffers[slot][: len(values)]
+        np.copyto(view.numpy(), values)
+        return view
+
+    def release(self, index: int, event) -> None:
+        """Batch ``index``'s buffer may be reused once ``event`` (``synchronize()``) is done."""
+        self._released[index % len(self.buffers)] = event
+
+
+def prefetched_batches(images: np.ndarray, batch_size: int, ring: StagingRing | None = None):
+    """Yield ``(start, tensor)`` batches, reading the next one in a background thread while
+    the caller computes on the current one.
+
+    With a ``ring``, batch ``i`` lives in one of the ring's buffers: the caller releases it
+    (``ring.release(i, event)``) before it asks for batch ``i + 1``, and the buffer is read
+    into again only once the event is done; without, each batch is a fresh tensor.
+    """
+
+    def load(index: int, start: int) -> torch.Tensor:
+        values = images[start : start + batch_size]
+        if ring is None:
+            return torch.from_numpy(np.array(values))
+        return ring.fill(index, values)
 
     starts = range(0, len(images), batch_size)
     if not starts:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedkit-read") as pool:
-        pending = pool.submit(load, starts[0])
+        pending = pool.submit(load, 0, starts[0])
         for i, start in enumerate(starts):
             batch = pending.result()
             if i + 1 < len(starts):
-                pending = pool.submit(load, starts[i + 1])
+                pending = pool.submit(load, i + 1, starts[i + 1])
             yield start, batch
 
 
@@ -107,12 +148,12 @@ def encode(
 ):
     """Yield ``(start, embeddings)`` for consecutive batches of uint8 ``(N, H, W, C)`` images.
 
-    Reading overlaps compute (``prefetched_batches``); on a GPU the batches are pinned and
-    copied asynchronously, run in bf16 autocast and channels_last (full batches replayed as
-    one CUDA graph, ``GraphedForward``, when there are several), and each batch's features
-    are copied back into pinned host memory without blocking: a batch is handed out only once
-    the next one is queued on the GPU, so the caller's work on batch i (checks, writes,
-    hashes) runs while the GPU computes batch i+1.
+    Reading overlaps compute (``prefetched_batches``); on a GPU the batches are read into
+    pinned buffers (``StagingRing``) and copied asynchronously, run in bf16 autocast and
+    channels_last (full batches replayed as one CUDA graph, ``GraphedForward``, when there
+    are several), and each batch's features are copied back into pinned host memory without
+    blocking: a batch is handed out only once the next one is queued on the GPU, so the
+    caller's work on batch i (checks, writes, hashes) runs while the GPU computes batch i+1.
     """
     on_gpu = device.type == "cuda"
     encoder.eval().to(device)
@@ -122,10 +163,16 @@ def encode(
     bar = tqdm(
         total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False
     )
-    ring: list[torch.Tensor] = []  # two pinned host buffers, alternating (GPU only)
+    outputs: list[torch.Tensor] = []  # two pinned host buffers, alternating (GPU only)
+    # the uint8 batches' pinned buffers (GPU only): batch i's is read into again once the
+    # copy back of batch i's features is done (the copy in of batch i precedes it)
+    inputs = None
+    if on_gpu and len(images):
+        dtype = torch.from_numpy(np.empty(0, dtype=images.dtype)).dtype
+        inputs = StagingRing((min(batch_size, len(images)), *images.shape[1:]), dtype)
     graphed = None  # the full batches' forward as one CUDA graph (GPU, several batches)
     pending = None
-    for i, (start, batch) in enumerate(prefetched_batches(images, batch_size, pin=on_gpu)):
+    for i, (start, batch) in enumerate(prefetched_batches(images, batch_size, inputs)):
         full = len(batch) == batch_size
         if graphed is None and on_gpu and full and len(images) >= GRAPH_MIN_BATCHES * batch_size:
             try:
@@ -140,13 +187,14 @@ def encode(
             with autocast:
                 features = encoder(batch.contiguous(memory_format=torch.channels_last))
         if on_gpu:
-            if not ring:
+            if not outputs:
                 shape = (batch_size, features.shape[1])
-                ring = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in "ab"]
-            host = ring[i % 2][: len(features)]
+                outputs = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in "ab"]
+            host = outputs[i % 2][: len(features)]
             host.copy_(features.float(), non_blocking=True)  # queued after the forward pass
             done = torch.cuda.Event()
             done.record()
+            inputs.release(i, done)
             ready = (start, host, done)
         else:
             ready = (start, features.float().numpy(), None)
