@@ -246,9 +246,13 @@ def test_lightly_style_checkpoints_load_by_module_name(tmp_path):
 def test_a_vit_run_embeds_with_its_own_patch_size(tmp_path, data_root):
     from embedkit.embed import EmbedConfig, embed
 
-    config = _config(data_root, backbone="vit_tiny", method="supervised", epochs=1, batch_size=600)
+    # 7 px patches, not the 4 px that 28 px images get by default: an embedder that took the
+    # default would build another patch embedding than the run's weights
+    config = _config(
+        data_root, backbone="vit_tiny", method="supervised", epochs=1, batch_size=600, patch_size=7
+    )
     run = pretrain(config, tmp_path / "run", progress=False)
-    assert json.loads((run / "config.json").read_text())["pretrain"]["patch_size"] == 4
+    assert json.loads((run / "config.json").read_text())["pretrain"]["patch_size"] == 7
     embed_config = EmbedConfig(
         dataset="demo-texture",
         splits=("test",),
@@ -258,7 +262,7 @@ def test_a_vit_run_embeds_with_its_own_patch_size(tmp_path, data_root):
     )
     store = embed(embed_config, tmp_path / "s.zarr", progress=False)
     assert store.get("demo-texture", "test").embeddings.shape == (600, 192)
-    assert store.encoder["patch_size"] == 4 and store.encoder["backbone"] == "vit_tiny"
+    assert store.encoder["patch_size"] == 7 and store.encoder["backbone"] == "vit_tiny"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
