@@ -65,6 +65,17 @@ class ZeroCostEncoder(torch.nn.Module):
         return self.out[: len(images)]
 
 
+def seconds(fn, device) -> float:
+    """Wall seconds of ``fn()``, the GPU's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def pinned_per_batch(images: np.ndarray, batch_size: int, ring=None):
     """The extraction's reads before the staging ring, for an A/B on a GPU: a fresh array per
     batch pinned with ``Tensor.pin_memory()``, in a prefetch thread (``ring`` is ignored)."""
@@ -222,7 +233,7 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, p
 
         def pipeline_pinned_per_batch() -> None:
             with patched(inference, "prefetched_batches", pinned_per_batch):
-                write(f for _, f in encode(encoder, images, batch_size, device))
+                write((f for _, f in encode(encoder, images, batch_size, device)), "ab")
 
         paths["pinned per batch"] = pipeline_pinned_per_batch
 
@@ -233,7 +244,7 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, p
         former = sys.getswitchinterval()
         sys.setswitchinterval(5e-4)
         try:
-            write(f for _, f in encode(encoder, images, batch_size, device))
+            write((f for _, f in encode(encoder, images, batch_size, device)), "ab")
         finally:
             sys.setswitchinterval(former)
 
@@ -244,13 +255,7 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, p
     times = dict.fromkeys(paths, 0.0)
     for _ in range(passes):
         for name, fn in paths.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name] += time.perf_counter() - start
+            times[name] += seconds(fn, device)
     stored = EmbeddingStore(root / "sizes.zarr").get("sizes", "test").embeddings
     error = float(np.abs(stored - reference).max() / max(np.abs(reference).max(), 1e-12))
     rates = {name: n * passes / t for name, t in times.items()}
@@ -271,15 +276,6 @@ def pipeline_parts(encoder, images, batch_size, device) -> dict[str, float]:
     separates a pass's fixed cost, such as a CUDA graph's capture, from its cost per batch)."""
     from embedkit.embed import encode
     from embedkit.embed.inference import StagingRing, prefetched_batches
-
-    def seconds(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
 
     def reads(fresh_pins: bool = False):
         def run() -> None:  # nothing reads the batches: no release, buffers simply reused
@@ -302,11 +298,13 @@ def pipeline_parts(encoder, images, batch_size, device) -> dict[str, float]:
 
     n = len(images)
     quarter = n // 4 // batch_size * batch_size
-    whole, part = seconds(encodes(n)), seconds(encodes(quarter))
+    whole, part = seconds(encodes(n), device), seconds(encodes(quarter), device)
     per_batch = (whole - part) / ((n - quarter) / batch_size)
     return {
-        "reads alone": n / seconds(reads()),
-        "reads pinned per batch": n / seconds(reads(True)) if device.type == "cuda" else None,
+        "reads alone": n / seconds(reads(), device),
+        "reads pinned per batch": n / seconds(reads(True), device)
+        if device.type == "cuda"
+        else None,
         "encode alone": n / whole,
         "encode fixed s": whole - per_batch * n / batch_size,
         "encode per batch ms": per_batch * 1e3,
