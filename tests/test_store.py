@@ -94,6 +94,32 @@ def test_partial_split_is_invisible(demo_store, tmp_path):
     assert EmbeddingStore(copy).splits("demo-med") == ["train"]
 
 
+def test_an_inf_behind_a_matching_checksum_is_refused(demo_store, tmp_path):
+    """Reads test finiteness chunk by chunk beside the checksums: a value that is not
+    finite in a middle chunk, with the checksums recorded over it, is still found."""
+    import shutil
+
+    from embedkit.store import verify_store
+    from embedkit.store.chunks import chunk_digest, read_chunk
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(demo_store.path, copy)
+    split = copy / "demo-med" / "train"
+    group = zarr.open_group(str(split), mode="r+")
+    rows = group.attrs["rows_per_chunk"]
+    assert group["embeddings"].shape[0] > 2 * rows  # chunk 1 is neither the first nor the last
+    group["embeddings"][rows + 3, 7] = -np.inf
+    meta = json.loads((split / "zarr.json").read_text())
+    meta["attributes"]["chunk_sha256"][1] = chunk_digest(read_chunk(group, 1, rows))
+    (split / "zarr.json").write_text(json.dumps(meta))
+    store = EmbeddingStore(copy)
+    with pytest.raises(StoreError, match="demo-med/train in store .* holds NaN or inf embeddings"):
+        store.get("demo-med", "train")
+    assert np.isfinite(store.get("demo-med", "test").embeddings).all()
+    problems = verify_store(copy).filter(dataset="demo-med", split="train")["problems"]
+    assert problems.to_list() == ["NaN or inf embeddings"]
+
+
 def test_another_encoder_is_refused(demo_store, tiny_run, data_root):
     config = EmbedConfig(
         dataset="demo-texture",

@@ -152,7 +152,7 @@ class EmbeddingStore:
             )
         attrs = dict(group.attrs)
         try:
-            embeddings, labels, indices = _read_checked(group, attrs, head)
+            embeddings, labels, indices, finite = _read_checked(group, attrs, head)
         except DamagedSplitError as exc:
             raise DamagedSplitError(
                 f"{dataset}/{split} in store {self.path} is damaged ({exc}): see `embedkit "
@@ -161,7 +161,7 @@ class EmbeddingStore:
                 f"the same encoder"
             ) from None
         self._check_source(dataset, split, attrs)
-        if not np.isfinite(embeddings).all():
+        if not finite:
             raise StoreError(
                 f"{dataset}/{split} in store {self.path} holds NaN or inf embeddings: "
                 f"re-embed it with `embedkit embed --overwrite`"
@@ -214,7 +214,8 @@ def _read_checked(group, attrs: dict[str, Any], head: bool):
     split's attributes as it is read: arrays present, shapes, every chunk's SHA-256 (the
     digest covers a chunk's embeddings and projections together) and, where recorded, the
     labels' and indices' SHA-256. A deleted chunk file reads back as zeros and fails its
-    digest; a truncated one fails to decode."""
+    digest; a truncated one fails to decode. The fourth value says whether every returned
+    value is finite (checked chunk by chunk beside the digests)."""
     missing = [a for a in ("embeddings", "labels", "indices") if a not in group]
     if missing:
         raise DamagedSplitError(f"array {', '.join(missing)} missing")
@@ -240,23 +241,30 @@ def _read_checked(group, attrs: dict[str, Any], head: bool):
     if digests is None or not rows or len(digests) != -(-n // rows):
         raise DamagedSplitError("its chunk checksums are missing or of the wrong count")
 
-    def digest_of(i: int) -> str:
-        part = [v[i * rows : (i + 1) * rows] for v in values.values()]
-        return chunk_digest(part[0] if len(part) == 1 else np.hstack(part))
+    returned = "projections" if head else "embeddings"
 
-    # SHA-256 releases the GIL: chunks are hashed on several cores
+    def check_chunk(i: int) -> tuple[str, bool]:
+        part = {name: v[i * rows : (i + 1) * rows] for name, v in values.items()}
+        finite = bool(np.isfinite(part[returned]).all())
+        together = list(part.values())
+        return chunk_digest(together[0] if len(together) == 1 else np.hstack(together)), finite
+
+    # SHA-256 and numpy's loops release the GIL: chunks are checked on several cores, and
+    # the finiteness test runs per chunk instead of a serial pass with an (N, D) bool array
+    finite = True
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1), "embedkit-verify") as pool:
-        found = pool.map(digest_of, range(len(digests)))
-        for i, (digest, computed) in enumerate(zip(digests, found, strict=True)):
+        found = pool.map(check_chunk, range(len(digests)))
+        for i, (digest, (computed, chunk_finite)) in enumerate(zip(digests, found, strict=True)):
             if computed != digest:
                 raise DamagedSplitError(
                     f"chunk {i} differs from its checksum recorded at write time"
                 )
+            finite = finite and chunk_finite
     for name, array in (("labels", labels), ("indices", indices)):
         recorded = attrs.get(f"{name}_sha256")  # absent in splits written before it was kept
         if recorded is not None and chunk_digest(array) != recorded:
             raise DamagedSplitError(f"{name} differ from their checksum recorded at write time")
-    return values["projections" if head else "embeddings"], labels, indices
+    return values[returned], labels, indices, finite
 
 
 def child_groups(path: Path) -> list[str]:
