@@ -3,6 +3,8 @@ MSP without float saturation, and the shared probe head keyed on content."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from sklearn.covariance import EmpiricalCovariance
 
@@ -92,3 +94,36 @@ def test_scorers_inside_sharing_fit_each_statistic_once_with_the_same_scores(mon
         np.testing.assert_array_equal(together2[name], alone2[name])
         np.testing.assert_array_equal(again[name], alone[name])
     assert not np.allclose(together["mahalanobis"], together2["mahalanobis"])
+
+
+def test_a_stores_ood_arrays_go_to_the_compute_device_once_for_all_id_datasets(
+    demo_store, monkeypatch
+):
+    """``evaluate_ood`` scores each OOD test split against every other ID dataset; its
+    float64 copy is made once per store, and the table is the same as with one copy per ID."""
+    import embedkit.ood._gaussian as gaussian
+    from embedkit.eval import OODConfig, evaluate_ood
+
+    converted = []
+    real = gaussian.shared
+
+    def spy(kind, arrays, extra, compute):
+        def counted():
+            converted.append(arrays[0])  # held: no id is reused while the test runs
+            return compute()
+
+        return real(kind, arrays, extra, counted if kind == "float64" else compute)
+
+    monkeypatch.setattr(gaussian, "shared", spy)
+    config = OODConfig(scorers=("mahalanobis", "vim"))
+    table = evaluate_ood([demo_store], config)
+    assert table.height == 3 * 2 * 2  # 3 ID datasets x 2 OOD datasets x 2 scorers
+    ood_rows = {len(demo_store.get(d, "test").indices) for d in demo_store.datasets()}
+    assert any(len(a) in ood_rows for a in converted)
+    assert len({id(a) for a in converted}) == len(converted)  # no array converted twice
+    once = len(converted)
+    converted.clear()
+    monkeypatch.setattr("embedkit.eval.ood.keeping", lambda: contextlib.nullcontext())
+    per_id = evaluate_ood([demo_store], config)
+    assert len(converted) == once + 3  # each of the 3 test splits once more as an OOD set
+    assert per_id.equals(table)

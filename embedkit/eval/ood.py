@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import ConfigError, EmbedkitError
-from ..ood._shared import sharing
+from ..ood._shared import keep, keeping, sharing
 from ..ood.plugins import resolve_scorer
 from ..registry import value_fits
 from ..store import EmbeddingStore
@@ -156,7 +156,8 @@ def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) 
             store.dataset_attrs(dataset)
     rows = []
     for store, columns in zip(stores, encoder_columns(stores), strict=True):
-        rows.extend(_evaluate_store(store, columns, scorers, config))
+        with keeping():  # the OOD embeddings' device copies serve every ID dataset
+            rows.extend(_evaluate_store(store, columns, scorers, config))
     table = pl.DataFrame(rows)
     if groups and table.height:
         table = table.with_columns(
@@ -168,7 +169,8 @@ def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) 
 def _evaluate_store(
     store: EmbeddingStore, columns: dict, scorers: list[tuple[str, type]], config: OODConfig
 ) -> list[dict[str, Any]]:
-    """The rows of one store; each OOD dataset's embeddings are read once."""
+    """The rows of one store; each OOD dataset's embeddings are read once, and inside
+    ``keeping()`` copied to the compute device once, whatever the number of ID datasets."""
     rows = []
     cache: dict[str, _Samples] = {}
 
@@ -176,6 +178,7 @@ def _evaluate_store(
         if dataset not in cache:
             splits = ["test"] if config.ood_splits == "test" else store.splits(dataset)
             cache[dataset] = _samples(store, dataset, splits)
+            keep(cache[dataset].embeddings)
         return cache[dataset]
 
     for id_dataset in store_datasets(store, config.id_datasets):

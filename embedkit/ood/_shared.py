@@ -9,6 +9,11 @@ probe head and its logits (the logit scorers) and ViM's residual space (vim, res
 Keys are the identities of the input arrays, and the cache holds those arrays, so no id is
 reused while the block runs; the arrays must not change in place inside the block (the
 store's arrays do not). Outside the block nothing is kept and every call computes.
+
+``evaluate_ood`` scores the same OOD arrays for every ID dataset of a store. Inside
+``keeping()``, results whose inputs are all arrays passed to ``keep()`` (the OOD arrays'
+float64 copies on the compute device) outlive each ``sharing()`` block: they are computed
+once for the whole ``keeping()`` block, not once per ID dataset.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _cache: dict[tuple, tuple[tuple, Any]] | None = None
+_kept: dict[int, Any] | None = None  # id -> array, inside keeping()
+_lasting: dict[tuple, tuple[tuple, Any]] = {}  # results over kept arrays only
 
 
 @contextmanager
@@ -36,18 +43,43 @@ def sharing():
         _cache = outer
 
 
+@contextmanager
+def keeping():
+    """Keep results over the arrays passed to ``keep()`` inside the block across the
+    ``sharing()`` blocks opened in it (nestable: an inner block uses the outer one's)."""
+    global _kept, _lasting
+    outer = _kept, _lasting
+    if _kept is None:
+        _kept, _lasting = {}, {}
+    try:
+        yield
+    finally:
+        _kept, _lasting = outer
+
+
+def keep(array: Any) -> None:
+    """Inside ``keeping()``: results computed only from ``array`` (and other kept arrays)
+    last until that block ends; the array is held, and must not change in place, until then.
+    Outside it nothing happens."""
+    if _kept is not None:
+        _kept[id(array)] = array
+
+
 def active() -> bool:
     return _cache is not None
 
 
 def shared(kind: str, arrays: tuple, extra: Hashable, compute: Callable[[], T]) -> T:
     """``compute()``, or inside ``sharing()`` the result of the first call with the same
-    ``kind``, the same array objects and the same ``extra``."""
+    ``kind``, the same array objects and the same ``extra`` in the block (in the enclosing
+    ``keeping()`` block when every array is kept)."""
     if _cache is None:
         return compute()
     key = (kind, tuple(id(a) for a in arrays), extra)
-    hit = _cache.get(key)
+    kept = _kept is not None and bool(arrays) and all(id(a) in _kept for a in arrays)
+    cache = _lasting if kept else _cache
+    hit = cache.get(key)
     if hit is None:
         hit = (arrays, compute())  # the arrays are held: their ids stay theirs
-        _cache[key] = hit
+        cache[key] = hit
     return hit[1]
