@@ -127,3 +127,30 @@ def test_a_stores_ood_arrays_go_to_the_compute_device_once_for_all_id_datasets(
     per_id = evaluate_ood([demo_store], config)
     assert len(converted) == once + 3  # each of the 3 test splits once more as an OOD set
     assert per_id.equals(table)
+
+
+def test_the_knn_scorers_torch_search_uploads_each_ood_split_once_per_store(
+    demo_store, monkeypatch
+):
+    """Where the torch search runs (a GPU that FAISS does not see), the kNN scorer's unit
+    rows of each OOD split are made once per store, with the same scores as per ID dataset."""
+    import embedkit.eval.neighbors as neighbors
+    from embedkit.eval import OODConfig, evaluate_ood
+
+    monkeypatch.setattr(neighbors, "resolve_backend", lambda backend="auto": "torch")
+    uploads = []
+    real = neighbors.NeighborIndex.device_rows
+    monkeypatch.setattr(
+        neighbors.NeighborIndex,
+        "device_rows",
+        lambda self, queries: uploads.append(len(queries)) or real(self, queries),
+    )
+    config = OODConfig(scorers=("knn",))
+    table = evaluate_ood([demo_store], config)
+    tests = sorted(len(demo_store.get(d, "test").indices) for d in demo_store.datasets())
+    assert sorted(uploads) == tests  # 3 OOD splits, each once (twice without keeping)
+    monkeypatch.setattr("embedkit.eval.ood.keeping", lambda: contextlib.nullcontext())
+    per_id = evaluate_ood([demo_store], config)
+    assert sorted(uploads) == tests  # searched block by block from the arrays instead
+    assert per_id.equals(table)
+    assert table["auroc"].is_between(0.0, 1.0).all() and table.height == 3 * 2

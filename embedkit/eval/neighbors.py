@@ -96,20 +96,33 @@ class NeighborIndex:
         index.add(bank)
         self.index = index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Similarities (``ip``) or squared distances (``l2``) and indices of the k nearest,
         best first. ``k`` must lie in 1..N: FAISS pads a larger one with -1, which would read
-        as the last row of the bank."""
+        as the last row of the bank. ``queries``: an array, or for the torch search the
+        tensor ``device_rows`` made of one (to upload queries searched several times once)."""
         if not 1 <= k <= self.size:
             raise ConfigError(
                 f"k={k} neighbours asked of a bank of {self.size} embeddings: use 1 to {self.size}"
             )
+        if self.backend == "torch":
+            import torch
+
+            if isinstance(queries, torch.Tensor):
+                return self._torch_search(queries, k, prepared=True)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.backend == "faiss":
             return self.index.search(
                 l2_normalise(queries) if self.metric == "cosine" else queries, k
             )
         return self._torch_search(queries, k)
+
+    def device_rows(self, queries: np.ndarray):
+        """``queries`` as the torch search compares them, on its device, for ``search``."""
+        import torch
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return self._rows(torch.from_numpy(queries).to(self.bank.device))
 
     def _rows(self, x):
         """Rows as the metric compares them: scaled to unit length for ``cosine``, in float32
@@ -118,7 +131,7 @@ class NeighborIndex:
             return x
         return x / (x.norm(dim=1, keepdim=True) + _EPS)
 
-    def _torch_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _torch_search(self, queries, k: int, prepared: bool = False):
         import torch
 
         block = max(1, min(len(queries), _BLOCK_FLOATS // max(1, self.size)))
@@ -126,9 +139,8 @@ class NeighborIndex:
         # exact float32 products: no TF32 on Ampere and later, whatever the global setting
         with torch.no_grad(), _no_tf32():
             for start in range(0, len(queries), block):
-                q = self._rows(
-                    torch.from_numpy(queries[start : start + block]).to(self.bank.device)
-                )
+                part = queries[start : start + block]
+                q = part if prepared else self._rows(torch.from_numpy(part).to(self.bank.device))
                 product = q @ self.bank.T
                 if self.metric != "l2":
                     values, rows = product.topk(k, dim=1)

@@ -12,8 +12,9 @@ store's arrays do not). Outside the block nothing is kept and every call compute
 
 ``evaluate_ood`` scores the same OOD arrays for every ID dataset of a store. Inside
 ``keeping()``, results whose inputs are all arrays passed to ``keep()`` (the OOD arrays'
-float64 copies on the compute device) outlive each ``sharing()`` block: they are computed
-once for the whole ``keeping()`` block, not once per ID dataset.
+float64 copies on the compute device, and the kNN scorer's float32 unit rows where the torch
+search runs) outlive each ``sharing()`` block: they are computed once for the whole
+``keeping()`` block, not once per ID dataset.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def keep(array: Any) -> None:
     Outside it nothing happens."""
     if _kept is not None:
         _kept[id(array)] = array
+
+
+def kept(array: Any) -> bool:
+    """Whether ``array`` was passed to ``keep()`` in the ``keeping()`` block now open."""
+    return _kept is not None and id(array) in _kept
 
 
 def active() -> bool:

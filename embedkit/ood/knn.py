@@ -13,6 +13,7 @@ import numpy as np
 
 from ..eval.neighbors import NeighborIndex
 from . import register_scorer
+from ._shared import kept, shared
 from .base import OODScorer
 
 
@@ -33,6 +34,10 @@ class KNNScorer(OODScorer):
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted("index_")
-        similarity, _ = self.index_.search(X, self.k)
+        queries = X
+        if self.index_.backend == "torch" and kept(X):  # searched again for each ID dataset
+            where = (self.index_.metric, str(self.index_.bank.device))
+            queries = shared("rows", (X,), where, lambda: self.index_.device_rows(X))
+        similarity, _ = self.index_.search(queries, self.k)
         kth = np.clip(similarity[:, -1].astype(np.float64), -1.0, 1.0)
         return -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))  # |a - b| for unit a, b
