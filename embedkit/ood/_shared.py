@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 _cache: dict[tuple, tuple[tuple, Any]] | None = None
 _kept: dict[int, Any] | None = None  # id -> array, inside keeping()
-_lasting: dict[tuple, tuple[tuple, Any]] = {}  # results over kept arrays only
+_lasting: dict[tuple, tuple[tuple, Any]] = {}  # results over kept arrays, inside keeping()
 
 
 @contextmanager
@@ -82,8 +82,7 @@ def shared(kind: str, arrays: tuple, extra: Hashable, compute: Callable[[], T]) 
     if _cache is None:
         return compute()
     key = (kind, tuple(id(a) for a in arrays), extra)
-    kept = _kept is not None and bool(arrays) and all(id(a) in _kept for a in arrays)
-    cache = _lasting if kept else _cache
+    cache = _lasting if arrays and all(kept(a) for a in arrays) else _cache
     hit = cache.get(key)
     if hit is None:
         hit = (arrays, compute())  # the arrays are held: their ids stay theirs
