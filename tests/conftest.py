@@ -21,9 +21,9 @@ if _WORKERS > 1:
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: one worker per core, at most 4. Each worker imports torch (~1 GB
-    resident while a test trains), and beyond 4 the session fixtures each worker builds
-    again (demo data, a tiny run, a demo store, the quickstart) cost more than they save."""
+    """`-n auto`: one worker per core, at most 4 (measured with 2). Each worker imports
+    torch (~1 GB resident while a test trains) and builds the session fixtures again (demo
+    data, a tiny run, a demo store, the quickstart), so more workers are not free."""
     return max(1, min(os.cpu_count() or 1, 4))
 
 
