@@ -61,6 +61,7 @@ WRITE_AHEAD = 2
 # whole chunks go to zarr in blocks of about this many bytes: zarr writes the chunks of one
 # call concurrently, and its per-call latency is paid once per block
 WRITE_BYTES = 8 << 20
+WRITE_CONFIG = {"write_empty_chunks": True}
 
 
 def write_chunks(
@@ -77,8 +78,14 @@ def write_chunks(
     interruption is on disk and logged, as when each chunk was written at once.
     """
     first, stop = chunks
-    embeddings = group["embeddings"]
+    # zarr's default skips chunks equal to the fill value, at the price of comparing every
+    # chunk with a fill array before writing it; beside an H100 that cut extraction to
+    # ~21k img/s (ResNet-50, 28 px) against ~51k without it. Embeddings are never all zeros,
+    # and a chunk of zeros written as such reads back the same.
+    embeddings = group["embeddings"].with_config(WRITE_CONFIG)
     projections = group.get("projections", None)
+    if projections is not None:
+        projections = projections.with_config(WRITE_CONFIG)
     (n, dim), rows = embeddings.shape, embeddings.chunks[0]
     width = dim + (projections.shape[1] if projections is not None else 0)
     keep_from, end = first * rows, min(stop * rows, n)

@@ -27,6 +27,7 @@ from ..errors import ConfigError, StoreError
 from ..lock import LOCK, FolderLock
 from ..utils import check_writable, os_error_message, stamp
 from .chunks import (
+    WRITE_CONFIG,
     NonFiniteError,
     Producer,
     chunk_digest,
@@ -156,8 +157,10 @@ class StoreWriter:
                     dtype=identity["dtype"],
                     compressors=None,
                 )
-            group.create_array("labels", data=labels, chunks=labels.shape, compressors=None)
-            group.create_array("indices", data=indices, chunks=indices.shape, compressors=None)
+            for name, values in (("labels", labels), ("indices", indices)):
+                group.create_array(
+                    name, data=values, chunks=values.shape, compressors=None, config=WRITE_CONFIG
+                )
         for old in staging.glob("progress.*.jsonl"):  # other ranks' logs: merged below
             old.unlink()
         (staging / PROGRESS).write_text(
