@@ -36,6 +36,7 @@ GPU:  python bench/pretrain_throughput.py --backbone resnet50 --size 64 --batch-
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -77,6 +78,60 @@ def gpu_ms(step, device: torch.device, steps: int = 3) -> float | None:
     return busy / 1000 / steps
 
 
+def host_profile(method_step, model_step, device: torch.device, rows: int, steps: int = 3):
+    """Where the method's step spends time that its networks' step does not: per op and CUDA
+    runtime call, the method's self CPU time minus the model's, per step; on a GPU the same
+    for the device time of each kernel and copy; then the method step's costliest Python
+    functions (cProfile). Self CPU time includes what a call waits for (a full launch
+    queue, a synchronising ``cudaFree``)."""
+    import cProfile
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    per_op = {}
+    for label, step in (("method", method_step), ("model", model_step)):
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            _sync(device)
+        per_op[label] = {
+            e.key: (
+                e.count / steps,
+                e.self_cpu_time_total / steps / 1000,
+                e.self_device_time_total / steps / 1000,
+            )
+            for e in prof.key_averages()
+        }
+    method, model = per_op["method"], per_op["model"]
+    zero = (0.0, 0.0, 0.0)
+    for column, what in ((1, "self CPU"), (2, "GPU")):
+        total = {label: sum(v[column] for v in ops.values()) for label, ops in per_op.items()}
+        if not total["method"]:
+            continue  # no device time off a GPU
+        print(
+            f"  {what} ms per step: method {total['method']:.2f}, model {total['model']:.2f}; "
+            f"the largest differences (calls per step, method vs model):"
+        )
+        differences = sorted(
+            (method.get(k, zero)[column] - model.get(k, zero)[column], k) for k in {*method, *model}
+        )
+        for ms, key in differences[::-1][:rows]:
+            calls = f"{method.get(key, zero)[0]:.0f} vs {model.get(key, zero)[0]:.0f}"
+            print(f"    {ms:+8.3f} ms  {key[:90]} ({calls})")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        method_step()
+    _sync(device)
+    profiler.disable()
+    print(f"  the method's step under cProfile ({steps} steps), own time:")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet18")
@@ -90,6 +145,14 @@ def main() -> None:
         "--compile",
         action="store_true",
         help="torch.compile the backbone, as `embedkit pretrain --compile` does (all paths)",
+    )
+    parser.add_argument(
+        "--host-profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per method, the N largest host-time differences between the method's step and "
+        "its networks' (ops and CUDA runtime calls), and its N costliest Python functions",
     )
     add_data_root(parser)
     args = parser.parse_args()
@@ -251,6 +314,9 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
     # the per-round ratio method / model: its median and range say how far noise moves it
     per_round = sorted(r["model"] / r["method"] for r in rounds)
     rates["spread"] = (per_round[0], float(np.median(per_round)), per_round[-1])
+    if args.host_profile:
+        print(f"{cls.__name__}:")
+        host_profile(method_step, model_step, device, args.host_profile)
     busy = {"method": gpu_ms(method_step, device), "model": gpu_ms(model_step, device)}
     busy["bare"] = gpu_ms(bare_step, device)
     if any(ms is None for ms in busy.values()):
