@@ -337,6 +337,43 @@ def test_fused_dino_loss_equals_lightlys(n_local, dtype, form):
         assert results[1][0] > 0 and results[1][-1].abs().sum() > 0, call
 
 
+def test_fused_dino_loss_leaves_its_inputs_and_returns_their_dtype():
+    """The loss scales a copy of the logits in place and writes the gradient in the input's
+    dtype: float32 inputs are left as they were, and bfloat16 ones (what autocast feeds it)
+    get bfloat16 gradients equal to the float32 computation's up to bfloat16 rounding."""
+    from embedkit.methods._dino_loss import FusedDINOLoss
+
+    generator = torch.Generator().manual_seed(5)
+    teacher = 3 * torch.randn(2, 6, 512, generator=generator)
+    student = 3 * torch.randn(5, 6, 512, generator=generator)
+    grads = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        views = student.to(dtype).requires_grad_()
+        before = views.detach().clone()
+        value = FusedDINOLoss(output_dim=512)(teacher.to(dtype), views, teacher_temp=0.0625)
+        (grads[dtype],) = torch.autograd.grad(value, views)
+        assert grads[dtype].dtype == dtype and torch.equal(views.detach(), before)
+    # the bfloat16 run sees rounded logits: compare with float32 on those same values
+    rounded = student.to(torch.bfloat16).float().requires_grad_()
+    value = FusedDINOLoss(output_dim=512)(teacher.to(torch.bfloat16).float(), rounded, 0.0625)
+    (expected,) = torch.autograd.grad(value, rounded)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(grads[torch.bfloat16].float(), expected, rtol=0, atol=scale / 128)
+    # autograd would cast a float32 gradient itself: the backward writes bfloat16 directly
+    from types import SimpleNamespace
+
+    from embedkit.methods._dino_loss import _PairedCrossEntropy
+
+    log_p = torch.log_softmax(student.detach() / 0.1, -1)
+    weights = torch.softmax(teacher[0], -1).expand_as(log_p)
+    expected = (weights.sum(-1, keepdim=True) * log_p.exp() - weights) / 0.1
+    ctx = SimpleNamespace(saved_tensors=(log_p, weights), temperature=0.1)
+    ctx.input_dtype = torch.bfloat16
+    (grad, *_) = _PairedCrossEntropy.backward(ctx, torch.tensor(1.0))
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.float(), expected, rtol=1 / 128, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sync_free_ntxent_equals_lightlys(dtype):
     """SimCLR's in-batch NT-Xent with the self-similarities at -inf: lightly's value and

@@ -11,9 +11,10 @@ probabilities and ``W_s = sum_{t != s} P_t``, the same sum is one term per stude
 whose gradient is ``(|W_s| softmax(z_s / T) - W_s) / T`` per row (``|W_s|`` the row's mass,
 the number of teacher views paired with ``s`` up to rounding). ``_PairedCrossEntropy`` computes
 the terms of a block of views (a head's output over stacked views) with the fused log-softmax
-kernel, and their gradient from the saved log-probabilities in place: no stacked or split
-copies of the views and about half the memory traffic of the original (the loss's whole
-cost, at ``batch x 65,536`` per view). The sums run in float32 outside
+kernel, and their gradient from the saved log-probabilities in place (two passes: exp, then
+one multiply-add written in the input's dtype): no stacked or split copies of the views and
+less than half the memory traffic of the original (the loss's whole cost, at
+``batch x 65,536`` per view). The sums run in float32 outside
 autocast (float64 stays float64); the centre and its update are lightly's.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from lightly.loss import DINOLoss
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
@@ -30,7 +32,11 @@ class _PairedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, weights, temperature: float, dtype: torch.dtype):
-        log_p = F.log_softmax(logits.to(dtype) / temperature, dim=-1)
+        # a copy in ``dtype`` scaled in place (``to`` returns the input itself when it is
+        # already in ``dtype``; the division must not write into the caller's tensor)
+        scaled = logits.to(dtype, copy=True).div_(temperature)
+        log_p = F.log_softmax(scaled, dim=-1)
+        del scaled
         ctx.save_for_backward(log_p, weights)
         ctx.temperature, ctx.input_dtype = temperature, logits.dtype
         if weights.dim() == log_p.dim():
@@ -38,11 +44,18 @@ class _PairedCrossEntropy(torch.autograd.Function):
         return -(log_p.view(log_p.shape[0], -1) @ weights.flatten()).sum()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         log_p, weights = ctx.saved_tensors
         scale = grad_output / ctx.temperature
-        grad = log_p.exp().mul_(weights.sum(-1, keepdim=True) * scale).sub_(weights * scale)
-        return grad.to(ctx.input_dtype), None, None, None
+        # two passes over the logits: the probabilities in place of the saved log-probabilities
+        # (used once; a second backward is refused by autograd's version check), then one
+        # multiply-add written straight in the input's dtype, with no float32 gradient
+        probabilities = log_p.exp_()
+        grad = torch.empty_like(probabilities, dtype=ctx.input_dtype)
+        mass = weights.sum(-1, keepdim=True) * scale
+        torch.addcmul(weights * -scale, probabilities, mass, out=grad)
+        return grad, None, None, None
 
 
 def _blocks(views: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
