@@ -20,6 +20,7 @@ same views on any device.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -202,7 +203,12 @@ def augment_views(
         raise ValueError(f"views of one call must share their size, got {sorted(sizes)}")
     size, (n, channels) = sizes.pop(), images.shape[:2]
     radius = max(_blur_radius(augment.config, size) for augment in augments)
-    drawn = [_draw(n, channels, size, radius, a.config, generator) for a in augments]
+    # a run of views with one config (DINO's local crops) is drawn at once: the generator
+    # gives k * n rows in the order k draws of n would, and parameters are per row
+    drawn = [
+        _draw(len(list(run)) * n, channels, size, radius, config, generator)
+        for config, run in itertools.groupby(augments, key=lambda augment: augment.config)
+    ]
     params = {key: np.concatenate([d[key] for d in drawn]) for key in drawn[0]}
     steps = [step for step in _STEPS if params.get(f"{step}_mask", np.zeros(1)).any()]
     parts = {"theta": params["theta"]}

@@ -232,19 +232,27 @@ def test_colour_jitter_equals_its_steps_one_after_another():
     assert (out - images).abs().amax() > 0.1
 
 
-def test_views_augmented_in_one_call_equal_separate_calls():
-    """Two differently configured views of one size in one call: the views that two calls
-    with the same generator give."""
+def test_views_augmented_in_one_call_equal_separate_calls(monkeypatch):
+    """Differently configured views of one size in one call: the views that separate calls
+    with the same generator give, with each run of one config drawn at once."""
+    from embedkit import augment
     from embedkit.augment import augment_views
 
     images = _batch(5, 3, seed=6)
     first = BatchAugment(28, AugmentConfig(blur_prob=1.0))
     second = BatchAugment(28, AugmentConfig(solarize_prob=0.5, min_scale=0.5))
-    together = augment_views(images, [first, second], torch.Generator().manual_seed(7))
+    equal = BatchAugment(28, AugmentConfig(solarize_prob=0.5, min_scale=0.5))  # as second's
+    views = [first, first, first, second, equal, first]
+    draws = []
+    draw = augment._draw
+    monkeypatch.setattr(augment, "_draw", lambda n, *a: draws.append(n) or draw(n, *a))
+    together = augment_views(images, views, torch.Generator().manual_seed(7))
+    assert draws == [15, 10, 5]  # runs of equal configs: 3 x first, 2 x second, first
     generator = torch.Generator().manual_seed(7)
-    apart = torch.cat([first(images, generator), second(images, generator)])
+    apart = torch.cat([view(images, generator) for view in views])
     torch.testing.assert_close(together, apart, rtol=0, atol=1e-6)
-    assert not torch.allclose(together[:5], together[5:])
+    for i in range(1, 6):
+        assert not torch.allclose(together[5 * i - 5 : 5 * i], together[5 * i : 5 * i + 5])
     with pytest.raises(ValueError, match="share their size"):
         augment_views(images, [first, BatchAugment(12)], generator)
 
