@@ -341,7 +341,9 @@ def test_fused_dino_loss_leaves_its_inputs_and_returns_their_dtype():
     """The loss scales a copy of the logits in place and writes the gradient in the input's
     dtype: float32 inputs are left as they were, and bfloat16 ones (what autocast feeds it)
     get bfloat16 gradients equal to the float32 computation's up to bfloat16 rounding."""
-    from embedkit.methods._dino_loss import FusedDINOLoss
+    from types import SimpleNamespace
+
+    from embedkit.methods._dino_loss import FusedDINOLoss, _PairedCrossEntropy
 
     generator = torch.Generator().manual_seed(5)
     teacher = 3 * torch.randn(2, 6, 512, generator=generator)
@@ -360,10 +362,6 @@ def test_fused_dino_loss_leaves_its_inputs_and_returns_their_dtype():
     scale = expected.abs().max().item()
     torch.testing.assert_close(grads[torch.bfloat16].float(), expected, rtol=0, atol=scale / 128)
     # autograd would cast a float32 gradient itself: the backward writes bfloat16 directly
-    from types import SimpleNamespace
-
-    from embedkit.methods._dino_loss import _PairedCrossEntropy
-
     log_p = torch.log_softmax(student.detach() / 0.1, -1)
     weights = torch.softmax(teacher[0], -1).expand_as(log_p)
     expected = (weights.sum(-1, keepdim=True) * log_p.exp() - weights) / 0.1

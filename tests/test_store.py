@@ -79,9 +79,9 @@ def test_chunks_hold_at_least_a_megabyte(demo_store):
 
 
 def test_chunks_are_written_without_comparing_them_to_the_fill_value(tmp_path, monkeypatch):
-    """Every chunk is stored as it comes: none is compared with the fill value first (a
-    GIL-holding pass over each chunk that halved extraction beside an H100), and a chunk of
-    zeros is written and reads back and verifies like any other."""
+    """Every chunk is stored as it comes: none is compared with the fill value first (a pass
+    over each chunk that held extraction beside an H100 to less than half its speed), and a
+    chunk of zeros is written and reads back and verifies like any other."""
     from zarr.core.buffer.core import NDBuffer
 
     from embedkit.store import StoreWriter, verify_store

@@ -80,8 +80,8 @@ def write_chunks(
     first, stop = chunks
     # zarr's default skips chunks equal to the fill value, at the price of comparing every
     # chunk with a fill array before writing it; beside an H100 that cut extraction to
-    # ~21k img/s (ResNet-50, 28 px) against ~51k without it. Embeddings are never all zeros,
-    # and a chunk of zeros written as such reads back the same.
+    # ~21k img/s (ResNet-50, 28 px) against ~51k without it. Embeddings are almost never all
+    # zeros, and a chunk of zeros written as such reads back the same.
     embeddings = group["embeddings"].with_config(WRITE_CONFIG)
     projections = group.get("projections", None)
     if projections is not None:
