@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -207,10 +208,20 @@ def test_an_interruption_writes_the_whole_chunks_already_computed(tmp_path, monk
         yield x[:2500]
         raise KeyboardInterrupt
 
-    with StoreWriter(tmp_path / "s.zarr", IDENTITY) as writer, pytest.raises(KeyboardInterrupt):
-        _write(writer, "d", "train", x, produce=interrupted())
-    log = (tmp_path / "s.zarr" / "d" / ".train.partial" / "progress.jsonl").read_text()
-    assert [json.loads(line)["chunk"] for line in log.splitlines()] == [0, 1]
+    class Unhurried(ThreadPoolExecutor):  # hashes start late: the writer is still busy
+        def submit(self, fn, *args, **kwargs):  # when the interruption leaves write_chunks
+            if self._thread_name_prefix == "embedkit-hash":
+                time.sleep(0.3)
+            return super().submit(fn, *args, **kwargs)
+
+    for name, executor in (("s", ThreadPoolExecutor), ("u", Unhurried)):
+        monkeypatch.setattr(chunks, "ThreadPoolExecutor", executor)
+        store = tmp_path / f"{name}.zarr"
+        with StoreWriter(store, IDENTITY) as writer, pytest.raises(KeyboardInterrupt):
+            _write(writer, "d", "train", x, produce=interrupted())
+        log = (store / "d" / ".train.partial" / "progress.jsonl").read_text()
+        assert [json.loads(line)["chunk"] for line in log.splitlines()] == [0, 1], name
+    monkeypatch.setattr(chunks, "ThreadPoolExecutor", ThreadPoolExecutor)
 
     def broken_digest(values):
         raise OSError(28, "No space left on device")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -62,6 +63,8 @@ WRITE_AHEAD = 2
 # call concurrently, and its per-call latency is paid once per block
 WRITE_BYTES = 8 << 20
 WRITE_CONFIG = {"write_empty_chunks": True}
+# threads hashing a block's chunks beside zarr's write of it
+HASH_THREADS = min(4, os.cpu_count() or 1)
 
 
 def write_chunks(
@@ -98,13 +101,17 @@ def write_chunks(
     filled = 0
 
     def store(position: int, values: np.ndarray) -> list[tuple[int, str]]:
+        # the block's chunks are hashed on a small pool while zarr writes them (both only
+        # read the block; hashlib releases the GIL); a chunk is logged once it is written
+        offsets = range(0, len(values), rows)
+        hashes = [hasher.submit(chunk_digest, values[o : o + rows]) for o in offsets]
         embeddings[position : position + len(values)] = values[:, :dim]  # whole chunks
         if projections is not None:
             projections[position : position + len(values)] = values[:, dim:]
         done = []
-        for offset in range(0, len(values), rows):
+        for offset, digest in zip(offsets, hashes, strict=True):
             chunk = (position + offset) // rows
-            done.append((chunk, chunk_digest(values[offset : offset + rows])))
+            done.append((chunk, digest.result()))
             progress.write(json.dumps({"chunk": chunk, "sha256": done[-1][1]}) + "\n")
         progress.flush()
         return done
@@ -138,8 +145,9 @@ def write_chunks(
             buffer[: filled - count] = buffer[count:filled]
         position, filled = position + count, filled - count
 
-    with (
+    with (  # left in reverse order: the writer is joined before the pool it hashes on
         open(log_file, "a") as progress,
+        ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="embedkit-hash") as hasher,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedkit-write") as writer,
     ):
         try:
