@@ -73,12 +73,13 @@ def write_chunks(
     """Write chunks ``[first, stop)`` of ``group`` from ``produce``; log and return their
     digests. Rows past ``stop`` are not computed.
 
-    Whole chunks are gathered into blocks of about ``WRITE_BYTES``; a writer thread stores,
-    hashes and logs each block (in order) while the producer computes the next (zarr's I/O and
-    hashlib release the GIL); at most ``WRITE_AHEAD`` blocks wait for it. A chunk is logged
-    only once it is written; an interruption first writes the whole chunks already computed,
-    and the thread is joined on the way out, so every whole chunk computed before an
-    interruption is on disk and logged, as when each chunk was written at once.
+    Whole chunks are gathered into blocks of about ``WRITE_BYTES``; a writer thread stores
+    and logs each block (in order), its chunks hashed on ``HASH_THREADS`` threads meanwhile,
+    while the producer computes the next (zarr's I/O and hashlib release the GIL); at most
+    ``WRITE_AHEAD`` blocks wait for it. A chunk is logged only once it is written; an
+    interruption first writes the whole chunks already computed, and the threads are joined
+    on the way out, so every whole chunk computed before an interruption is on disk and
+    logged, as when each chunk was written at once.
     """
     first, stop = chunks
     # zarr's default skips chunks equal to the fill value, at the price of comparing every
