@@ -239,8 +239,8 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, p
 
     def pipeline_fill_checks() -> None:
         """A/B: the store as it was, letting zarr compare each chunk with the fill value before
-        writing it (its default, which skips chunks of zeros; on the H100 the comparisons
-        held the GIL for about half the store's time)."""
+        writing it (its default, which skips chunks of zeros; on the H100 this held the
+        pipeline to 21.6k img/s at 28 px against 51.0k without it)."""
         with patched(chunks, "WRITE_CONFIG", {"write_empty_chunks": False}):
             write((f for _, f in encode(encoder, images, batch_size, device)), "ab")
 
