@@ -3,7 +3,7 @@
 # is lent a GPU. On this machine first:  bash ../shared/gpu/prepare.sh
 # Then through the device tool:          bash bench/gpu_issue12.sh  (writes to $OUT if set)
 # SMALL=1 runs the same steps at toy sizes (a CPU dry run of the script itself); ONLY=embed,matrix
-# (any of pretrain, embed, ceiling, matrix, and knn or hostprof, which run only when named)
+# (any of pretrain, embed, ceiling, matrix, and knn, hostprof or ablate, which run only when named)
 # runs those steps alone.
 # Each step has its own time limit (seconds): a step that overruns is cut off and the next
 # one runs, and what the cut one printed stays in the log.
@@ -33,6 +33,10 @@ if [ "$small" = 1 ]; then
     run hostprof 120 $PY bench/pretrain_throughput.py --backbone resnet18 --size 28 \
       --batch-size 8 --steps 1 --rounds 1 --methods dino --host-profile 5
   fi
+  if [[ ",${ONLY:-}," == *",ablate,"* ]]; then
+    run ablate 120 $PY bench/pretrain_throughput.py --backbone resnet18 --size 28 \
+      --batch-size 8 --steps 1 --rounds 1 --methods dino,mocov1 --ablate all
+  fi
   run embed 120 $PY bench/embed_throughput.py --backbone resnet18 --sizes 28,64 --sizes-only \
     --synthetic-images 600 --passes 1 --profile 5
   run ceiling 120 $PY bench/embed_throughput.py --ceiling-only --ceiling-images 2000 --ceiling-passes 1
@@ -53,6 +57,13 @@ run pretrain 200 env -u EMBEDKIT_DATA $PY bench/pretrain_throughput.py --backbon
 if [[ ",${ONLY:-}," == *",hostprof,"* ]]; then
   run hostprof 100 env -u EMBEDKIT_DATA $PY bench/pretrain_throughput.py --backbone resnet50 \
     --size 64 --batch-size 256 --steps 5 --rounds 2 --methods dino --host-profile 25
+fi
+# what each of DINO's and MoCo v1's own parts costs in place (ONLY=ablate): the step timed
+# without its augmentation (views replayed), its loss (a sum, as the networks' baseline), its
+# momentum update, and without all three, in the same rounds as the whole step and its networks
+if [[ ",${ONLY:-}," == *",ablate,"* ]]; then
+  run ablate 150 env -u EMBEDKIT_DATA $PY bench/pretrain_throughput.py --backbone resnet50 \
+    --size 64 --batch-size 256 --steps 10 --rounds 6 --methods dino,mocov1 --ablate all
 fi
 # the pipeline against the bare forward, eager and as one CUDA graph, at 28 and 64 px (goal
 # 0.90), A/Bs with the former reads and the former store setting, each part alone and a

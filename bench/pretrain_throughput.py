@@ -31,8 +31,14 @@ kernels a GPU launches, which bound a step of small kernels whatever the card. O
 ``gpu ms`` is the time the GPU spends in kernels and copies per step (torch.profiler, the
 union of their intervals over 3 steps) and ``busy`` that time over the step's wall time: a
 busy fraction well under 1 says the host (launches, Python) and not the card sets the pace.
+``--ablate all`` adds, to the same rounds, the method's step without its augmentation (the
+views of a recorded step replayed), without its loss (a sum, as the networks' baseline),
+without its momentum update, and without all three (``Ablation``): what each part costs in
+place, in wall time, where a profiler's attribution moves with its own overhead; the step
+without all three should then read about its networks' time.
 
 CPU:  python bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 64
+      (add --methods dino,mocov1 --ablate all for the parts' costs)
 GPU:  python bench/pretrain_throughput.py --backbone resnet50 --size 64 --batch-size 256
 """
 
@@ -79,6 +85,107 @@ def gpu_ms(step, device: torch.device, steps: int = 3) -> float | None:
             busy += stop - max(start, end)
             end = stop
     return busy / 1000 / steps
+
+
+ABLATIONS = ("augment", "loss", "momentum")
+
+
+def _tensors(value):
+    """The tensors in a criterion's arguments (tensors, or lists and tuples of them)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+class Ablation:
+    """A method's step with some of its own parts taken out, to time what each part costs in
+    place: a profiler's attribution moves with its own overhead, the wall time of the same
+    step without the part does not. The parts:
+
+    - ``augment``: the views of one recorded step replayed, call by call, instead of drawn and
+      augmented (every ``augment_views`` that embedkit's modules call);
+    - ``loss``: the method's ``criterion`` replaced by the sum of its inputs that carry a
+      gradient, as the networks' baseline does (the loss's own updates go with it: DINO's
+      centre, MoCo's memory bank); methods whose loss is not a ``criterion`` module keep it;
+    - ``momentum``: no ``after_step`` (the momentum branch's moving average).
+
+    ``parts`` are those of ``wanted`` that the method has.
+    """
+
+    def __init__(self, method, step, wanted) -> None:
+        from embedkit import augment
+        from embedkit.methods.base import PretrainMethod
+
+        self.method, self.step, self.augment_views = method, step, augment.augment_views
+        self.modules = [  # every module that looked ``augment_views`` up by name
+            module
+            for name, module in sys.modules.items()
+            if name.startswith("embedkit.")
+            and getattr(module, "augment_views", None) is augment.augment_views
+        ]
+        has = {
+            "augment": True,
+            "loss": isinstance(getattr(method, "criterion", None), torch.nn.Module),
+            "momentum": type(method).after_step is not PretrainMethod.after_step,
+        }
+        self.parts = tuple(part for part in wanted if has[part])
+        self.views: list[torch.Tensor] = []
+
+    def _patch(self, function) -> None:
+        for module in self.modules:
+            module.augment_views = function
+
+    def record(self) -> None:
+        """Run one whole step, keeping the views that each augmentation call returned."""
+
+        def recording(*args, **kwargs):
+            self.views.append(self.augment_views(*args, **kwargs))
+            return self.views[-1]
+
+        self._patch(recording)
+        try:
+            self.step()
+        finally:
+            self._patch(self.augment_views)
+
+    def __call__(self) -> None:
+        """One step without ``parts``."""
+        method = self.method
+        if "augment" in self.parts:
+            replay = iter(self.views)
+            self._patch(lambda *args, **kwargs: next(replay))
+        if "loss" in self.parts:  # an instance attribute, found before the class's forward
+            method.criterion.forward = lambda *args, **kwargs: sum(
+                t.float().sum() for t in _tensors(args) if t.requires_grad
+            )
+        if "momentum" in self.parts:
+            method.after_step = lambda progress: None
+        try:
+            self.step()
+        finally:
+            self._patch(self.augment_views)
+            method.__dict__.pop("after_step", None)
+            if "loss" in self.parts:
+                method.criterion.__dict__.pop("forward", None)
+
+
+def ablated_steps(method, step, wanted) -> list[tuple[str, Ablation]]:
+    """``(label, step)`` for each part of ``wanted`` the method has taken out alone
+    (``-augment``...), then all of them at once (``-all``, when more than one), after one
+    whole step that records the views to replay."""
+    recorder = Ablation(method, step, wanted)
+    recorder.record()
+    variants = [(part,) for part in recorder.parts]
+    if len(recorder.parts) > 1:
+        variants.append(recorder.parts)
+    steps = []
+    for parts in variants:
+        ablation = Ablation(method, step, parts)
+        ablation.views = recorder.views
+        steps.append((f"-{parts[0]}" if len(parts) == 1 else "-all", ablation))
+    return steps
 
 
 def host_profile(method_step, model_step, device: torch.device, rows: int, steps: int = 3):
@@ -157,8 +264,18 @@ def main() -> None:
         help="per method, the N largest host-time differences between the method's step and "
         "its networks' (ops and CUDA runtime calls), and its N costliest Python functions",
     )
+    parser.add_argument(
+        "--ablate",
+        default="",
+        metavar="PARTS",
+        help="also time the method's step without each of these parts (comma-separated: "
+        f"{', '.join(ABLATIONS)}, or 'all'), then without all of them, in the same rounds",
+    )
     add_data_root(parser)
     args = parser.parse_args()
+    args.ablate = ABLATIONS if args.ablate == "all" else tuple(filter(None, args.ablate.split(",")))
+    if unknown := set(args.ablate) - set(ABLATIONS):
+        parser.error(f"--ablate: unknown part(s) {sorted(unknown)}; choose from {ABLATIONS}")
 
     from embedkit.augment import to_float
     from embedkit.data import load_split
@@ -190,13 +307,15 @@ def main() -> None:
         f"{'ops':>11}  views fed"
     )
     n_classes = split.labels.shape[1] if split.labels.shape[1] > 1 else int(split.labels.max()) + 1
-    busy_rows = []
+    busy_rows, ablation_rows = [], []
     for name in names:
         rates, shapes, syncs, busy = measure(
             METHODS[name], args, images, labels, n_classes, autocast, device
         )
         if busy:
             busy_rows.append((name, rates, busy))
+        if args.ablate:
+            ablation_rows.append((name, rates))
         fed = " + ".join(f"{s[0]}x{s[-1]}px" for s in shapes)
         low, mid, high = rates["spread"]
         if syncs.count:
@@ -208,6 +327,8 @@ def main() -> None:
             f"{syncs.count:>5} {syncs.launches:>5}/{syncs.model_launches:<5}  {fed}",
             flush=True,
         )
+    if ablation_rows:
+        print_ablations(ablation_rows, args.batch_size)
     if busy_rows:
         print(
             f"{'method':<12} {'ms/step':>8} {'gpu ms':>7} {'busy':>5} | model {'ms/step':>8} "
@@ -219,6 +340,26 @@ def main() -> None:
                 wall = args.batch_size / rates[path] * 1000
                 cells.append(f"{wall:>8.2f} {busy[path]:>7.2f} {busy[path] / wall:>5.2f}")
             print(f"{name:<12} {cells[0]} |       {cells[1]} |      {cells[2]}", flush=True)
+
+
+def print_ablations(rows, batch_size: int) -> None:
+    """ms per step of each method's step with parts taken out (see ``Ablation``), what each
+    part costs (the whole step's time minus the step's without it), and its networks'."""
+    print(
+        "ablations, ms per step (in brackets: the whole step minus this one, what the part "
+        "costs in place):"
+    )
+    for name, rates in rows:
+        labels = ["method", "model", *(label for label in rates if label.startswith("-"))]
+        ms = {label: batch_size / rates[label] * 1000 for label in labels}
+        parts = [
+            f"{label} {ms[label]:.2f} ({ms['method'] - ms[label]:+.2f})" for label in labels[2:]
+        ]
+        print(
+            f"  {name:<12} method {ms['method']:.2f} | {' | '.join(parts) or 'no parts apply'} "
+            f"| model {ms['model']:.2f}",
+            flush=True,
+        )
 
 
 def measure(cls, args, images, labels, n_classes, autocast, device):
@@ -300,6 +441,8 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
         model_step()
     syncs.model_launches = model_syncs.launches
     paths = (("method", method_step), ("model", model_step), ("bare", bare_step))
+    if args.ablate:
+        paths += tuple(ablated_steps(method, method_step, args.ablate))
     for _, step in paths:  # one unmeasured round: clocks, caches and allocator settle
         for _ in range(args.steps):
             step()
