@@ -418,6 +418,49 @@ def test_momentum_parameters_follow_the_moving_average(name):
     assert not torch.equal(moved, before[0][0])  # the average moved toward the online weights
 
 
+def test_the_moving_average_follows_replaced_and_shared_parameters():
+    """``after_step`` lists the modules holding parameters once, for speed, and reads the
+    parameters from them on every step: a parameter replaced after the first step is averaged
+    (not the old one), and modules sharing a parameter fall back to the full walk, which
+    averages the shared one once."""
+    torch.manual_seed(0)
+    cls = get_method("mocov2")
+    config = cls.Config(**SMALL.get("mocov2", {}))
+    method = cls(create_encoder("resnet18"), config, 28, n_classes=3)
+    method.after_step(0.0)  # lists the holders
+    conv, conv_momentum = method.encoder.backbone.conv1, method.encoder_momentum.backbone.conv1
+    conv.weight = torch.nn.Parameter(torch.ones_like(conv.weight))
+    conv_momentum.weight = torch.nn.Parameter(torch.zeros_like(conv.weight), requires_grad=False)
+    method.after_step(0.0)
+    torch.testing.assert_close(conv_momentum.weight, torch.full_like(conv.weight, 1 - 0.999))
+
+    shared = cls(create_encoder("resnet18"), config, 28, n_classes=3)
+    for head in (shared.projection_head, shared.projection_head_momentum):
+        first = head.layers[0]
+        head.layers[2] = torch.nn.Linear(first.in_features, first.out_features)
+        head.layers[2].bias = first.bias = torch.nn.Parameter(torch.zeros_like(first.bias))
+    shared.projection_head.layers[0].bias.data.fill_(1.0)
+    shared.after_step(0.0)
+    # averaged once: 0.999 * 0 + 0.001 * 1 (twice over, it would be 0.001999)
+    average = shared.projection_head_momentum.layers[0].bias
+    torch.testing.assert_close(average, torch.full_like(average, 0.001))
+
+
+def test_the_momentum_branch_runs_in_the_methods_mode():
+    """``momentum_forward`` puts the momentum branch in the method's train/eval mode,
+    including when the branch alone was switched."""
+    cls = get_method("mocov2")
+    method = cls(create_encoder("resnet18"), cls.Config(**SMALL.get("mocov2", {})), 28, 3)
+    views = _batch(4, 3)
+    for mode in (False, True):
+        method.train(not mode)
+        method.encoder_momentum.train(mode)  # the branch alone in the other mode
+        method.projection_head_momentum.train(mode)
+        method.momentum_forward(views)
+        branch = [*method.encoder_momentum.modules(), *method.projection_head_momentum.modules()]
+        assert all(module.training is (not mode) for module in branch)
+
+
 def test_lightning_loggers_follow_the_run_through_a_resume(
     tmp_path, data_root, monkeypatch, interrupt_after_first_epoch
 ):
