@@ -31,6 +31,9 @@ kernels a GPU launches, which bound a step of small kernels whatever the card. O
 ``gpu ms`` is the time the GPU spends in kernels and copies per step (torch.profiler, the
 union of their intervals over 3 steps) and ``busy`` that time over the step's wall time: a
 busy fraction well under 1 says the host (launches, Python) and not the card sets the pace.
+Also on a GPU, the caching allocators' calls into CUDA during the timed rounds are printed
+per path where there are any (``allocator_counts``): a device free, a retry or a pinned
+block freed makes the host wait for the GPU, which ``syncs`` cannot see.
 ``--ablate all`` adds, to the same rounds, the method's step without its augmentation (the
 views of a recorded step replayed), without its loss (a sum, as the networks' baseline),
 without its momentum update, and without all three (``Ablation``): what each part costs in
@@ -56,6 +59,29 @@ from _data import add_data_root, real_file
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+ALLOCATOR_COUNTS = {  # memory_stats / host_memory_stats key: what the bench prints
+    "num_device_alloc": "cudaMalloc",
+    "num_device_free": "cudaFree",
+    "num_alloc_retries": "retries",
+    "num_sync_all_streams": "stream syncs",
+    "num_host_alloc": "pinned allocs",
+    "num_host_free": "pinned frees",
+}
+
+
+def allocator_counts(device: torch.device) -> dict[str, int] | None:
+    """The caching allocators' calls into CUDA so far (None off a GPU). A device free, a
+    retry or a pinned block freed makes the host wait for the GPU, which ``HostSyncs`` cannot
+    see: in a steady step these should not grow."""
+    if device.type != "cuda":
+        return None
+    stats = dict(torch.cuda.memory_stats(device))
+    host_stats = getattr(torch.cuda, "host_memory_stats", None)  # torch >= 2.6
+    if host_stats is not None:
+        stats.update(host_stats())
+    return {key: int(stats.get(key, 0)) for key in ALLOCATOR_COUNTS}
 
 
 def gpu_ms(step, device: torch.device, steps: int = 3) -> float | None:
@@ -447,15 +473,20 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
         for _ in range(args.steps):
             step()
     rounds: list[dict[str, float]] = []  # seconds per path, round by round
+    allocations = {label: dict.fromkeys(ALLOCATOR_COUNTS, 0) for label, _ in paths}
     for _ in range(args.rounds):
         rounds.append({})
         for label, step in paths:
+            before = allocator_counts(device)
             _sync(device)
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
             _sync(device)
             rounds[-1][label] = time.perf_counter() - start
+            if before is not None:
+                for key, count in allocator_counts(device).items():
+                    allocations[label][key] += count - before[key]
     n = args.batch_size * args.steps * args.rounds
     rates = {label: n / sum(r[label] for r in rounds) for label, _ in paths}
     # the per-round ratio method / model: its median and range say how far noise moves it
@@ -463,6 +494,13 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
     rates["spread"] = (per_round[0], float(np.median(per_round)), per_round[-1])
     # each path's fastest round, as timeit advises under noise: hiccups only slow a round
     rates["best"] = min(r["model"] for r in rounds) / min(r["method"] for r in rounds)
+    if device.type == "cuda":  # calls into CUDA during the timed rounds, per path
+        grown = {label: c for label, c in allocations.items() if any(c.values())}
+        for label, counts in grown.items():
+            calls = ", ".join(f"{ALLOCATOR_COUNTS[k]} {n}" for k, n in counts.items() if n)
+            print(f"  {cls.__name__} {label}: allocator calls into CUDA in timed rounds: {calls}")
+        if not grown:
+            print(f"  {cls.__name__}: no allocator calls into CUDA in timed rounds")
     if args.host_profile:
         print(f"{cls.__name__}:")
         host_profile(method_step, model_step, device, args.host_profile)
