@@ -343,7 +343,7 @@ def test_fused_dino_loss_leaves_its_inputs_and_returns_their_dtype():
     get bfloat16 gradients equal to the float32 computation's up to bfloat16 rounding."""
     from types import SimpleNamespace
 
-    from embedkit.methods._dino_loss import FusedDINOLoss, _PairedCrossEntropy
+    from embedkit.methods._dino_loss import FusedDINOLoss, _PairedLogLikelihood
 
     generator = torch.Generator().manual_seed(5)
     teacher = 3 * torch.randn(2, 6, 512, generator=generator)
@@ -367,7 +367,8 @@ def test_fused_dino_loss_leaves_its_inputs_and_returns_their_dtype():
     expected = (weights.sum(-1, keepdim=True) * log_p.exp() - weights) / 0.1
     ctx = SimpleNamespace(saved_tensors=(log_p, weights), temperature=0.1)
     ctx.input_dtype = torch.bfloat16
-    (grad, *_) = _PairedCrossEntropy.backward(ctx, torch.tensor(1.0))
+    # the Function gives the log-likelihood: -1 upstream gives the cross-entropy's gradient
+    (grad, *_) = _PairedLogLikelihood.backward(ctx, torch.tensor(-1.0))
     assert grad.dtype == torch.bfloat16
     torch.testing.assert_close(grad.float(), expected, rtol=1 / 128, atol=1e-6)
 

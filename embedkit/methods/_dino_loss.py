@@ -9,13 +9,15 @@ probabilities and ``W_s = sum_{t != s} P_t``, the same sum is one term per stude
     sum_s sum_{t != s} -<P_t, log_softmax(z_s / T)> = sum_s -<W_s, log_softmax(z_s / T)>,
 
 whose gradient is ``(|W_s| softmax(z_s / T) - W_s) / T`` per row (``|W_s|`` the row's mass,
-the number of teacher views paired with ``s`` up to rounding). ``_PairedCrossEntropy`` computes
-the terms of a block of views (a head's output over stacked views) with the fused log-softmax
-kernel, and their gradient from the saved log-probabilities in place (two passes: exp, then
-one multiply-add written in the input's dtype): no stacked or split copies of the views and
-less than half the memory traffic of the original (the loss's whole cost, at
-``batch x 65,536`` per view). The sums run in float32 outside
-autocast (float64 stays float64); the centre and its update are lightly's.
+the number of teacher views paired with ``s`` up to rounding). ``_PairedLogLikelihood``
+computes ``<W_s, log_softmax(z_s / T)>`` for a block of views (a head's output over stacked
+views) with the fused log-softmax kernel, and its gradient from the saved log-probabilities in
+place (two passes: exp, then one multiply-add written in the input's dtype): no stacked or
+split copies of the views and less than half the memory traffic of the original (the loss's
+whole cost, at ``batch x 65,536`` per view). The blocks' sum takes its minus sign with the
+mean's division, and the centre moves by one ``lerp_``: on a GPU every operation is a launch
+that the host pays for. The sums run in float32 outside autocast (float64 stays float64); the
+centre is lightly's (its mean, all-reduced across processes).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
-class _PairedCrossEntropy(torch.autograd.Function):
-    """``-sum_k <weights_k, log_softmax(logits_k / temperature)>`` over a block of ``K``
-    views ``(K, B, D)``; ``weights`` is ``(K, B, D)`` or one ``(B, D)`` for every view."""
+class _PairedLogLikelihood(torch.autograd.Function):
+    """``sum_k <weights_k, log_softmax(logits_k / temperature)>`` over a block of ``K`` views
+    ``(K, B, D)`` (minus their cross-entropy); ``weights`` is ``(K, B, D)`` or one ``(B, D)``
+    for every view."""
 
     @staticmethod
     def forward(ctx, logits, weights, temperature: float, dtype: torch.dtype):
@@ -40,21 +43,22 @@ class _PairedCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(log_p, weights)
         ctx.temperature, ctx.input_dtype = temperature, logits.dtype
         if weights.dim() == log_p.dim():
-            return -weights.flatten().dot(log_p.flatten())
-        return -(log_p.view(log_p.shape[0], -1) @ weights.flatten()).sum()
+            return weights.flatten().dot(log_p.flatten())
+        return (log_p.view(log_p.shape[0], -1) @ weights.flatten()).sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
         log_p, weights = ctx.saved_tensors
-        scale = grad_output / ctx.temperature
-        # two passes over the logits: the probabilities in place of the saved log-probabilities
-        # (used once; a second backward is refused by autograd's version check), then one
-        # multiply-add written straight in the input's dtype, with no float32 gradient
+        # (W - |W| p) g / T, from W g / T and its row sums |W| g / T. Two passes over the
+        # logits: the probabilities in place of the saved log-probabilities (used once; a
+        # second backward is refused by autograd's version check), then one multiply-add
+        # written straight in the input's dtype, with no float32 gradient
         probabilities = log_p.exp_()
         grad = torch.empty_like(probabilities, dtype=ctx.input_dtype)
-        mass = weights.sum(-1, keepdim=True) * scale
-        torch.addcmul(weights * -scale, probabilities, mass, out=grad)
+        scaled = weights * (grad_output / ctx.temperature)
+        mass = scaled.sum(-1, keepdim=True)
+        torch.addcmul(scaled, probabilities, mass, value=-1, out=grad)
         return grad, None, None, None
 
 
@@ -97,7 +101,7 @@ class FusedDINOLoss(DINOLoss):
             teacher = torch.cat(teachers).to(dtype) if len(teachers) > 1 else teachers[0].to(dtype)
             probabilities = F.softmax((teacher - self.center) / temperature, dim=-1)
             paired_with_all = probabilities.sum(0)
-            loss, first = teacher.new_zeros(()), 0
+            terms, first = [], 0
             for block in students:
                 last = first + block.shape[0]
                 weights = paired_with_all  # a view without a matching teacher view
@@ -106,8 +110,17 @@ class FusedDINOLoss(DINOLoss):
                     if last > n_teacher:
                         rest = paired_with_all.expand(last - n_teacher, *paired_with_all.shape)
                         weights = torch.cat([weights, rest])
-                loss = loss + _PairedCrossEntropy.apply(block, weights, self.student_temp, dtype)
+                terms.append(_PairedLogLikelihood.apply(block, weights, self.student_temp, dtype))
                 first = last
-            loss = loss / (n_terms * teacher.shape[1])
+            # the mean cross-entropy: minus the blocks' sum, over the terms and rows
+            loss = sum(terms[1:], terms[0]) / -(n_terms * teacher.shape[1])
         self.update_center(teacher)
         return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """lightly's moving average of the teacher's output, ``center * m + batch * (1 - m)``,
+        as one ``lerp_`` in place (lightly's batch centre: the mean, averaged over
+        processes)."""
+        batch_center = self._center_fn(x=teacher_out, dim=(0, 1))
+        self.center.lerp_(batch_center, 1 - self.center_momentum)
