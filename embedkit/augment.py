@@ -172,19 +172,25 @@ def _draw(n: int, channels: int, size: int, radius: int, cfg: AugmentConfig, gen
 
 
 def _to_device(parts: dict[str, np.ndarray], device: torch.device, dtype) -> dict:
-    """The host arrays in one copy (pinned and non-blocking on a GPU)."""
-    flat = np.concatenate([array.reshape(len(array), -1) for array in parts.values()], 1)
-    pieces = upload(flat, device, dtype).split([a[0].size for a in parts.values()], dim=1)
+    """The host arrays in one copy (pinned and non-blocking on a GPU), laid end to end so
+    that each one on the device is a contiguous view of the copy (no reshaping copies)."""
+    flat = np.concatenate([array.ravel() for array in parts.values()])
+    pieces = upload(flat, device, dtype).split([array.size for array in parts.values()])
     return {
-        name: piece.reshape(array.shape)
+        name: piece.view(array.shape)
         for (name, array), piece in zip(parts.items(), pieces, strict=True)
     }
 
 
-def _matrix(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """Apply a per-sample ``(N, C, C)`` colour matrix to ``(N, C, H, W)`` images."""
+def _matrix(
+    x: torch.Tensor, matrices: torch.Tensor, offset: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Apply a per-sample ``(N, C, C)`` colour matrix to ``(N, C, H, W)`` images, plus a
+    per-sample ``(N, 1, 1)`` ``offset`` in the same operation when given."""
     n, c, h, w = x.shape
-    return torch.bmm(matrices, x.reshape(n, c, h * w)).view(n, c, h, w)
+    flat = x.reshape(n, c, h * w)
+    out = torch.bmm(matrices, flat) if offset is None else torch.baddbmm(offset, matrices, flat)
+    return out.view(n, c, h, w)
 
 
 def augment_views(
@@ -213,6 +219,8 @@ def augment_views(
     steps = [step for step in _STEPS if params.get(f"{step}_mask", np.zeros(1)).any()]
     parts = {"theta": params["theta"]}
     parts.update({name: params[name] for step in steps for name in _STEPS[step]})
+    if "blur" in parts:  # one kernel per sample and channel, for the grouped convolution
+        parts["blur"] = np.repeat(parts["blur"], channels, axis=0)
     with torch.autocast(images.device.type, enabled=False):  # pixels stay in full precision
         p = _to_device(parts, images.device, images.dtype)
         k = len(augments)
@@ -222,14 +230,15 @@ def augment_views(
             source, grid, mode="bilinear", padding_mode="reflection", align_corners=False
         )
         if "jitter_matrix" in p:
-            offset = (p["jitter_mean"] * x.mean((-2, -1))).sum(1)
-            x = _matrix(x, p["jitter_matrix"]).add_(offset.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+            # the offset is the channel means' luma-weighted sum, per sample: (N, 1, 1)
+            offset = torch.bmm(p["jitter_mean"].unsqueeze(1), x.mean((-2, -1)).unsqueeze(2))
+            x = _matrix(x, p["jitter_matrix"], offset).clamp_(0.0, 1.0)
             if "hue" in p:
                 x = _matrix(x, p["hue"]).clamp_(0.0, 1.0)
         if "gray" in p:
             x = _matrix(x, p["gray"])
         if "blur" in p:
-            kernel = p["blur"].repeat_interleave(channels, dim=0)
+            kernel = p["blur"]  # (N * C, 2 radius + 1)
             flat = F.pad(x.reshape(1, -1, size, size), [radius] * 4, mode="reflect")
             flat = F.conv2d(flat, kernel.view(-1, 1, 1, 2 * radius + 1), groups=kernel.shape[0])
             flat = F.conv2d(flat, kernel.view(-1, 1, 2 * radius + 1, 1), groups=kernel.shape[0])

@@ -207,6 +207,25 @@ def test_each_augmentation_step_does_what_it_says(step):
         torch.testing.assert_close(out, torch.where(images >= 0.5, 1 - images, images))
 
 
+def test_each_sample_is_blurred_with_its_own_sigma():
+    """The blur's kernels are one per sample and channel: each image of a colour batch
+    equals torchvision's blur at the sigma drawn for it (column 11 of ``_draw``)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    low, high = 0.5, 2.0
+    config = AugmentConfig(**{**_NO_CROP, **_ALONE, "jitter_prob": 0.0, "blur_prob": 1.0})
+    config = AugmentConfig(**{**config.__dict__, "blur_sigma": (low, high)})
+    images = _batch(6, 3, seed=2)
+    out = BatchAugment(28, config)(images, torch.Generator().manual_seed(8))
+    u = torch.rand(6, 14, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    sigmas = (low + (high - low) * u[:, 11]) * 28 / 224
+    radius = math.ceil(3 * high * 28 / 224)
+    for image, blurred, sigma in zip(images, out, sigmas.tolist(), strict=True):
+        expected = gaussian_blur(image, [2 * radius + 1] * 2, [sigma, sigma])
+        torch.testing.assert_close(blurred, expected, rtol=0, atol=5e-6)
+    assert sigmas.max() - sigmas.min() > 0.05  # the samples' sigmas differ
+
+
 def test_colour_jitter_equals_its_steps_one_after_another():
     """Brightness, contrast (around the mean luma), saturation, clamp, hue, clamp, applied
     one after another with the factors of the same draws (columns 6-9 of ``_draw``): the
