@@ -373,6 +373,25 @@ def test_fused_dino_loss_leaves_its_inputs_and_returns_their_dtype():
     torch.testing.assert_close(grad.float(), expected, rtol=1 / 128, atol=1e-6)
 
 
+def test_fused_dino_loss_centre_with_bfloat16_weights():
+    """Under ``bf16-true`` the centre buffer is bfloat16 and the loss's sums float32: the
+    first update makes the centre float32 (lightly's assignment), later ones average in
+    place; each equals ``m * centre + (1 - m) * batch mean`` of the float32 teacher."""
+    from embedkit.methods._dino_loss import FusedDINOLoss
+
+    loss = FusedDINOLoss(output_dim=512, center_momentum=0.8).to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(3)
+    expected = torch.zeros(1, 1, 512)
+    for _ in range(3):
+        teacher = (3 * torch.randn(2, 6, 512, generator=generator)).bfloat16()
+        student = torch.randn(4, 6, 512, generator=generator).bfloat16().requires_grad_()
+        value = loss(teacher, student, teacher_temp=0.0625)
+        value.backward()
+        expected = 0.8 * expected + 0.2 * teacher.float().mean((0, 1), keepdim=True)
+        assert loss.center.dtype == torch.float32 and torch.isfinite(value)
+        torch.testing.assert_close(loss.center, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sync_free_ntxent_equals_lightlys(dtype):
     """SimCLR's in-batch NT-Xent with the self-similarities at -inf: lightly's value and

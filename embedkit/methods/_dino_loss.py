@@ -121,6 +121,12 @@ class FusedDINOLoss(DINOLoss):
     def update_center(self, teacher_out: torch.Tensor) -> None:
         """lightly's moving average of the teacher's output, ``center * m + batch * (1 - m)``,
         as one ``lerp_`` in place (lightly's batch centre: the mean, averaged over
-        processes)."""
+        processes). A bfloat16 centre (``bf16-true`` weights) meets a float32 batch centre
+        once: lightly's update then makes it float32, as it did before."""
         batch_center = self._center_fn(x=teacher_out, dim=(0, 1))
-        self.center.lerp_(batch_center, 1 - self.center_momentum)
+        if batch_center.dtype == self.center.dtype:
+            self.center.lerp_(batch_center, 1 - self.center_momentum)
+        else:
+            self.center.data = self.center * self.center_momentum + batch_center * (
+                1 - self.center_momentum
+            )
