@@ -66,6 +66,7 @@ class MomentumMethod(PretrainMethod):
         return self.projection_head_momentum(self.encoder_momentum(views)).detach()
 
     def _walk(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """The momentum and online parameters, from ``parameters()`` of every pair."""
         averages, onlines = [], []
         for online, average in self.momentum_pairs():
             averages += average.parameters()
@@ -77,13 +78,13 @@ class MomentumMethod(PretrainMethod):
 
         ``parameters()`` walks every submodule (~0.4 ms per ResNet-50 on a CPU core, host time
         a GPU waits for), so the modules that hold parameters are listed once and the
-        parameters read from them on each call: one replaced in place (``load_state_dict(
-        assign=True)``, conversions that make new ones) is still the one averaged. Where that
-        list does not give what the walk gives (a parameter shared between modules), the
-        walk is kept.
+        parameters read from them on each call: a parameter replaced by a new one
+        (``load_state_dict(assign=True)``, conversions that make new ones) is still the one
+        averaged. Where that list does not give what the walk gives (a parameter shared
+        between modules), the walk is kept.
         """
         if "_parameter_owners" not in self.__dict__:
-            pairs = self.momentum_pairs()
+            pairs = self.momentum_pairs()  # (online, momentum): momentum side first below
             sides = [
                 [m for pair in pairs for m in pair[i].modules() if m._parameters] for i in (1, 0)
             ]
