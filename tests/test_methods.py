@@ -393,6 +393,30 @@ def test_fused_dino_loss_centre_with_bfloat16_weights():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_normalize_equals_torchs_with_its_gradient(dtype):
+    """The contrastive losses' ``normalize``: F.normalize's values and gradients, for rows
+    above the norm's floor, and at or below it (a zero row, and a norm of exactly eps, where
+    the clamp passes no gradient to the norm), where the gradient is the upstream one over
+    eps."""
+    from embedkit.methods._normalize import normalize
+
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 6, dtype=dtype, generator=generator)
+    x[2], x[3], x[4] = 0.0, 1e-14, 0.0
+    x[4, 0] = 1e-12  # a norm of exactly eps
+    upstream = torch.randn(8, 6, dtype=dtype, generator=generator)
+    results = []
+    for function in (lambda t: torch.nn.functional.normalize(t, dim=-1), normalize):
+        leaf = x.clone().requires_grad_()
+        value = function(leaf)
+        results.append((value.detach(), *torch.autograd.grad(value, leaf, upstream)))
+    for expected, got in zip(results[0], results[1], strict=True):
+        scale = expected.abs().amax(-1, keepdim=True).clamp_min(1.0)  # floor rows: ~1e12
+        torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=1e-6)
+    torch.testing.assert_close(normalize(x), results[0][0], rtol=0, atol=0)  # no grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sync_free_ntxent_equals_lightlys(dtype):
     """SimCLR's in-batch NT-Xent with the self-similarities at -inf: lightly's value and
     gradients."""

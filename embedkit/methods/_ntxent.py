@@ -17,6 +17,8 @@ from lightly.models import utils as lightly_utils
 from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.utils import dist as lightly_dist
 
+from ._normalize import normalize
+
 
 class HostPointerMemoryBank(MemoryBankModule):
     """lightly's ``MemoryBankModule`` (same buffers, same order of keys) whose write
@@ -52,18 +54,22 @@ class HostPointerMemoryBank(MemoryBankModule):
 
 
 class SyncFreeNTXentLoss(NTXentLoss):
-    """lightly's ``NTXentLoss`` (same arguments and value) without host synchronisation."""
+    """lightly's ``NTXentLoss`` (same arguments and value) without host synchronisation,
+    normalising with a written-out gradient (``_normalize``)."""
 
     def __init__(self, temperature: float = 0.5, memory_bank_size=0, gather_distributed=False):
         super().__init__(temperature, 0, gather_distributed)  # lightly's checks, no bank
         self.memory_bank = HostPointerMemoryBank(memory_bank_size, gather_distributed)
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
-        if self.memory_bank.size[0] > 0:
-            return super().forward(out0, out1)
         n = out0.shape[0]
-        out0 = torch.nn.functional.normalize(out0, dim=1)
-        out1 = torch.nn.functional.normalize(out1, dim=1)
+        out0, out1 = normalize(out0), normalize(out1)
+        if self.memory_bank.size[0] > 0:  # lightly's: the queue's keys are the negatives
+            out1, negatives = self.memory_bank(out1, update=out0.requires_grad)
+            positives = torch.einsum("nc,nc->n", out0, out1).unsqueeze(-1)
+            logits = torch.cat([positives, out0 @ negatives.to(out0.device)], 1)
+            labels = torch.zeros(n, device=out0.device, dtype=torch.long)
+            return self.cross_entropy(logits / self.temperature, labels)
         labels = torch.arange(n, device=out0.device)
         if self.gather_distributed and lightly_dist.world_size() > 1:
             all0 = torch.cat(lightly_dist.gather(out0), 0)

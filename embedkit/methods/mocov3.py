@@ -24,6 +24,7 @@ from ..augment import AugmentConfig
 from ..backbones import Encoder
 from . import register_method
 from ._momentum import MomentumMethod
+from ._normalize import normalize
 from .base import MethodConfig
 
 _BYOL = dict(min_scale=0.08, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
@@ -61,7 +62,7 @@ def contrastive_loss(query: torch.Tensor, key: torch.Tensor, temperature: float)
     one loss; ``(V, N, D)`` inputs the sum of the V views' losses, in one call (the step is
     bound by kernel launches on a GPU).
     """
-    query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+    query, key = normalize(query), normalize(key)
     keys = torch.cat(dist.gather(key), dim=-2) if dist.world_size() > 1 else key
     logits = query @ keys.transpose(-2, -1) / temperature
     n, views = query.shape[-2], query[..., 0, 0].numel()
