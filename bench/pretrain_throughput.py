@@ -301,7 +301,8 @@ def main() -> None:
     args = parser.parse_args()
     args.ablate = ABLATIONS if args.ablate == "all" else tuple(filter(None, args.ablate.split(",")))
     if unknown := set(args.ablate) - set(ABLATIONS):
-        parser.error(f"--ablate: unknown part(s) {sorted(unknown)}; choose from {ABLATIONS}")
+        choices = ", ".join(ABLATIONS)
+        parser.error(f"--ablate: unknown {', '.join(sorted(unknown))}; use all or {choices}")
 
     from embedkit.augment import to_float
     from embedkit.data import load_split
