@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 from lightly.loss import DINOLoss
+from lightly.models.modules.center import center_momentum
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
@@ -127,6 +128,4 @@ class FusedDINOLoss(DINOLoss):
         if batch_center.dtype == self.center.dtype:
             self.center.lerp_(batch_center, 1 - self.center_momentum)
         else:
-            self.center.data = self.center * self.center_momentum + batch_center * (
-                1 - self.center_momentum
-            )
+            self.center.data = center_momentum(self.center, batch_center, self.center_momentum)
