@@ -11,7 +11,7 @@ and turned there into per-sample matrices and kernels, which reach the device in
 non-blocking copy. The device then runs the image work only: one ``grid_sample`` for crops
 and flips, brightness, contrast and saturation as one 3 x 3 matrix and offset per sample, hue
 as another (YIQ rotation), grey as a third, the blur as one grouped separable convolution,
-solarisation as one ``where``; a step none of the samples needs is not launched. Views of
+solarisation as ``min(x, 1 - x)``; a step none of the samples needs is not launched. Views of
 the same size, each with its own strengths (SimCLR's two views, BYOL-style asymmetric pairs,
 DINO's local crops), go through one call (``augment_views``). Blur sigmas scale with image
 size, so a 28 px image is blurred as its 224 px original would be. The same seed gives the
@@ -164,9 +164,10 @@ def _draw(n: int, channels: int, size: int, radius: int, cfg: AugmentConfig, gen
     kernel /= kernel.sum(axis=1, keepdims=True)
     out["blur"] = np.where(blurred.reshape(-1, 1), kernel, (offsets == 0).astype(np.float64))
 
-    # solarisation: invert pixels at or above the threshold (above 1: never)
+    # solarisation: pixels at or above 0.5 become 1 - x, that is min(x, 1 - x); with inf for
+    # 1 a sample keeps min(x, inf) = x
     solarize = u[:, 13] < cfg.solarize_prob
-    out["solarize"] = np.where(solarize, 0.5, 2.0)
+    out["solarize"] = np.where(solarize, 1.0, np.inf)
     out.update({"blur_mask": blurred, "solarize_mask": solarize})
     return out
 
@@ -245,8 +246,8 @@ def augment_views(
             x = flat.view_as(x)
         if "gray" in p or "blur" in p:
             x = x.clamp_(0.0, 1.0)  # rounding can step past 1
-        if "solarize" in p:
-            x = torch.where(x >= p["solarize"].view(-1, 1, 1, 1), 1.0 - x, x)
+        if "solarize" in p:  # exactly ``where(x >= 0.5, 1 - x, x)``, in two kernels, not three
+            x = torch.minimum(x, p["solarize"].view(-1, 1, 1, 1) - x)
         return x
 
 

@@ -226,6 +226,28 @@ def test_each_sample_is_blurred_with_its_own_sigma():
     assert sigmas.max() - sigmas.min() > 0.05  # the samples' sigmas differ
 
 
+def test_solarisation_is_exact_per_sample():
+    """Solarised samples are exactly ``where(x >= 0.5, 1 - x, x)`` of the same crop, pixels of
+    0.5, above 1 and below 0 included; the others are the crop itself, bit for bit."""
+    from embedkit import augment
+
+    images = _batch(12, 3, seed=8)
+    images[:, 0, :4, :4] = 0.5
+    images[:, 1, :2, :2] = torch.tensor([1 + 2**-20, -(2**-20)]).view(2, 1)
+    alone = {**_NO_CROP, **_ALONE, "jitter_prob": 0.0}  # no clamp either
+    config = AugmentConfig(**alone, solarize_prob=0.5)
+    out = BatchAugment(28, config)(images, torch.Generator().manual_seed(3))
+    crop = BatchAugment(28, AugmentConfig(**alone))
+    same = crop(images, torch.Generator().manual_seed(3))  # the same draws, unsolarised
+    draws = dict(generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    solarised = (torch.rand(12, augment._N_DRAWS, **draws)[:, 13] < 0.5).tolist()  # _draw's
+    assert 0 < sum(solarised) < 12
+    assert (same == 0.5).any() and (same > 1).any() and (same < 0).any()
+    for view, x, flipped in zip(out, same, solarised, strict=True):
+        expected = torch.where(x >= 0.5, 1 - x, x) if flipped else x
+        assert torch.equal(view, expected)
+
+
 def test_colour_jitter_equals_its_steps_one_after_another():
     """Brightness, contrast (around the mean luma), saturation, clamp, hue, clamp, applied
     one after another with the factors of the same draws (columns 6-9 of ``_draw``): the
