@@ -80,6 +80,9 @@ class FusedDINOLoss(DINOLoss):
     copy to split or stack.
     """
 
+    # torch.compile (seen with 2.14) gets this loss's gradients wrong: its backward reads the
+    # centre, which the same graph moves in place. Inside a compiled caller it runs as written
+    @torch.compiler.disable
     def forward(
         self,
         teacher_out: torch.Tensor | list[torch.Tensor],

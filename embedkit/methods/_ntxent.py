@@ -62,14 +62,10 @@ class SyncFreeNTXentLoss(NTXentLoss):
         self.memory_bank = HostPointerMemoryBank(memory_bank_size, gather_distributed)
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
+        if self.memory_bank.size[0] > 0:
+            return self._queue_loss(out0, out1)
         n = out0.shape[0]
         out0, out1 = normalize(out0), normalize(out1)
-        if self.memory_bank.size[0] > 0:  # lightly's: the queue's keys are the negatives
-            out1, negatives = self.memory_bank(out1, update=out0.requires_grad)
-            positives = torch.einsum("nc,nc->n", out0, out1).unsqueeze(-1)
-            logits = torch.cat([positives, out0 @ negatives.to(out0.device)], 1)
-            labels = torch.zeros(n, device=out0.device, dtype=torch.long)
-            return self.cross_entropy(logits / self.temperature, labels)
         labels = torch.arange(n, device=out0.device)
         if self.gather_distributed and lightly_dist.world_size() > 1:
             all0 = torch.cat(lightly_dist.gather(out0), 0)
@@ -86,3 +82,15 @@ class SyncFreeNTXentLoss(NTXentLoss):
             ]
         )
         return self.cross_entropy(logits / self.temperature, labels.repeat(2))
+
+    # torch.compile (seen with 2.14) gets this path's gradients wrong: the bank that its
+    # backward reads is written in the same graph. Inside a compiled caller it runs as written
+    @torch.compiler.disable
+    def _queue_loss(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
+        """lightly's loss against the queue: the queue's keys are the negatives."""
+        out0, out1 = normalize(out0), normalize(out1)
+        out1, negatives = self.memory_bank(out1, update=out0.requires_grad)
+        positives = torch.einsum("nc,nc->n", out0, out1).unsqueeze(-1)
+        logits = torch.cat([positives, out0 @ negatives.to(out0.device)], 1)
+        labels = torch.zeros(out0.shape[0], device=out0.device, dtype=torch.long)
+        return self.cross_entropy(logits / self.temperature, labels)
