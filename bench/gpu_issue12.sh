@@ -3,8 +3,8 @@
 # is lent a GPU. On this machine first:  bash ../shared/gpu/prepare.sh
 # Then through the device tool:          bash bench/gpu_issue12.sh  (writes to $OUT if set)
 # SMALL=1 runs the same steps at toy sizes (a CPU dry run of the script itself); ONLY=embed,matrix
-# (any of pretrain, embed, ceiling, matrix, and knn, hostprof or ablate, which run only when named)
-# runs those steps alone.
+# (any of pretrain, embed, ceiling, matrix, and knn, hostprof, ablate or compiled, which run
+# only when named) runs those steps alone.
 # Each step has its own time limit (seconds): a step that overruns is cut off and the next
 # one runs, and what the cut one printed stays in the log.
 set -uo pipefail
@@ -36,6 +36,10 @@ if [ "$small" = 1 ]; then
   if [[ ",${ONLY:-}," == *",ablate,"* ]]; then
     run ablate 120 $PY bench/pretrain_throughput.py --backbone resnet18 --size 28 \
       --batch-size 8 --steps 1 --rounds 1 --methods dino,mocov1 --ablate all
+  fi
+  if [[ ",${ONLY:-}," == *",compiled,"* ]]; then
+    run compiled 120 $PY bench/pretrain_throughput.py --backbone resnet18 --size 28 \
+      --batch-size 8 --steps 1 --rounds 1 --methods dino --compile-loss --ablate loss
   fi
   run embed 120 $PY bench/embed_throughput.py --backbone resnet18 --sizes 28,64 --sizes-only \
     --synthetic-images 600 --passes 1 --profile 5
@@ -71,6 +75,13 @@ if [[ ",${ONLY:-}," == *",ablate,"* ]]; then
       $PY bench/pretrain_throughput.py --backbone resnet50 --size 64 --batch-size 256 \
       --steps 10 --rounds 4 --methods dino --ablate all
   fi
+fi
+# DINO's loss compiled (ONLY=compiled; what `pretrain --compile` adds to the backbone's), the
+# networks as written: its passes over the 65,536 prototypes fuse (on the CPU its cost in place
+# fell from 170 to 54 ms a step). Needs Triton on the device; the first step compiles
+if [[ ",${ONLY:-}," == *",compiled,"* ]]; then
+  run compiled 150 env -u EMBEDKIT_DATA $PY bench/pretrain_throughput.py --backbone resnet50 \
+    --size 64 --batch-size 256 --steps 10 --rounds 6 --methods dino --compile-loss --ablate loss
 fi
 # the pipeline against the bare forward, eager and as one CUDA graph, at 28 and 64 px (goal
 # 0.90), A/Bs with the former reads and the former store setting, each part alone and a

@@ -38,7 +38,10 @@ block freed makes the host wait for the GPU, which ``syncs`` cannot see.
 views of a recorded step replayed), without its loss (a sum, as the networks' baseline),
 without its momentum update, and without all three (``Ablation``): what each part costs in
 place, in wall time, where a profiler's attribution moves with its own overhead; the step
-without all three should then read about its networks' time.
+without all three should then read about its networks' time. ``--compile-loss`` times the
+method with its loss compiled (``PretrainMethod.compile_loss``: DINO's) against networks as
+written; ``--compile`` also compiles the backbone, on every path, as ``embedkit pretrain
+--compile`` does.
 
 CPU:  python bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 64
       (add --methods dino,mocov1 --ablate all for the parts' costs)
@@ -280,7 +283,14 @@ def main() -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the backbone, as `embedkit pretrain --compile` does (all paths)",
+        help="torch.compile the backbone (all paths) and the method's loss, as `embedkit "
+        "pretrain --compile` does",
+    )
+    parser.add_argument(
+        "--compile-loss",
+        action="store_true",
+        help="torch.compile the method's loss alone (PretrainMethod.compile_loss: DINO's), "
+        "networks as written",
     )
     parser.add_argument(
         "--host-profile",
@@ -401,6 +411,8 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
         encoder.backbone.compile()
     method = cls(encoder, cls.Config(), args.size, n_classes).to(device)
     method = method.to(memory_format=torch.channels_last).train()
+    if args.compile or args.compile_loss:
+        method.compile_loss()
     optimizer = make_optimizer(method.parameters(), 1e-4, 0.05, device)
     generator = torch.Generator().manual_seed(0)  # augmentation draws happen on the host
     shapes: list[torch.Size] = []

@@ -127,7 +127,8 @@ def pretrain(
         str, typer.Option("--precision", help="auto (bf16-mixed on GPU), 32-true, bf16-mixed...")
     ] = "auto",
     compile_backbone: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the backbone.")
+        bool,
+        typer.Option("--compile", help="torch.compile the backbone (and DINO's loss)."),
     ] = False,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Epochs between checkpoints.")

@@ -17,7 +17,8 @@ split copies of the views and less than half the memory traffic of the original 
 whole cost, at ``batch x 65,536`` per view). The blocks' sum takes its minus sign with the
 mean's division, and the centre moves by one ``lerp_``: on a GPU every operation is a launch
 that the host pays for. The sums run in float32 outside autocast (float64 stays float64); the
-centre is lightly's (its mean, all-reduced across processes).
+centre is lightly's (its mean, all-reduced across processes). ``FusedDINOLoss.compile()``
+(``pretrain --compile``) compiles everything but the centre's update, whose passes then fuse.
 """
 
 from __future__ import annotations
@@ -70,6 +71,38 @@ def _blocks(views: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
     return [view.unsqueeze(0) if view.dim() == 2 else view for view in views]
 
 
+def _mean_cross_entropy(
+    teachers: list[torch.Tensor],
+    students: list[torch.Tensor],
+    center: torch.Tensor,
+    temperature: float,
+    student_temp: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DINO's mean cross-entropy over ``(K, B, D)`` blocks of teacher and student views
+    (numbered in order, view ``i`` of each side matching), and the teacher's output in the
+    sums' dtype, for the centre's update."""
+    n_teacher = sum(block.shape[0] for block in teachers)
+    n_student = sum(block.shape[0] for block in students)
+    n_terms = n_teacher * n_student - min(n_teacher, n_student)
+    dtype = torch.promote_types(teachers[0].dtype, torch.float32)
+    teacher = torch.cat(teachers).to(dtype) if len(teachers) > 1 else teachers[0].to(dtype)
+    probabilities = F.softmax((teacher - center) / temperature, dim=-1)
+    paired_with_all = probabilities.sum(0)
+    terms, first = [], 0
+    for block in students:
+        last = first + block.shape[0]
+        weights = paired_with_all  # a view without a matching teacher view
+        if first < n_teacher:
+            weights = paired_with_all - probabilities[first:last]
+            if last > n_teacher:
+                rest = paired_with_all.expand(last - n_teacher, *paired_with_all.shape)
+                weights = torch.cat([weights, rest])
+        terms.append(_PairedLogLikelihood.apply(block, weights, student_temp, dtype))
+        first = last
+    # the mean cross-entropy: minus the blocks' sum, over the terms and rows
+    return sum(terms[1:], terms[0]) / -(n_terms * teacher.shape[1]), teacher
+
+
 class FusedDINOLoss(DINOLoss):
     """lightly's ``DINOLoss`` (same arguments, buffers and value) computed by blocks of views
     with a hand-written gradient.
@@ -80,8 +113,11 @@ class FusedDINOLoss(DINOLoss):
     copy to split or stack.
     """
 
-    # torch.compile (seen with 2.14) gets this loss's gradients wrong: its backward reads the
-    # centre, which the same graph moves in place. Inside a compiled caller it runs as written
+    _compiled = None  # ``_mean_cross_entropy`` compiled, once ``compile`` is called
+
+    # torch.compile (seen with 2.14) gets this loss's gradients wrong when it traces it whole:
+    # the backward reads the centre that the same graph moves in place. So a compiled caller
+    # runs it as written, and ``compile`` compiles the part that leaves the centre alone
     @torch.compiler.disable
     def forward(
         self,
@@ -93,33 +129,29 @@ class FusedDINOLoss(DINOLoss):
         teachers, students = _blocks(teacher_out), _blocks(student_out)
         n_teacher = sum(block.shape[0] for block in teachers)
         n_student = sum(block.shape[0] for block in students)
-        n_terms = n_teacher * n_student - min(n_teacher, n_student)
-        if n_terms == 0 or (teacher_temp is None and epoch is not None):
+        if n_teacher * n_student == min(n_teacher, n_student) or (
+            teacher_temp is None and epoch is not None
+        ):
             # lightly's error for too few views, or its per-epoch temperature schedule
             teacher_list = [view for block in teachers for view in block]
             student_list = [view for block in students for view in block]
             return super().forward(teacher_list, student_list, teacher_temp, epoch)
         temperature = self.teacher_temp if teacher_temp is None else float(teacher_temp)
-        dtype = torch.promote_types(teachers[0].dtype, torch.float32)
+        # a compiled graph may keep its inputs for the backward: not the centre moved below
+        center = self.center if self._compiled is None else self.center.clone()
         with torch.autocast(teachers[0].device.type, enabled=False):
-            teacher = torch.cat(teachers).to(dtype) if len(teachers) > 1 else teachers[0].to(dtype)
-            probabilities = F.softmax((teacher - self.center) / temperature, dim=-1)
-            paired_with_all = probabilities.sum(0)
-            terms, first = [], 0
-            for block in students:
-                last = first + block.shape[0]
-                weights = paired_with_all  # a view without a matching teacher view
-                if first < n_teacher:
-                    weights = paired_with_all - probabilities[first:last]
-                    if last > n_teacher:
-                        rest = paired_with_all.expand(last - n_teacher, *paired_with_all.shape)
-                        weights = torch.cat([weights, rest])
-                terms.append(_PairedLogLikelihood.apply(block, weights, self.student_temp, dtype))
-                first = last
-            # the mean cross-entropy: minus the blocks' sum, over the terms and rows
-            loss = sum(terms[1:], terms[0]) / -(n_terms * teacher.shape[1])
+            loss, teacher = (self._compiled or _mean_cross_entropy)(
+                teachers, students, center, temperature, self.student_temp
+            )
         self.update_center(teacher)
         return loss
+
+    def compile(self, *args, **kwargs) -> None:
+        """``torch.compile`` the loss but the centre's update (the arguments are
+        ``torch.compile``'s): its passes over the logits fuse, and the values and gradients
+        stay the written-out ones up to float rounding. The teacher temperature may change
+        every step: the second value compiles once more, for any temperature."""
+        self._compiled = torch.compile(_mean_cross_entropy, *args, **kwargs)
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:

@@ -76,6 +76,11 @@ class PretrainMethod(nn.Module):
         (the projection head; the classifier for the supervised baseline)."""
         return getattr(self, "projection_head", None)
 
+    def compile_loss(self) -> None:
+        """``torch.compile`` the method's own loss where that keeps it exact and pays
+        (``pretrain --compile``): DINO's, whose passes over its 65,536 prototypes fuse. The
+        other losses are small beside their networks; they stay as written."""
+
     def before_optimizer_step(self) -> None:
         """Hook between the backward pass and the optimiser step (to drop gradients)."""
 

@@ -137,5 +137,8 @@ class DINO(MomentumMethod):
             student.append(local.unflatten(0, (self.config.n_local, n)))
         return self.criterion(teacher, student, teacher_temp=self.teacher_temperature())
 
+    def compile_loss(self) -> None:
+        self.criterion.compile()
+
     def before_optimizer_step(self) -> None:
         self.projection_head.cancel_last_layer_gradients(self.epoch)

@@ -77,7 +77,8 @@ class PretrainConfig:
         devices: processes per node (GPUs, or CPU processes on the gloo backend).
         num_nodes: machines.
         precision: a Fabric precision; ``auto`` is ``bf16-mixed`` on GPU, ``32-true`` on CPU.
-        compile: ``torch.compile`` the backbone.
+        compile: ``torch.compile`` the backbone, and the method's loss where that pays
+            (``PretrainMethod.compile_loss``: DINO's).
         data_root: where the npz files are (see ``embedkit.data.data_root``).
         download: fetch missing MedMNIST files with medmnist's downloader.
         checkpoint_every: save a checkpoint every this many epochs (and at the end).
@@ -168,6 +169,7 @@ def pretrain(
             method = method.to(memory_format=torch.channels_last)
         if config.compile:
             encoder.backbone.compile()
+            method.compile_loss()
         optimizer = make_optimizer(
             method.parameters(), config.lr, config.weight_decay, fabric.device
         )
