@@ -39,9 +39,9 @@ views of a recorded step replayed), without its loss (a sum, as the networks' ba
 without its momentum update, and without all three (``Ablation``): what each part costs in
 place, in wall time, where a profiler's attribution moves with its own overhead; the step
 without all three should then read about its networks' time. ``--compile-loss`` times the
-method with its loss compiled (``PretrainMethod.compile_loss``: DINO's) against networks as
-written; ``--compile`` also compiles the backbone, on every path, as ``embedkit pretrain
---compile`` does.
+method with its loss compiled (``PretrainMethod.compile_loss``: DINO's, MoCo v1/v2's) against
+networks as written; ``--compile`` also compiles the backbone, on every path, as ``embedkit
+pretrain --compile`` does.
 
 CPU:  python bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 64
       (add --methods dino,mocov1 --ablate all for the parts' costs)
@@ -289,8 +289,8 @@ def main() -> None:
     parser.add_argument(
         "--compile-loss",
         action="store_true",
-        help="torch.compile the method's loss alone (PretrainMethod.compile_loss: DINO's), "
-        "networks as written",
+        help="torch.compile the method's loss alone (PretrainMethod.compile_loss: DINO's, "
+        "MoCo v1/v2's), networks as written",
     )
     parser.add_argument(
         "--host-profile",

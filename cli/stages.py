@@ -128,7 +128,9 @@ def pretrain(
     ] = "auto",
     compile_backbone: Annotated[
         bool,
-        typer.Option("--compile", help="torch.compile the backbone (and DINO's loss)."),
+        typer.Option(
+            "--compile", help="torch.compile the backbone (and the DINO and MoCo v1/v2 losses)."
+        ),
     ] = False,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Epochs between checkpoints.")

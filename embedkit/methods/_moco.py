@@ -38,6 +38,9 @@ class MomentumQueueMethod(MomentumMethod):
         query = self.projection_head(self.encoder(query_views))
         return self.criterion(query, self.momentum_forward(key_views))
 
+    def compile_loss(self) -> None:
+        self.criterion.compile()
+
     def get_extra_state(self) -> dict[str, Any]:
         bank = self.criterion.memory_bank
         return {"bank": bank.bank.detach().cpu().clone(), "ptr": torch.tensor([bank.position])}

@@ -16,6 +16,7 @@ from lightly.loss import NTXentLoss
 from lightly.models import utils as lightly_utils
 from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.utils import dist as lightly_dist
+from torch.nn import functional as F
 
 from ._normalize import normalize
 
@@ -83,14 +84,41 @@ class SyncFreeNTXentLoss(NTXentLoss):
         )
         return self.cross_entropy(logits / self.temperature, labels.repeat(2))
 
-    # torch.compile (seen with 2.14) gets this path's gradients wrong: the bank that its
-    # backward reads is written in the same graph. Inside a compiled caller it runs as written
+    _compiled = None  # ``_queue_cross_entropy`` compiled, once ``compile`` is called
+
+    # torch.compile (seen with 2.14) gets this path's gradients wrong when it traces it whole:
+    # the bank that its backward reads is written in the same graph. So a compiled caller runs
+    # it as written, and ``compile`` compiles the part that leaves the queue alone
     @torch.compiler.disable
     def _queue_loss(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
-        """lightly's loss against the queue: the queue's keys are the negatives."""
-        out0, out1 = normalize(out0), normalize(out1)
-        out1, negatives = self.memory_bank(out1, update=out0.requires_grad)
-        positives = torch.einsum("nc,nc->n", out0, out1).unsqueeze(-1)
-        logits = torch.cat([positives, out0 @ negatives.to(out0.device)], 1)
-        labels = torch.zeros(out0.shape[0], device=out0.device, dtype=torch.long)
-        return self.cross_entropy(logits / self.temperature, labels)
+        """lightly's loss against the queue: the keys queued before this batch's are the
+        negatives (lightly's copy of them, as its ``MemoryBankModule`` returns them), and
+        this batch's keys are queued after."""
+        bank = self.memory_bank
+        negatives = bank.bank.clone()
+        if bank.feature_dim_first:
+            negatives = negatives.transpose(0, -1)
+        loss, keys = (self._compiled or _queue_cross_entropy)(
+            out0, out1, negatives.to(out0.device), self.temperature
+        )
+        if out0.requires_grad:  # lightly's: the queue moves only in a step with a backward
+            bank._dequeue_and_enqueue(keys)
+        return loss
+
+    def compile(self, *args, **kwargs) -> None:
+        """``torch.compile`` the loss against the queue but the queue's update (the arguments
+        are ``torch.compile``'s); the values and gradients stay lightly's up to float
+        rounding. The in-batch loss (no queue) stays as written."""
+        self._compiled = torch.compile(_queue_cross_entropy, *args, **kwargs)
+
+
+def _queue_cross_entropy(
+    query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NT-Xent of each query against its key and the queued ``(dim, K)`` negatives, and the
+    normalised keys, to queue."""
+    query, key = normalize(query), normalize(key)
+    positives = torch.einsum("nc,nc->n", query, key).unsqueeze(-1)
+    logits = torch.cat([positives, query @ negatives], 1)
+    labels = torch.zeros(query.shape[0], device=query.device, dtype=torch.long)
+    return F.cross_entropy(logits / temperature, labels), key

@@ -77,9 +77,10 @@ class PretrainMethod(nn.Module):
         return getattr(self, "projection_head", None)
 
     def compile_loss(self) -> None:
-        """``torch.compile`` the method's own loss where that keeps it exact and pays
-        (``pretrain --compile``): DINO's, whose passes over its 65,536 prototypes fuse. The
-        other losses are small beside their networks; they stay as written."""
+        """``torch.compile`` the method's own loss where that keeps it exact (``pretrain
+        --compile``): DINO's, whose passes over its 65,536 prototypes fuse, and MoCo v1/v2's
+        against their queue. The others are small beside their networks, or gather across
+        processes inside the loss; they stay as written."""
 
     def before_optimizer_step(self) -> None:
         """Hook between the backward pass and the optimiser step (to drop gradients)."""

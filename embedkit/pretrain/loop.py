@@ -78,7 +78,7 @@ class PretrainConfig:
         num_nodes: machines.
         precision: a Fabric precision; ``auto`` is ``bf16-mixed`` on GPU, ``32-true`` on CPU.
         compile: ``torch.compile`` the backbone, and the method's loss where that pays
-            (``PretrainMethod.compile_loss``: DINO's).
+            (``PretrainMethod.compile_loss``: DINO's and MoCo v1/v2's).
         data_root: where the npz files are (see ``embedkit.data.data_root``).
         download: fetch missing MedMNIST files with medmnist's downloader.
         checkpoint_every: save a checkpoint every this many epochs (and at the end).
