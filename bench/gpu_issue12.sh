@@ -39,7 +39,7 @@ if [ "$small" = 1 ]; then
   fi
   if [[ ",${ONLY:-}," == *",compiled,"* ]]; then
     run compiled 120 $PY bench/pretrain_throughput.py --backbone resnet18 --size 28 \
-      --batch-size 8 --steps 1 --rounds 1 --methods dino --compile-loss --ablate loss
+      --batch-size 8 --steps 1 --rounds 1 --methods dino,mocov1 --compile-loss --ablate loss
   fi
   run embed 120 $PY bench/embed_throughput.py --backbone resnet18 --sizes 28,64 --sizes-only \
     --synthetic-images 600 --passes 1 --profile 5
@@ -76,12 +76,14 @@ if [[ ",${ONLY:-}," == *",ablate,"* ]]; then
       --steps 10 --rounds 4 --methods dino --ablate all
   fi
 fi
-# DINO's loss compiled (ONLY=compiled; what `pretrain --compile` adds to the backbone's), the
-# networks as written: its passes over the 65,536 prototypes fuse (on the CPU its cost in place
-# fell from 170 to 54 ms a step). Needs Triton on the device; the first step compiles
+# DINO's and MoCo v1's losses compiled (ONLY=compiled; what `pretrain --compile` adds to the
+# backbone's), the networks as written: DINO's passes over the 65,536 prototypes fuse (on the
+# CPU its cost in place fell from 187 to 49 ms a step). Needs Triton on the device; the first
+# step compiles
 if [[ ",${ONLY:-}," == *",compiled,"* ]]; then
-  run compiled 150 env -u EMBEDKIT_DATA $PY bench/pretrain_throughput.py --backbone resnet50 \
-    --size 64 --batch-size 256 --steps 10 --rounds 6 --methods dino --compile-loss --ablate loss
+  run compiled 180 env -u EMBEDKIT_DATA $PY bench/pretrain_throughput.py --backbone resnet50 \
+    --size 64 --batch-size 256 --steps 10 --rounds 6 --methods dino,mocov1 --compile-loss \
+    --ablate loss
 fi
 # the pipeline against the bare forward, eager and as one CUDA graph, at 28 and 64 px (goal
 # 0.90), A/Bs with the former reads and the former store setting, each part alone and a
