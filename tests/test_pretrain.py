@@ -384,6 +384,25 @@ def test_bad_pretrain_input_writes_nothing(tmp_path, data_root):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_compile_without_a_c_compiler_is_refused_up_front(tmp_path, data_root, monkeypatch):
+    """torch.compile builds C/C++ at the first step: with no compiler on the PATH,
+    ``--compile`` is refused before anything is written, and a ``$CC`` that exists counts."""
+    import shutil
+
+    from embedkit.pretrain.engine import c_compiler
+
+    for name in ("CC", "CXX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert c_compiler() is None
+    with pytest.raises(ConfigError, match="--compile needs a C/C"):
+        pretrain(_config(data_root, compile=True), tmp_path / "run", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    some_program = shutil.which("true", path="/usr/bin:/bin")
+    monkeypatch.setenv("CC", some_program)
+    assert c_compiler() == some_program
+
+
 def test_existing_and_mismatched_runs_are_refused(tiny_run, data_root):
     with pytest.raises(RunError, match="already exists"):
         pretrain(_config(data_root), tiny_run, progress=False)

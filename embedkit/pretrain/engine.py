@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import torch
 
@@ -35,6 +37,11 @@ def check_config(config, n_train: int, min_batch: int) -> None:
     if not 0 <= config.seed < 2**32:
         raise ConfigError(f"--seed must lie in 0..2**32-1 (numpy's range), not {config.seed}")
     check_loggers(config.loggers)
+    if config.compile and not c_compiler():
+        raise ConfigError(
+            "--compile needs a C/C++ compiler for the code torch.compile generates (gcc, "
+            "clang or $CC/$CXX): none found; install one or leave --compile out"
+        )
     if config.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{config.precision}': use {', '.join(PRECISIONS)}")
     world = config.devices * config.num_nodes
@@ -53,6 +60,13 @@ def check_config(config, n_train: int, min_batch: int) -> None:
             f"--batch-size {config.batch_size} x --accumulate {config.accumulate} exceeds the "
             f"{n_train} training images of {config.dataset}: use a smaller batch"
         )
+
+
+def c_compiler() -> str | None:
+    """A C/C++ compiler on the PATH, as torch.compile needs one: inductor builds its CPU
+    kernels with a C++ compiler, and Triton its GPU launchers with a C one."""
+    names = [os.environ.get("CXX"), os.environ.get("CC"), "g++", "gcc", "clang++", "clang"]
+    return next((found for name in names if name and (found := shutil.which(name))), None)
 
 
 def make_fabric(config, device: torch.device):
