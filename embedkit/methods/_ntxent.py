@@ -58,6 +58,8 @@ class SyncFreeNTXentLoss(NTXentLoss):
     """lightly's ``NTXentLoss`` (same arguments and value) without host synchronisation,
     normalising with a written-out gradient (``_normalize``)."""
 
+    _compiled = None  # ``_queue_cross_entropy`` compiled, once ``compile`` is called
+
     def __init__(self, temperature: float = 0.5, memory_bank_size=0, gather_distributed=False):
         super().__init__(temperature, 0, gather_distributed)  # lightly's checks, no bank
         self.memory_bank = HostPointerMemoryBank(memory_bank_size, gather_distributed)
@@ -83,8 +85,6 @@ class SyncFreeNTXentLoss(NTXentLoss):
             ]
         )
         return self.cross_entropy(logits / self.temperature, labels.repeat(2))
-
-    _compiled = None  # ``_queue_cross_entropy`` compiled, once ``compile`` is called
 
     # torch.compile (seen with 2.14) gets this path's gradients wrong when it traces it whole:
     # the bank that its backward reads is written in the same graph. So a compiled caller runs
