@@ -21,6 +21,7 @@ from embedkit.methods import get_method
 from embedkit.methods.dino import local_crop_size
 from embedkit.methods.mocov3 import contrastive_loss
 from embedkit.pretrain import PretrainConfig, pretrain
+from embedkit.pretrain.engine import c_compiler
 
 
 def _images(n=8, size=28):
@@ -405,15 +406,7 @@ def test_fused_dino_loss_centre_with_bfloat16_weights():
         torch.testing.assert_close(loss.center, expected, rtol=1e-5, atol=1e-6)
 
 
-def _has_cxx() -> bool:
-    import shutil
-
-    return any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "c++", "clang++"))
-
-
-_NEEDS_CXX = pytest.mark.skipif(
-    not _has_cxx(), reason="torch.compile on a CPU needs a C++ compiler"
-)
+_NEEDS_CXX = pytest.mark.skipif(not c_compiler(), reason="torch.compile needs a C/C++ compiler")
 
 
 @pytest.mark.parametrize(

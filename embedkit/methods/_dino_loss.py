@@ -77,13 +77,12 @@ def _mean_cross_entropy(
     center: torch.Tensor,
     temperature: float,
     student_temp: float,
+    n_terms: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DINO's mean cross-entropy over ``(K, B, D)`` blocks of teacher and student views
-    (numbered in order, view ``i`` of each side matching), and the teacher's output in the
-    sums' dtype, for the centre's update."""
+    (numbered in order, view ``i`` of each side matching; ``n_terms`` pairs of views), and
+    the teacher's output in the sums' dtype, for the centre's update."""
     n_teacher = sum(block.shape[0] for block in teachers)
-    n_student = sum(block.shape[0] for block in students)
-    n_terms = n_teacher * n_student - min(n_teacher, n_student)
     dtype = torch.promote_types(teachers[0].dtype, torch.float32)
     teacher = torch.cat(teachers).to(dtype) if len(teachers) > 1 else teachers[0].to(dtype)
     probabilities = F.softmax((teacher - center) / temperature, dim=-1)
@@ -129,9 +128,8 @@ class FusedDINOLoss(DINOLoss):
         teachers, students = _blocks(teacher_out), _blocks(student_out)
         n_teacher = sum(block.shape[0] for block in teachers)
         n_student = sum(block.shape[0] for block in students)
-        if n_teacher * n_student == min(n_teacher, n_student) or (
-            teacher_temp is None and epoch is not None
-        ):
+        n_terms = n_teacher * n_student - min(n_teacher, n_student)
+        if n_terms == 0 or (teacher_temp is None and epoch is not None):
             # lightly's error for too few views, or its per-epoch temperature schedule
             teacher_list = [view for block in teachers for view in block]
             student_list = [view for block in students for view in block]
@@ -141,7 +139,7 @@ class FusedDINOLoss(DINOLoss):
         center = self.center if self._compiled is None else self.center.clone()
         with torch.autocast(teachers[0].device.type, enabled=False):
             loss, teacher = (self._compiled or _mean_cross_entropy)(
-                teachers, students, center, temperature, self.student_temp
+                teachers, students, center, temperature, self.student_temp, n_terms
             )
         self.update_center(teacher)
         return loss
