@@ -313,6 +313,10 @@ def main() -> None:
     if unknown := set(args.ablate) - set(ABLATIONS):
         choices = ", ".join(ABLATIONS)
         parser.error(f"--ablate: unknown {', '.join(sorted(unknown))}; use all or {choices}")
+    from embedkit.pretrain.engine import c_compiler
+
+    if (args.compile or args.compile_loss) and not c_compiler():
+        parser.error("--compile and --compile-loss need a C/C++ compiler (gcc, clang, $CC)")
 
     from embedkit.augment import to_float
     from embedkit.data import load_split
