@@ -55,12 +55,17 @@ def _readme_quickstart_table() -> dict[str, dict[str, float]]:
 
 def test_readme_quickstart_table_matches_a_fresh_quickstart():
     """CI runs `embedkit quickstart` at the repository root before the tests: the README's
-    table (written by notebooks/render.py) must show what that run printed, to within the
-    last-digit differences of another machine."""
+    table (written by notebooks/render.py) must show what that run printed, to within what
+    another machine moves: 0.03, or for a probe's mean over seeds the 95 % interval the
+    probe reports for it, where that is wider. The 1 % probe fits 12 labelled images per
+    seed: SimCLR's mean read 0.764 (interval +-0.42) where the table was rendered and 0.718
+    (+-0.57, one seed at 0.45) on an AVX2-only CPU, whose kernels round 30 epochs of
+    training differently; its 10 % and 100 % columns, at +-0.002, stay within 0.03."""
     import json
 
     import polars as pl
 
+    from embedkit.eval.probe import summarise_probe
     from embedkit.quickstart import QuickstartConfig
     from embedkit.utils import to_jsonable
 
@@ -71,13 +76,22 @@ def test_readme_quickstart_table_matches_a_fresh_quickstart():
     if config != to_jsonable(QuickstartConfig()):
         pytest.skip("embedkit-quickstart/ was made with other settings than the defaults")
     fresh = pl.read_parquet(folder / "summary.parquet")
+    seeds = summarise_probe(pl.read_parquet(folder / "probe.parquet"))
+    spread = {  # (encoder, summary column): the 95 % interval of its mean over seeds
+        (row["encoder"], f"probe_acc_{row['label_fraction']:g}".replace(".", "_")): (
+            row["accuracy_ci95"] or 0.0
+        )
+        for row in seeds.iter_rows(named=True)
+    }
+    assert len(spread) == 6 and all(column in fresh.columns for _, column in spread)
     table = _readme_quickstart_table()
     assert sorted(table) == sorted(fresh["encoder"].to_list())
     for row in fresh.iter_rows(named=True):
         shown = table[row["encoder"]]
         assert list(shown) == [c for c in fresh.columns if c != "encoder"]
         for column, value in shown.items():
-            assert value == pytest.approx(row[column], abs=0.03), (
+            tolerance = max(0.03, spread.get((row["encoder"], column), 0.0))
+            assert value == pytest.approx(row[column], abs=tolerance), (
                 f"README's quickstart table is stale ({row['encoder']}, {column}): "
                 f"run `.venv/bin/python notebooks/render.py`"
             )
