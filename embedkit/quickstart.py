@@ -122,13 +122,18 @@ def quickstart(
     return QuickstartResult(summary, run, tuple(s.path for s in stores), tables)
 
 
+def probe_column(label_fraction: float) -> str:
+    """The summary's column of the probe at ``label_fraction`` (``probe_acc_0_01`` for 1 %)."""
+    return f"probe_acc_{label_fraction:g}".replace(".", "_")
+
+
 def summarise(
     probe_table: pl.DataFrame, knn_table: pl.DataFrame, ood_table: pl.DataFrame
 ) -> pl.DataFrame:
     """One row per encoder: probe accuracy per label fraction, kNN accuracy, OOD AUROC/FPR95."""
     columns: dict[str, dict[str, float]] = {}
     for row in summarise_probe(probe_table).iter_rows(named=True):
-        name = f"probe_acc_{row['label_fraction']:g}".replace(".", "_")
+        name = probe_column(row["label_fraction"])
         columns.setdefault(row["encoder"], {})[name] = row["accuracy"]
     for row in knn_table.iter_rows(named=True):
         columns.setdefault(row["encoder"], {})["knn_acc"] = row["accuracy"]

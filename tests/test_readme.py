@@ -66,7 +66,7 @@ def test_readme_quickstart_table_matches_a_fresh_quickstart():
     import polars as pl
 
     from embedkit.eval.probe import summarise_probe
-    from embedkit.quickstart import QuickstartConfig
+    from embedkit.quickstart import QuickstartConfig, probe_column
     from embedkit.utils import to_jsonable
 
     folder = ROOT / "embedkit-quickstart"
@@ -78,9 +78,7 @@ def test_readme_quickstart_table_matches_a_fresh_quickstart():
     fresh = pl.read_parquet(folder / "summary.parquet")
     seeds = summarise_probe(pl.read_parquet(folder / "probe.parquet"))
     spread = {  # (encoder, summary column): the 95 % interval of its mean over seeds
-        (row["encoder"], f"probe_acc_{row['label_fraction']:g}".replace(".", "_")): (
-            row["accuracy_ci95"] or 0.0
-        )
+        (row["encoder"], probe_column(row["label_fraction"])): row["accuracy_ci95"] or 0.0
         for row in seeds.iter_rows(named=True)
     }
     assert len(spread) == 6 and all(column in fresh.columns for _, column in spread)
