@@ -26,6 +26,7 @@ from torch import nn
 from .catalog import BACKBONE_SPECS, BackboneSpec
 from .errors import ConfigError, WeightsUnavailableError
 from .registry import Registry
+from .small_map_conv import unfold_pays, use_unfold_weight_grads
 from .utils import torch_file_problem
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -147,6 +148,8 @@ def _create(spec: BackboneSpec, image_size: int, patch_size: int, tag: str | Non
     if spec.small_stem:
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
+    if unfold_pays():
+        use_unfold_weight_grads(model)
     return model
 
 
