@@ -62,7 +62,9 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def stamp() -> dict[str, str]:
-    """Who made an artefact and when: embedkit's version and a UTC time."""
+    """Who made an artefact and when: embedkit's version, a UTC time, torch's version and the
+    CPU's instruction set as torch dispatches on it (which decides, for one, whether
+    ``small_map_conv`` computes the small convolutions' weight gradients)."""
     import torch
 
     from . import __version__
@@ -71,6 +73,7 @@ def stamp() -> dict[str, str]:
         "embedkit_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch_version": str(torch.__version__),  # a str subclass yaml would tag
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

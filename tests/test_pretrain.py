@@ -323,6 +323,7 @@ def test_run_folder(tiny_run):
     assert config["pretrain"]["method"] == "simclr"
     assert config["method_config"]["temperature"] == 0.2
     assert config["data_files"][0]["origin"] == "generated"
+    assert config["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # the kernels
     lines = (tiny_run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1200 // 64 and np.isfinite(json.loads(lines[-1])["loss"])
     encoder = create_encoder("resnet18", str(tiny_run / "encoder.safetensors"))
