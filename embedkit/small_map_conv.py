@@ -1,19 +1,20 @@
 """Faster convolution weight gradients on AVX2-only CPUs where the map has shrunk to 2 x 2.
 
 oneDNN 3.12 (inside torch 2.14) computes a convolution's weight gradient with brgemm
-kernels on AVX-512 CPUs, but on AVX2-only ones (most laptops, many cloud VMs) it falls back
-to a generic gemm that is slow where the output map is tiny. ResNets end at 2 x 2 and 1 x 1
-pixels at 28 px and at 2 x 2 at 64 px; there, one 512 -> 512 3 x 3 layer at batch 256 takes
-137 ms for its weight gradient against 14 ms for the same sum written as one ``unfold`` and
-one matrix product. Below 2 x 2 the matrix product wins for every ResNet-18 / ResNet-50
-layer; at 4 x 4 and above oneDNN does (BENCHMARKS.md, "AVX2-only"). A ResNet-18 training
-step at 28 px on such a CPU runs about 1.8 x faster with those layers switched.
+kernels on AVX-512 CPUs, but on AVX2-only ones (many laptops and cloud VMs) it falls back to
+a generic gemm that is slow where the output map is tiny. ResNets end at 2 x 2 and 1 x 1
+pixels at 28 px and at 2 x 2 at 64 px; there, one 512 -> 512 3 x 3 layer at batch 256 spends
+107 ms on its weight gradient against 16.5 ms for the same sum written as one ``unfold`` and
+one matrix product. At 2 x 2 and below the matrix product wins on every 3 x 3 layer of
+ResNet-18 / ResNet-50 and on most 1 x 1 ones; at 4 x 4 oneDNN mostly does
+(``bench/cpu_small_maps.py``, BENCHMARKS.md). A ResNet-18 training step at 28 px on such a
+CPU runs 1.7-1.9 x faster with those layers switched.
 
 ``use_unfold_weight_grads`` switches the ``nn.Conv2d`` layers of a model in place. The
 forward pass and the input's gradient stay oneDNN's; only the weight's (and bias's) gradient
 is computed here, and only on the CPU, in float32 without autocast, outside
 ``torch.compile``, with a 2 x 2 or smaller output. Everything else, the GPU included, takes
-``nn.Conv2d``'s own path. The gradients agree with oneDNN's to about 3e-7 relative.
+``nn.Conv2d``'s own path. A whole ResNet's gradients agree with oneDNN's to 5e-7 relative.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class SmallMapConv2d(nn.Conv2d):
 
     def _conv_forward(self, input, weight, bias):
         if (
-            input.device.type == "cpu"
+            input.is_cpu
             and input.dtype == weight.dtype == torch.float32
             and weight.requires_grad
             and torch.is_grad_enabled()

@@ -66,6 +66,8 @@ def test_larger_maps_frozen_weights_no_grad_and_autocast_keep_the_plain_path():
         assert switched(torch.randn(2, 4, 2, 2)).grad_fn is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert switched(torch.randn(2, 4, 2, 2)).grad_fn.name() != UNFOLD
+    on_meta = copy.deepcopy(switched).to("meta")  # another device than the CPU, as a GPU
+    assert on_meta(torch.randn(2, 4, 2, 2, device="meta")).grad_fn.name() == "ConvolutionBackward0"
     switched.weight.requires_grad_(False)  # the bias still learns
     assert switched(torch.randn(2, 4, 2, 2)).grad_fn.name() == "ConvolutionBackward0"
     # grouped, depthwise and non-zero padding modes are left as they are
