@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedkit.backbones import create_encoder
-from embedkit.small_map_conv import SmallMapConv2d, unfold_pays, use_unfold_weight_grads
+from embedkit.small_map_conv import (
+    SmallMapConv2d,
+    unfold_pays,
+    unfold_weight_grad,
+    use_unfold_weight_grads,
+)
 
 BATCH = 256
 
@@ -71,9 +76,7 @@ def layer_times(c_in, c_out, kernel, stride, pad, side) -> tuple[float, float, f
         return lambda: torch.ops.aten.convolution_backward(g, x, w, None, *geometry, mask)
 
     def unfold():
-        cols = F.unfold(x, kernel, padding=pad, stride=stride)
-        per_position = g.reshape(BATCH, c_out, -1).transpose(0, 1).reshape(c_out, -1)
-        return per_position @ cols.transpose(0, 1).reshape(cols.shape[1], -1).t()
+        return unfold_weight_grad(x, g, w.shape, (stride, stride), (pad, pad), (1, 1))
 
     return (
         best_ms(onednn([False, True, False])),

@@ -32,6 +32,18 @@ def unfold_pays() -> bool:
     return torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
+def unfold_weight_grad(x, grad, weight_shape, stride, padding, dilation) -> torch.Tensor:
+    """The gradient of ``F.conv2d(x, weight, ...)`` (groups 1) for ``weight``, given the
+    output's gradient ``grad``, as one ``unfold`` of ``x`` and one matrix product."""
+    columns = F.unfold(x, weight_shape[2:], dilation, padding, stride)  # (N, C k k, L)
+    out_channels = weight_shape[0]
+    per_position = grad.reshape(grad.shape[0], out_channels, -1)  # (N, out, L)
+    grad_weight = per_position.transpose(0, 1).reshape(out_channels, -1) @ (
+        columns.transpose(0, 1).reshape(columns.shape[1], -1).t()
+    )
+    return grad_weight.view(weight_shape)
+
+
 class _UnfoldWeightGrad(torch.autograd.Function):
     """``F.conv2d`` (groups 1, zero padding) whose weight gradient is unfold + one matmul."""
 
@@ -53,13 +65,7 @@ class _UnfoldWeightGrad(torch.autograd.Function):
                 grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1, only_input
             )[0]
         if need_weight:
-            columns = F.unfold(x, weight.shape[2:], dilation, padding, stride)  # (N, C k k, L)
-            out_channels = weight.shape[0]
-            per_position = grad.reshape(grad.shape[0], out_channels, -1)  # (N, out, L)
-            grad_weight = per_position.transpose(0, 1).reshape(out_channels, -1) @ (
-                columns.transpose(0, 1).reshape(columns.shape[1], -1).t()
-            )
-            grad_weight = grad_weight.view_as(weight)
+            grad_weight = unfold_weight_grad(x, grad, weight.shape, stride, padding, dilation)
         if need_bias:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None
