@@ -168,7 +168,7 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, p
     alternating pass by pass, and the largest difference between the stored features and the
     bare forward's, relative to the features' largest magnitude."""
     from embedkit.augment import to_float
-    from embedkit.embed import encode, inference
+    from embedkit.primitives import encode, inference
     from embedkit.store import EmbeddingStore, StoreWriter, chunks
 
     n = len(images)
@@ -186,7 +186,7 @@ def bare_and_pipeline(encoder, images, batch_size, device, passes, root: Path, p
 
     paths = {"bare": bare}
     if device.type == "cuda" and n % batch_size == 0:  # the forward as embed() runs it
-        from embedkit.embed.inference import GraphedForward
+        from embedkit.primitives.inference import GraphedForward
 
         with torch.inference_mode():
             uint8 = [
@@ -271,7 +271,7 @@ def pipeline_parts(encoder, images, batch_size, device) -> dict[str, float]:
     without the store, the latter on all images and on a quarter of them (the difference
     separates a pass's fixed cost, such as a CUDA graph's capture, from its cost per batch)."""
     from embedkit.embed import encode
-    from embedkit.embed.inference import StagingRing, prefetched_batches
+    from embedkit.primitives.inference import StagingRing, prefetched_batches
 
     def reads(fresh_pins: bool = False):
         def run() -> None:  # nothing reads the batches: no release, buffers simply reused

@@ -47,8 +47,8 @@ def timed(fn):
 def bench_knn(bank_size: int, queries: int, dim: int, k: int, sklearn: bool) -> None:
     from sklearn.neighbors import NearestNeighbors
 
-    from embedkit.eval.neighbors import l2_normalise
     from embedkit.ood.knn import KNNScorer
+    from embedkit.primitives.neighbors import l2_normalise
 
     rng = np.random.default_rng(0)
     bank = rng.normal(size=(bank_size, dim)).astype(np.float32)
@@ -80,7 +80,7 @@ def bench_knn(bank_size: int, queries: int, dim: int, k: int, sklearn: bool) -> 
     # faiss does not see; here on the device torch sees
     import torch
 
-    from embedkit.eval.neighbors import NeighborIndex, resolve_backend
+    from embedkit.primitives.neighbors import NeighborIndex, resolve_backend
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     NeighborIndex(bank_n[:100], "ip", backend="torch", device=device).search(query_n[:10], k)
@@ -280,7 +280,7 @@ def _sklearn_optimum(xs: np.ndarray, y: np.ndarray, l2: float):
 
 def bench_optimum(store) -> None:
     from embedkit.eval import ProbeConfig
-    from embedkit.eval.linear import fit_linear
+    from embedkit.primitives.linear import fit_linear
 
     print("optimum  dataset          l2      gap(probe) iters  time    gap(200 it)  sklearn")
     worst = 0.0

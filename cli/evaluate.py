@@ -307,8 +307,8 @@ def report(
 ) -> None:
     """A Markdown or HTML summary of result tables and pretraining runs, with figures."""
     from embedkit.eval.results import read_provenance
-    from embedkit.pretrain import read_metrics
     from embedkit.report import ReportConfig, build_report, read_scores, read_table
+    from embedkit.runs import read_metrics
     from embedkit.utils import check_output_folder
 
     def action():

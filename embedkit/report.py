@@ -131,7 +131,7 @@ class _Document:
 
 
 def _runs_section(doc: _Document, runs: list[Path]) -> None:
-    from .pretrain import read_metrics, summarise_runs
+    from .runs import read_metrics, summarise_runs
 
     doc.heading("Pretraining runs")
     summary = summarise_runs(runs)

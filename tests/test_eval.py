@@ -7,13 +7,13 @@ import pytest
 from embedkit.errors import ConfigError, StoreError
 from embedkit.eval import KNNConfig, OODConfig, ProbeConfig, evaluate_ood, knn_classify, probe
 from embedkit.eval.knn import knn_predict
-from embedkit.eval.metrics import ood_metrics
 from embedkit.eval.probe import summarise_probe
 from embedkit.ood import SCORERS, NotFittedError, get_scorer
 from embedkit.ood.knn import KNNScorer
 from embedkit.ood.mahalanobis import MahalanobisScorer
 from embedkit.ood.relative_mahalanobis import RelativeMahalanobisScorer
 from embedkit.ood.vim import ViMScorer
+from embedkit.primitives.metrics import ood_metrics
 from embedkit.store import EmbeddingStore
 
 

@@ -23,7 +23,8 @@ from embedkit.cli.main import app
 from embedkit.embed import EmbedConfig, embed
 from embedkit.errors import RunError, StoreError
 from embedkit.lock import LOCK, FolderLock
-from embedkit.pretrain import CHECKPOINT, PretrainConfig, pretrain
+from embedkit.pretrain import PretrainConfig, pretrain
+from embedkit.runs import CHECKPOINT
 from embedkit.store import EmbeddingStore, StoreWriter, verify_store
 
 runner = CliRunner()

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from embedkit.eval import ProbeConfig, probe
-from embedkit.eval.linear import fit_linear
 from embedkit.eval.probe import fit_probe
+from embedkit.primitives.linear import fit_linear
 
 GRID = ProbeConfig().l2_grid
 

@@ -3,7 +3,7 @@ import pytest
 from sklearn import metrics as skm
 
 from embedkit.errors import ConfigError
-from embedkit.eval.metrics import classification_metrics, ood_metrics
+from embedkit.primitives.metrics import classification_metrics, ood_metrics
 
 
 def _openood_reference(id_scores, ood_scores):

@@ -4,9 +4,9 @@ finds, checked on the CPU."""
 import numpy as np
 import pytest
 
-import embedkit.eval.neighbors as neighbors
+import embedkit.primitives.neighbors as neighbors
 from embedkit.errors import ConfigError
-from embedkit.eval.neighbors import NeighborIndex, l2_normalise
+from embedkit.primitives.neighbors import NeighborIndex, l2_normalise
 
 
 def _same_neighbours(bank, queries, metric, k):

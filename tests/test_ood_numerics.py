@@ -8,8 +8,8 @@ import contextlib
 import numpy as np
 from sklearn.covariance import EmpiricalCovariance
 
-from embedkit.eval.linear import LinearHead
 from embedkit.ood import get_scorer
+from embedkit.primitives.linear import LinearHead
 
 
 def _rank_deficient(n: int, seed: int) -> np.ndarray:
@@ -134,7 +134,7 @@ def test_the_knn_scorers_torch_search_uploads_each_ood_split_once_per_store(
 ):
     """Where the torch search runs (a GPU that FAISS does not see), the kNN scorer's unit
     rows of each OOD split are made once per store, with the same scores as per ID dataset."""
-    import embedkit.eval.neighbors as neighbors
+    import embedkit.primitives.neighbors as neighbors
     from embedkit.eval import OODConfig, evaluate_ood
 
     monkeypatch.setattr(neighbors, "resolve_backend", lambda backend="auto": "torch")

@@ -208,8 +208,8 @@ def test_retrieval_grid_finds_the_query_itself_first(demo_store):
 
 def test_score_histograms_and_roc_curves_show_every_dataset(demo_store):
     from embedkit.eval import sample_scores
-    from embedkit.eval.metrics import ood_metrics
     from embedkit.plots import roc_curves, score_histograms
+    from embedkit.primitives.metrics import ood_metrics
 
     scores = sample_scores(demo_store, "demo-med", "knn")
     assert set(scores["dataset"].unique()) == {"demo-med", "demo-natural", "demo-texture"}
@@ -276,7 +276,7 @@ def test_training_curves_show_loss_epoch_means_and_knn():
 
 
 def test_report_draws_pretraining_runs(tmp_path, tiny_run):
-    from embedkit.pretrain import read_metrics
+    from embedkit.runs import read_metrics
 
     text = build_report(tmp_path / "r", runs=[tiny_run]).read_text()
     metrics = read_metrics(tiny_run)
@@ -314,7 +314,7 @@ def _fake_run(folder, method, losses_per_epoch, knn=None):
 
 def test_runs_are_summarised_and_compared(tmp_path):
     from embedkit.plots import compare_runs
-    from embedkit.pretrain import read_metrics, summarise_runs
+    from embedkit.runs import read_metrics, summarise_runs
 
     a = _fake_run(tmp_path / "a", "simclr", [[4.0, 3.0], [2.0, 1.0]], knn=[0.5, 0.8])
     b = _fake_run(tmp_path / "b", "vicreg", [[30.0, 20.0, 10.0]])

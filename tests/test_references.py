@@ -15,9 +15,9 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from embedkit.eval.linear import LinearHead
-from embedkit.eval.metrics import ood_metrics
 from embedkit.ood import get_scorer
+from embedkit.primitives.linear import LinearHead
+from embedkit.primitives.metrics import ood_metrics
 
 pytorch_ood = pytest.importorskip(
     "pytorch_ood", reason="pytorch-ood (a test extra: pip install -e '.[test]') is not installed"

@@ -8,8 +8,8 @@ import zarr
 from embedkit.backbones import create_encoder
 from embedkit.data import load_split
 from embedkit.embed import EmbedConfig, embed, encode
-from embedkit.embed.inference import StagingRing, prefetched_batches
 from embedkit.errors import RunError, StoreError
+from embedkit.primitives.inference import StagingRing, prefetched_batches
 from embedkit.store import EmbeddingStore, chunk_rows
 
 
@@ -210,7 +210,7 @@ def test_with_head_stores_the_projection_beside_the_features(tmp_path, tiny_run,
     from embedkit.data import load_split
     from embedkit.embed import EmbedConfig, embed
     from embedkit.errors import ConfigError, StoreError
-    from embedkit.pretrain import load_head
+    from embedkit.runs import load_head
     from embedkit.store import verify_store
 
     config = EmbedConfig(

@@ -29,10 +29,10 @@ from ..data import (
 from ..data.loading import candidate_files, data_root
 from ..distributed import Shard
 from ..errors import ConfigError, DataNotFoundError, StoreError
-from ..pretrain import ENCODER_FILE, load_head, read_finished_run
+from ..primitives.inference import EncoderWithHead, encode
+from ..runs import ENCODER_FILE, load_head, read_finished_run
 from ..store import DTYPES, EmbeddingStore, StoreWriter, check_store_path
 from ..utils import disk_free, format_bytes, os_error_message, resolve_device, to_jsonable
-from .inference import EncoderWithHead, encode
 
 log = logging.getLogger(__name__)
 

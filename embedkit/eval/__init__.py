@@ -1,7 +1,7 @@
 """Evaluations that read only embedding stores: probes, kNN classification, OOD detection."""
 
+from ..primitives.metrics import classification_metrics, ood_metrics
 from .knn import KNNConfig, knn_classify
-from .metrics import classification_metrics, ood_metrics
 from .ood import OODConfig, evaluate_ood, sample_scores, summarise_ood_groups
 from .probe import ProbeConfig, probe, summarise_probe
 from .results import write_table

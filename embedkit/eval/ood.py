@@ -21,9 +21,9 @@ import polars as pl
 from ..errors import ConfigError, EmbedkitError
 from ..ood._shared import keep, keeping, sharing
 from ..ood.plugins import resolve_scorer
+from ..primitives.metrics import ood_metrics
 from ..registry import value_fits
 from ..store import EmbeddingStore
-from .metrics import ood_metrics
 from .results import check_stores, encoder_columns, store_datasets
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Linear probes on cached embeddings at label fractions, hyperparameters chosen on val.
 
 For each label fraction and seed, a stratified subset of the training split (see
-``embedkit.data.label_fraction_indices``) trains a linear head (``embedkit.eval.linear``)
+``embedkit.data.label_fraction_indices``) trains a linear head (``embedkit.primitives.linear``)
 for each L2 strength (and, for the ``sgd`` protocol, each learning rate); the setting with
 the best validation accuracy is scored on the test split.
 """
@@ -18,9 +18,9 @@ import polars as pl
 
 from ..data.sampler import check_fraction, label_fraction_indices
 from ..errors import ConfigError, StoreError
+from ..primitives.linear import PROTOCOLS, LinearHead, fit_linear
+from ..primitives.metrics import classification_metrics
 from ..store import EmbeddingStore
-from .linear import PROTOCOLS, LinearHead, fit_linear
-from .metrics import classification_metrics
 from .results import check_stores, encoder_columns, mean_ci, store_datasets
 
 log = logging.getLogger(__name__)

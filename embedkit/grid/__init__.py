@@ -12,9 +12,6 @@ study's tables and findings.
 - ``collect``: long tables over all cells; ``findings``: the study's tables and sentences.
 """
 
-from .spec import EvaluationPlan, GridSpec, load_grid, parse_grid, presets
-
-# isort: split
 from .cells import Cell, expand
 from .collect import Collected, collect
 from .execute import Resources, run_cell
@@ -22,6 +19,7 @@ from .findings import Finding
 from .plan import plan
 from .runner import read_output, run_grid, status
 from .slurm import SlurmOptions, submit_slurm
+from .spec import EvaluationPlan, GridSpec, load_grid, parse_grid, presets
 
 __all__ = [
     "Cell",

@@ -299,8 +299,8 @@ def parse_grid(text: str, origin: str = "<text>", base: str | Path = ".") -> Gri
 
 
 def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> EvaluationPlan:
-    from ..eval.linear import PROTOCOLS
     from ..ood import SCORERS
+    from ..primitives.linear import PROTOCOLS
     from ..store import DTYPES
 
     _unknown_keys(origin, table, EVALUATE_OPTIONS, "evaluate.")

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 
 from ..errors import ConfigError
-from ..eval.linear import LinearHead, fit_linear
+from ..primitives.linear import LinearHead, fit_linear
 from ._gaussian import as_float64
 from ._shared import active, shared
 from .base import OODScorer

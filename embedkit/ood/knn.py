@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..eval.neighbors import NeighborIndex
+from ..primitives.neighbors import NeighborIndex
 from . import register_scorer
 from ._shared import kept, shared
 from .base import OODScorer

@@ -8,8 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
-from ..eval.neighbors import NeighborIndex, l2_normalise
 from ..eval.results import store_datasets
+from ..primitives.neighbors import NeighborIndex, l2_normalise
 from ..store import EmbeddingStore
 
 PROJECTIONS = ("pca", "umap")

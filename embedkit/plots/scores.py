@@ -7,7 +7,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
-from ..eval.metrics import ood_metrics
+from ..primitives.metrics import ood_metrics
 
 
 def _check(scores: pl.DataFrame) -> tuple[np.ndarray, list[str]]:

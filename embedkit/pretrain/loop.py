@@ -36,12 +36,7 @@ import torch
 from ..backbones import create_encoder, patch_size_for
 from ..data import dataset_classes, dataset_task, load_split
 from ..methods import get_method, method_config
-from ..utils import resolve_device, stamp, to_jsonable
-from .engine import check_config, make_fabric, make_optimizer, make_scheduler
-from .epoch import EpochLoop, epoch_line
-from .loggers import RunLoggers
-from .monitor import KNNMonitor
-from .runs import (
+from ..runs import (
     CHECKPOINT,
     export_encoder,
     mark_progress,
@@ -51,6 +46,11 @@ from .runs import (
     truncate_metrics,
     unreadable_checkpoint,
 )
+from ..utils import resolve_device, stamp, to_jsonable
+from .engine import check_config, make_fabric, make_optimizer, make_scheduler
+from .epoch import EpochLoop, epoch_line
+from .loggers import RunLoggers
+from .monitor import KNNMonitor
 
 log = logging.getLogger(__name__)
 

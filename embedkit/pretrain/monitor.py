@@ -1,7 +1,7 @@
 """The online kNN monitor: how well the encoder's features classify, while it trains.
 
 Every few epochs the encoder embeds a fixed subset of the training split (the bank) and the
-validation split, and the weighted kNN classifier of ``embedkit.eval.knn`` (cosine, k = 20,
+validation split, and the weighted kNN vote of ``embedkit.primitives.neighbors`` (cosine, k = 20,
 T = 0.07) reports validation accuracy. Nothing random is drawn from the training RNGs, so
 monitoring does not change the run; it costs one inference pass over bank and validation.
 """
@@ -13,9 +13,9 @@ import torch
 
 from ..backbones import Encoder
 from ..data import SplitData
-from ..embed import encode
-from ..eval.knn import KNNConfig, knn_predict
-from ..eval.metrics import classification_metrics
+from ..primitives.inference import encode
+from ..primitives.metrics import classification_metrics
+from ..primitives.neighbors import knn_predict
 
 
 class KNNMonitor:
@@ -58,6 +58,6 @@ class KNNMonitor:
             val = self._embed(encoder, self.val_images, device)
         finally:
             encoder.train()
-        proba = knn_predict(bank, self.bank_labels, val, self.n_classes, self.task, KNNConfig())
+        proba = knn_predict(bank, self.bank_labels, val, self.n_classes, self.task)
         metrics = classification_metrics(self.val_labels, proba, self.task)
         return {"knn_accuracy": metrics["accuracy"], "knn_auc": metrics["auc"]}

@@ -9,6 +9,7 @@ float32: they return the same neighbours up to the order of tied scores.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -150,3 +151,57 @@ class NeighborIndex:
                 scores.append(values.cpu())
                 indices.append(rows.cpu())
         return torch.cat(scores).numpy(), torch.cat(indices).numpy().astype(np.int64)
+
+
+WEIGHTINGS = ("weighted", "majority")
+METRICS = ("cosine", "l2")
+
+
+@dataclass(frozen=True)
+class KNNVote:
+    """How the neighbours of a query vote (``knn_predict``).
+
+    Attributes:
+        k: neighbours.
+        temperature: softness of the weighted vote.
+        weighting: ``weighted`` or ``majority``.
+        metric: ``cosine`` or ``l2``.
+    """
+
+    k: int = 20
+    temperature: float = 0.07
+    weighting: str = "weighted"
+    metric: str = "cosine"
+
+
+def knn_predict(bank_x, bank_y, queries, n_classes: int, task: str, config: KNNVote = KNNVote()):
+    """Class (or label) probabilities of ``queries`` from their neighbours in the bank."""
+    if config.weighting not in WEIGHTINGS:
+        raise ConfigError(
+            f"unknown kNN weighting '{config.weighting}': use {' or '.join(WEIGHTINGS)}"
+        )
+    if config.metric not in METRICS:
+        raise ConfigError(f"unknown kNN metric '{config.metric}': use {' or '.join(METRICS)}")
+    if config.k < 1:
+        raise ConfigError(f"k must be at least 1, not {config.k}")
+    if config.weighting == "weighted" and not config.temperature > 0:
+        raise ConfigError(
+            f"the temperature of the weighted vote must be above 0, not {config.temperature} "
+            f"(solo-learn uses 0.07; --weighting majority takes no temperature)"
+        )
+    if config.metric == "cosine":
+        index = NeighborIndex(bank_x, metric="cosine")  # rows normalised where it searches
+        similarity, neighbours = index.search(queries, config.k)
+    else:
+        squared, neighbours = NeighborIndex(bank_x, metric="l2").search(queries, config.k)
+        similarity = -np.sqrt(np.maximum(squared, 0.0))
+    if config.weighting == "weighted":
+        weights = np.exp((similarity - similarity.max(axis=1, keepdims=True)) / config.temperature)
+    else:
+        weights = np.ones_like(similarity)
+    if task == "multi-label":
+        votes = np.einsum("qk,qkl->ql", weights, bank_y[neighbours].astype(np.float64))
+    else:
+        votes = np.zeros((len(queries), n_classes))
+        np.add.at(votes, (np.arange(len(queries))[:, None], bank_y.ravel()[neighbours]), weights)
+    return votes / weights.sum(axis=1, keepdims=True)

@@ -13,10 +13,10 @@ from typing import Any
 import polars as pl
 from torch import nn
 
-from ..backbones import Encoder, state_sha256
-from ..errors import RunError
-from ..lock import LOCK, FolderLock
-from ..utils import os_error_message, stamp, torch_file_problem, write_json
+from .backbones import Encoder, state_sha256
+from .errors import RunError
+from .lock import LOCK, FolderLock
+from .utils import os_error_message, stamp, torch_file_problem, write_json
 
 ENCODER_FILE = "encoder.safetensors"
 HEAD_FILE = "head.safetensors"
@@ -186,9 +186,9 @@ def read_finished_run(run: Path) -> dict[str, Any]:
 
 def load_head(run: Path, encoder: Encoder) -> nn.Module:
     """The exported output head of a finished run, on top of ``encoder``, in eval mode."""
-    from ..backbones import load_state_dict
-    from ..data import dataset_classes
-    from ..methods import get_method, method_config
+    from .backbones import load_state_dict
+    from .data import dataset_classes
+    from .methods import get_method, method_config
 
     run = Path(run)
     pretrain = read_finished_run(run)["pretrain"]
