@@ -3,8 +3,6 @@ MSP without float saturation, and the shared probe head keyed on content."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 from sklearn.covariance import EmpiricalCovariance
 
@@ -46,28 +44,33 @@ def test_msp_ranks_samples_whose_probability_saturates_at_one():
     )
 
 
-def test_the_shared_probe_head_refits_an_array_changed_in_place():
+def test_logit_scorers_share_one_head_through_a_cache_and_fit_their_own_without():
+    from embedkit.ood.cache import ScorerCache
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8))
     y = (x[:, :1] > 0).astype(np.int64)
-    first = get_scorer("energy")().fit(x, y)
-    same = get_scorer("maxlogit")().fit(x, y)
-    assert same.head_ is first.head_  # one fit shared by the logit scorers
-    x[:, 0] *= -1  # the same array object, other content
-    changed = get_scorer("energy")().fit(x, y)
-    assert changed.head_ is not first.head_
+    cache = ScorerCache()
+    first = get_scorer("energy")().fit(x, y, cache=cache)
+    same = get_scorer("maxlogit")().fit(x, y, cache=cache)
+    assert same.head_ is first.head_  # one fit shared by the logit scorers of one cache
+    alone = get_scorer("maxlogit")().fit(x, y)
+    assert alone.head_ is not first.head_  # no module state: without a cache, its own fit
+    np.testing.assert_array_equal(alone.head_.weight, first.head_.weight)
+    x[:, 0] *= -1  # the same array object, other content: a new cache fits it again
+    changed = get_scorer("energy")().fit(x, y, cache=ScorerCache())
     assert np.sign(changed.head_.weight[1, 0] - changed.head_.weight[0, 0]) != np.sign(
         first.head_.weight[1, 0] - first.head_.weight[0, 0]
     )
 
 
-def test_scorers_inside_sharing_fit_each_statistic_once_with_the_same_scores(monkeypatch):
+def test_scorers_sharing_a_cache_fit_each_statistic_once_with_the_same_scores(monkeypatch):
     """What ``evaluate_ood`` does per ID dataset: the Gaussian scorers share class statistics,
     whitening and distances, vim and residual share the residual space, and every score is
     bit-identical to a scorer fitted on its own."""
     import torch
 
-    from embedkit.ood._shared import sharing
+    from embedkit.ood.cache import ScorerCache
 
     rng = np.random.default_rng(3)
     x, x2 = rng.normal(size=(300, 12)), rng.normal(size=(300, 12)) * 2 + 1
@@ -78,17 +81,17 @@ def test_scorers_inside_sharing_fit_each_statistic_once_with_the_same_scores(mon
     calls = []
     monkeypatch.setattr(torch.linalg, "eigh", lambda a: calls.append(a.shape) or eigh(a))
 
-    def scores(train):
-        return {n: get_scorer(n)().fit(train, y).score_samples(queries) for n in names}
+    def scores(train, cache=None):
+        return {n: get_scorer(n)().fit(train, y, cache=cache).score_samples(queries) for n in names}
 
     alone, alone2 = scores(x), scores(x2)
     assert len(calls) == 2 * 5  # 1 + 2 + 1 + 1 eigendecompositions per training set
     calls.clear()
-    with sharing():
-        together, together2 = scores(x), scores(x2)  # another array: nothing mixed up
-        assert len(calls) == 2 * 3  # class covariance, background, residual space
-        again = scores(x)
-    assert len(calls) == 2 * 3  # the same arrays again: all from the block's cache
+    cache = ScorerCache()
+    together, together2 = scores(x, cache), scores(x2, cache)  # another array: not mixed up
+    assert len(calls) == 2 * 3  # class covariance, background, residual space
+    again = scores(x, cache)
+    assert len(calls) == 2 * 3  # the same arrays again: all from the cache
     for name in names:
         np.testing.assert_array_equal(together[name], alone[name])
         np.testing.assert_array_equal(together2[name], alone2[name])
@@ -103,18 +106,19 @@ def test_a_stores_ood_arrays_go_to_the_compute_device_once_for_all_id_datasets(
     float64 copy is made once per store, and the table is the same as with one copy per ID."""
     import embedkit.ood._gaussian as gaussian
     from embedkit.eval import OODConfig, evaluate_ood
+    from embedkit.ood.cache import ScorerCache
 
     converted = []
-    real = gaussian.shared
+    real = gaussian.cached
 
-    def spy(kind, arrays, extra, compute):
+    def spy(cache, kind, arrays, extra, compute):
         def counted():
             converted.append(arrays[0])  # held: no id is reused while the test runs
             return compute()
 
-        return real(kind, arrays, extra, counted if kind == "float64" else compute)
+        return real(cache, kind, arrays, extra, counted if kind == "float64" else compute)
 
-    monkeypatch.setattr(gaussian, "shared", spy)
+    monkeypatch.setattr(gaussian, "cached", spy)
     config = OODConfig(scorers=("mahalanobis", "vim"))
     table = evaluate_ood([demo_store], config)
     assert table.height == 3 * 2 * 2  # 3 ID datasets x 2 OOD datasets x 2 scorers
@@ -123,7 +127,7 @@ def test_a_stores_ood_arrays_go_to_the_compute_device_once_for_all_id_datasets(
     assert len({id(a) for a in converted}) == len(converted)  # no array converted twice
     once = len(converted)
     converted.clear()
-    monkeypatch.setattr("embedkit.eval.ood.keeping", lambda: contextlib.nullcontext())
+    monkeypatch.setattr(ScorerCache, "keep", lambda self, array: None)  # nothing outlives an ID
     per_id = evaluate_ood([demo_store], config)
     assert len(converted) == once + 3  # each of the 3 test splits once more as an OOD set
     assert per_id.equals(table)
@@ -136,6 +140,7 @@ def test_the_knn_scorers_torch_search_uploads_each_ood_split_once_per_store(
     rows of each OOD split are made once per store, with the same scores as per ID dataset."""
     import embedkit.primitives.neighbors as neighbors
     from embedkit.eval import OODConfig, evaluate_ood
+    from embedkit.ood.cache import ScorerCache
 
     monkeypatch.setattr(neighbors, "resolve_backend", lambda backend="auto": "torch")
     uploads = []
@@ -149,7 +154,7 @@ def test_the_knn_scorers_torch_search_uploads_each_ood_split_once_per_store(
     table = evaluate_ood([demo_store], config)
     tests = sorted(len(demo_store.get(d, "test").indices) for d in demo_store.datasets())
     assert sorted(uploads) == tests  # 3 OOD splits, each once (twice without keeping)
-    monkeypatch.setattr("embedkit.eval.ood.keeping", lambda: contextlib.nullcontext())
+    monkeypatch.setattr(ScorerCache, "keep", lambda self, array: None)  # nothing outlives an ID
     per_id = evaluate_ood([demo_store], config)
     assert sorted(uploads) == tests  # searched block by block from the arrays instead
     assert per_id.equals(table)

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import ConfigError, EmbedkitError
-from ..ood._shared import keep, keeping, sharing
+from ..ood.cache import ScorerCache
 from ..ood.plugins import resolve_scorer
 from ..primitives.metrics import ood_metrics
 from ..registry import value_fits
@@ -156,8 +156,7 @@ def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) 
             store.dataset_attrs(dataset)
     rows = []
     for store, columns in zip(stores, encoder_columns(stores), strict=True):
-        with keeping():  # the OOD embeddings' device copies serve every ID dataset
-            rows.extend(_evaluate_store(store, columns, scorers, config))
+        rows.extend(_evaluate_store(store, columns, scorers, config))
     table = pl.DataFrame(rows)
     if groups and table.height:
         table = table.with_columns(
@@ -169,17 +168,19 @@ def evaluate_ood(stores: list[EmbeddingStore], config: OODConfig = OODConfig()) 
 def _evaluate_store(
     store: EmbeddingStore, columns: dict, scorers: list[tuple[str, type]], config: OODConfig
 ) -> list[dict[str, Any]]:
-    """The rows of one store; each OOD dataset's embeddings are read once, and inside
-    ``keeping()`` copied to the compute device once, whatever the number of ID datasets."""
+    """The rows of one store; each OOD dataset's embeddings are read once, and (kept in the
+    store's ``ScorerCache``) copied to the compute device once, whatever the number of ID
+    datasets."""
     rows = []
-    cache: dict[str, _Samples] = {}
+    read: dict[str, _Samples] = {}
+    store_cache = ScorerCache()
 
     def ood_samples(dataset: str) -> _Samples:
-        if dataset not in cache:
+        if dataset not in read:
             splits = ["test"] if config.ood_splits == "test" else store.splits(dataset)
-            cache[dataset] = _samples(store, dataset, splits)
-            keep(cache[dataset].embeddings)
-        return cache[dataset]
+            read[dataset] = _samples(store, dataset, splits)
+            store_cache.keep(read[dataset].embeddings)
+        return read[dataset]
 
     for id_dataset in store_datasets(store, config.id_datasets):
         ood_datasets = [d for d in store_datasets(store, config.ood_datasets) if d != id_dataset]
@@ -201,22 +202,27 @@ def _evaluate_store(
             ", ".join(ood_datasets),
             len(scorers),
         )
-        with sharing():  # one float64 copy, head, Gaussian fit and residual space per ID
-            rows += _evaluate_id(
-                store, id_dataset, ood_datasets, ood_samples, columns, scorers, config
-            )
+        # one float64 copy, head, Gaussian fit and residual space per ID dataset
+        cache = store_cache.for_id_dataset()
+        rows += _evaluate_id(
+            store, id_dataset, ood_datasets, ood_samples, columns, scorers, config, cache
+        )
     return rows
 
 
-def _evaluate_id(store, id_dataset, ood_datasets, ood_samples, columns, scorers, config):
-    """The rows of one ID dataset against each of ``ood_datasets``, for every scorer."""
+def _evaluate_id(store, id_dataset, ood_datasets, ood_samples, columns, scorers, config, cache):
+    """The rows of one ID dataset against each of ``ood_datasets``, for every scorer (those
+    whose ``fit`` takes a ``cache`` share ``cache``)."""
     rows = []
     train = store.get(id_dataset, "train")
     id_test = _samples(store, id_dataset, ["test"])
     for name, cls in scorers:
         with _scorer_step(name, f"fit on {id_dataset}"):
             scorer = cls(**config.scorer_params.get(name, {}))
-            scorer.fit(train.embeddings, train.labels)
+            if "cache" in inspect.signature(scorer.fit).parameters:
+                scorer.fit(train.embeddings, train.labels, cache=cache)
+            else:  # a plug-in of the plain fit(X, y) shape
+                scorer.fit(train.embeddings, train.labels)
         id_scores = _scores(scorer, id_test.embeddings, name)
         params = getattr(scorer, "get_params", dict)()
         saved = [(id_test, id_scores, False)]

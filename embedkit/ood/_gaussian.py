@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._shared import shared
+from .cache import ScorerCache, cached
 
 
 def compute_device():
@@ -19,9 +19,9 @@ def compute_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def as_float64(x: np.ndarray, device=None):
+def as_float64(x: np.ndarray, device=None, cache: ScorerCache | None = None):
     """``x`` as a float64 torch tensor on ``device`` (the compute device by default), which
-    callers must not change in place: inside ``sharing()`` one copy serves every scorer. A
+    callers must not change in place: with a ``cache`` one copy serves every scorer. A
     float32 array goes to a GPU as float32 and widens there (half the bytes, no host pass)."""
     import torch
 
@@ -35,10 +35,12 @@ def as_float64(x: np.ndarray, device=None):
 
     if not isinstance(x, np.ndarray):
         return convert()
-    return shared("float64", (x,), str(device), convert)
+    return cached(cache, "float64", (x,), str(device), convert)
 
 
-def whitening(covariance: np.ndarray, rcond: float | None = None) -> np.ndarray:
+def whitening(
+    covariance: np.ndarray, rcond: float | None = None, cache: ScorerCache | None = None
+) -> np.ndarray:
     """``(D, K)`` matrix ``T`` with ``|x T|^2 = x pinv(covariance) x^T``.
 
     Directions whose eigenvalue is at most ``rcond`` times the largest are dropped, as the
@@ -53,35 +55,41 @@ def whitening(covariance: np.ndarray, rcond: float | None = None) -> np.ndarray:
         rcond = covariance.shape[0] * np.finfo(np.float64).eps
 
     def compute() -> np.ndarray:
-        eigenvalues, eigenvectors = torch.linalg.eigh(as_float64(covariance))
+        eigenvalues, eigenvectors = torch.linalg.eigh(as_float64(covariance, cache=cache))
         keep = eigenvalues > rcond * eigenvalues.abs().max()
         return (eigenvectors[:, keep] / eigenvalues[keep].sqrt()).cpu().numpy()
 
-    return shared("whitening", (covariance,), float(rcond), compute)
+    return cached(cache, "whitening", (covariance,), float(rcond), compute)
 
 
-def squared_distances(x: np.ndarray, means: np.ndarray, transform: np.ndarray) -> np.ndarray:
+def squared_distances(
+    x: np.ndarray, means: np.ndarray, transform: np.ndarray, cache: ScorerCache | None = None
+) -> np.ndarray:
     """``(N, C)`` squared Mahalanobis distances of rows of ``x`` to each of ``means``."""
 
     def compute() -> np.ndarray:
-        t = as_float64(transform)
-        z = as_float64(x) @ t
-        m = as_float64(means) @ t
+        t = as_float64(transform, cache=cache)
+        z = as_float64(x, cache=cache) @ t
+        m = as_float64(means, cache=cache) @ t
         d = (z * z).sum(1, keepdim=True) - 2.0 * z @ m.T + (m * m).sum(1)
         return d.clamp_min_(0.0).cpu().numpy()
 
-    return shared("squared_distances", (x, means, transform), None, compute)
+    return cached(cache, "squared_distances", (x, means, transform), None, compute)
 
 
-def class_statistics(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def class_statistics(
+    x: np.ndarray, y: np.ndarray | None, cache: ScorerCache | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Class means ``(C, D)`` and the covariance shared by all classes (Lee et al. 2018).
 
     Without labels, or with multi-label targets, the data is one class.
     """
-    return shared("class_statistics", (x, y), None, lambda: _class_statistics(x, y))
+    return cached(cache, "class_statistics", (x, y), None, lambda: _class_statistics(x, y, cache))
 
 
-def _class_statistics(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _class_statistics(
+    x: np.ndarray, y: np.ndarray | None, cache: ScorerCache | None
+) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     if y is None or np.asarray(y).reshape(len(x), -1).shape[1] > 1:
@@ -89,7 +97,7 @@ def _class_statistics(x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, 
     else:
         labels = np.asarray(y).reshape(-1)
     classes, inverse = np.unique(labels, return_inverse=True)
-    x = as_float64(x)
+    x = as_float64(x, cache=cache)
     inverse = torch.as_tensor(inverse.reshape(-1), device=x.device)
     counts = torch.bincount(inverse, minlength=len(classes)).to(x.dtype)
     means = torch.zeros(len(classes), x.shape[1], dtype=x.dtype, device=x.device)

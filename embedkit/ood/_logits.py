@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import numpy as np
@@ -10,38 +9,15 @@ import numpy as np
 from ..errors import ConfigError
 from ..primitives.linear import LinearHead, fit_linear
 from ._gaussian import as_float64
-from ._shared import active, shared
 from .base import OODScorer
+from .cache import ScorerCache, cached
 
 log = logging.getLogger(__name__)
 
-# The last head fitted, so that msp, energy, maxlogit, vim and residual evaluated on the same
-# training embeddings (as ``embedkit ood`` does) share one fit instead of five. The cache is
-# keyed on the content of X and y (a BLAKE2 digest) and l2: an array changed in place refits.
-_last_head: tuple[str, float, LinearHead] | None = None
 
-
-def _digest(*arrays: np.ndarray) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
-
-
-def _shared_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
-    """The probe head of ``(X, y)``: inside ``sharing()`` keyed on the arrays themselves,
-    outside on their content (one digest per fit)."""
-    if active():
-        return shared("head", (X, y), float(l2), lambda: _fit_head(X, y, l2))
-    global _last_head
-    key = _digest(X, y)
-    if _last_head is not None and _last_head[0] == key and _last_head[1] == l2:
-        return _last_head[2]
-    head = _fit_head(X, y, l2)
-    _last_head = (key, l2, head)
-    return head
+def _shared_head(X: np.ndarray, y: np.ndarray, l2: float, cache: ScorerCache | None):
+    """The probe head of ``(X, y)``: with a cache, one fit for every logit scorer of it."""
+    return cached(cache, "head", (X, y), float(l2), lambda: _fit_head(X, y, l2))
 
 
 def _fit_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
@@ -69,10 +45,13 @@ class LogitScorer(OODScorer):
 
     l2: float
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LogitScorer:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray | None = None, cache: ScorerCache | None = None
+    ) -> LogitScorer:
         if y is None:
             raise ConfigError(f"the {self.name} scorer needs the ID training labels")
-        self.head_ = _shared_head(X, np.asarray(y), self.l2)
+        self._cache = cache
+        self.head_ = _shared_head(X, np.asarray(y), self.l2, cache)
         return self
 
     def logits(self, X: np.ndarray) -> np.ndarray:
@@ -82,10 +61,10 @@ class LogitScorer(OODScorer):
         head = self.head_
 
         def compute() -> np.ndarray:
-            z = as_float64(X) @ as_float64(head.weight).T + as_float64(head.bias)
-            return z.cpu().numpy()
+            z = as_float64(X, cache=self._cache) @ as_float64(head.weight, cache=self._cache).T
+            return (z + as_float64(head.bias, cache=self._cache)).cpu().numpy()
 
-        return shared("logits", (X, head.weight, head.bias), None, compute)
+        return self._cached("logits", (X, head.weight, head.bias), None, compute)
 
 
 def logsumexp(z: np.ndarray) -> np.ndarray:
@@ -113,17 +92,24 @@ class ResidualSpace:
     basis are kept as numpy arrays.
     """
 
-    def __init__(self, X: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int) -> None:
-        self.origin, self.basis = shared(
-            "residual_space", (X, weight, bias), dim, lambda: self._fit(X, weight, bias, dim)
+    def __init__(
+        self,
+        X: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        dim: int,
+        cache: ScorerCache | None = None,
+    ) -> None:
+        self.cache = cache
+        self.origin, self.basis = cached(
+            cache, "residual_space", (X, weight, bias), dim, lambda: self._fit(X, weight, bias, dim)
         )
 
-    @staticmethod
-    def _fit(X: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int):
+    def _fit(self, X: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int):
         import torch
 
         origin = -np.linalg.pinv(weight) @ bias  # (K, D): small, on the CPU as before
-        shifted = as_float64(X) - as_float64(origin)
+        shifted = as_float64(X, cache=self.cache) - as_float64(origin, cache=self.cache)
         eigenvalues, eigenvectors = torch.linalg.eigh(shifted.T @ shifted / len(shifted))
         order = torch.argsort(eigenvalues, descending=True)
         return origin, eigenvectors[:, order[dim:]].contiguous().cpu().numpy()
@@ -132,7 +118,10 @@ class ResidualSpace:
         """Length of each row's component outside the principal subspace."""
 
         def compute() -> np.ndarray:
-            shifted = as_float64(X) - as_float64(self.origin)
-            return (shifted @ as_float64(self.basis)).norm(dim=1).cpu().numpy()
+            shifted = as_float64(X, cache=self.cache) - as_float64(self.origin, cache=self.cache)
+            return (shifted @ as_float64(self.basis, cache=self.cache)).norm(dim=1).cpu().numpy()
 
-        return shared("residual_norm", (X, self.origin, self.basis), None, compute)
+        return cached(self.cache, "residual_norm", (X, self.origin, self.basis), None, compute)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "cache": None}  # the evaluation's shared work stays behind

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..primitives.neighbors import NeighborIndex
 from . import register_scorer
-from ._shared import kept, shared
 from .base import OODScorer
+from .cache import ScorerCache
 
 
 @register_scorer("knn")
@@ -28,16 +28,20 @@ class KNNScorer(OODScorer):
     def __init__(self, k: int = 50) -> None:
         self.k = k
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> KNNScorer:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray | None = None, cache: ScorerCache | None = None
+    ) -> KNNScorer:
+        self._cache = cache
         self.index_ = NeighborIndex(X, metric="cosine")  # normalised where it searches
         return self
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted("index_")
         queries = X
-        if self.index_.backend == "torch" and kept(X):  # searched again for each ID dataset
+        kept = self._cache is not None and self._cache.is_kept(X)
+        if self.index_.backend == "torch" and kept:  # searched again for each ID dataset
             where = (self.index_.metric, str(self.index_.bank.device))
-            queries = shared("rows", (X,), where, lambda: self.index_.device_rows(X))
+            queries = self._cached("rows", (X,), where, lambda: self.index_.device_rows(X))
         similarity, _ = self.index_.search(queries, self.k)
         kth = np.clip(similarity[:, -1].astype(np.float64), -1.0, 1.0)
         return -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))  # |a - b| for unit a, b

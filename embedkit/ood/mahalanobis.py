@@ -14,6 +14,7 @@ import numpy as np
 from . import register_scorer
 from ._gaussian import class_statistics, squared_distances, whitening
 from .base import OODScorer
+from .cache import ScorerCache
 
 
 @register_scorer("mahalanobis")
@@ -23,11 +24,14 @@ class MahalanobisScorer(OODScorer):
     def __init__(self) -> None:
         pass
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> MahalanobisScorer:
-        self.means_, covariance = class_statistics(X, y)
-        self.transform_ = whitening(covariance)
+    def fit(
+        self, X: np.ndarray, y: np.ndarray | None = None, cache: ScorerCache | None = None
+    ) -> MahalanobisScorer:
+        self._cache = cache
+        self.means_, covariance = class_statistics(X, y, cache)
+        self.transform_ = whitening(covariance, cache=cache)
         return self
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted("means_", "transform_")
-        return -squared_distances(X, self.means_, self.transform_).min(axis=1)
+        return -squared_distances(X, self.means_, self.transform_, self._cache).min(axis=1)

@@ -14,6 +14,7 @@ import numpy as np
 from . import register_scorer
 from ._gaussian import class_statistics, squared_distances, whitening
 from .base import OODScorer
+from .cache import ScorerCache
 
 
 @register_scorer("relative_mahalanobis")
@@ -23,15 +24,20 @@ class RelativeMahalanobisScorer(OODScorer):
     def __init__(self) -> None:
         pass
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> RelativeMahalanobisScorer:
-        self.means_, covariance = class_statistics(X, y)
-        self.transform_ = whitening(covariance)
-        self.background_mean_, background = class_statistics(X, None)
-        self.background_transform_ = whitening(background)
+    def fit(
+        self, X: np.ndarray, y: np.ndarray | None = None, cache: ScorerCache | None = None
+    ) -> RelativeMahalanobisScorer:
+        self._cache = cache
+        self.means_, covariance = class_statistics(X, y, cache)
+        self.transform_ = whitening(covariance, cache=cache)
+        self.background_mean_, background = class_statistics(X, None, cache)
+        self.background_transform_ = whitening(background, cache=cache)
         return self
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted("means_", "background_transform_")
-        classes = squared_distances(X, self.means_, self.transform_).min(axis=1)
-        background = squared_distances(X, self.background_mean_, self.background_transform_)
+        classes = squared_distances(X, self.means_, self.transform_, self._cache).min(axis=1)
+        background = squared_distances(
+            X, self.background_mean_, self.background_transform_, self._cache
+        )
         return -(classes - background[:, 0])

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import register_scorer
 from ._logits import LogitScorer, ResidualSpace, principal_dim
+from .cache import ScorerCache
 
 
 @register_scorer("residual")
@@ -26,10 +27,12 @@ class ResidualScorer(LogitScorer):
         self.dim = dim
         self.l2 = l2
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ResidualScorer:
-        super().fit(X, y)
+    def fit(
+        self, X: np.ndarray, y: np.ndarray | None = None, cache: ScorerCache | None = None
+    ) -> ResidualScorer:
+        super().fit(X, y, cache)
         self.space_ = ResidualSpace(
-            X, self.head_.weight, self.head_.bias, principal_dim(X.shape[1], self.dim)
+            X, self.head_.weight, self.head_.bias, principal_dim(X.shape[1], self.dim), cache
         )
         return self
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import register_scorer
 from ._logits import LogitScorer, ResidualSpace, logsumexp, principal_dim
+from .cache import ScorerCache
 
 
 @register_scorer("vim")
@@ -29,10 +30,12 @@ class ViMScorer(LogitScorer):
         self.dim = dim
         self.l2 = l2
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ViMScorer:
-        super().fit(X, y)
+    def fit(
+        self, X: np.ndarray, y: np.ndarray | None = None, cache: ScorerCache | None = None
+    ) -> ViMScorer:
+        super().fit(X, y, cache)
         self.dim_ = principal_dim(X.shape[1], self.dim)
-        self.space_ = ResidualSpace(X, self.head_.weight, self.head_.bias, self.dim_)
+        self.space_ = ResidualSpace(X, self.head_.weight, self.head_.bias, self.dim_, cache)
         self.alpha_ = self.logits(X).max(axis=1).mean() / self.space_.norm(X).mean()
         return self
 
