@@ -15,7 +15,7 @@ from pathlib import Path
 SIZES: tuple[int, ...] = (28, 64, 128, 224)
 
 _PACKAGE = Path(__file__).resolve().parent
-_NOT_ENTRIES = {"__init__", "base", "plugins"}
+_NOT_ENTRIES = {"__init__", "base", "cache", "plugins"}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ def test_shard_ranges_cover_every_chunk_once_and_in_order(world, n_chunks):
     assert max(sizes) - min(sizes) <= 1  # balanced
 
 
+@pytest.mark.slow
 def test_two_ranks_write_the_same_store_as_one(tmp_path, data_root):
     config = EmbedConfig(dataset="demo-med", data_root=str(data_root), device="cpu")
     single = embed(config, tmp_path / "one.zarr", progress=False)
@@ -107,6 +108,7 @@ def _losses_on_rank(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_rewritten_losses_equal_lightlys_across_two_processes():
     """Under two gloo processes (each rank its half of the batch) the losses give lightly's
     values and gradients on every rank."""

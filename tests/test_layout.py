@@ -49,6 +49,7 @@ def test_public_names_resolve(package):
     assert missing == []
 
 
+@pytest.mark.slow
 def test_each_package_imports_first():
     """Import every package as the first embedkit module of a fresh import state (an
     ``__init__`` that needed a hand-kept import order would fail here)."""

@@ -70,12 +70,14 @@ def quickstart_folder(tmp_path_factory, data_root):
     patch.undo()
 
 
+@pytest.mark.slow
 def test_quickstart_notebook(quickstart_folder):
     folder, notebook = quickstart_folder
     assert (folder / "simclr.zarr").is_dir() and (folder / "random.zarr").is_dir()
     assert _figures(notebook) == FIGURES["01"]  # probe curves and the OOD heatmap
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS[1:], ids=lambda p: p.stem)
 def test_notebook_runs_on_the_quickstart_stores(quickstart_folder, path, monkeypatch):
     folder, _ = quickstart_folder

@@ -267,6 +267,7 @@ def test_demo_grid_end_to_end_then_nothing_to_redo_then_only_the_changed_cell(
         assert read_record(out, cell)["started"] == started[cell]
 
 
+@pytest.mark.slow
 def test_a_killed_cell_continues_through_the_slurm_executor(
     tmp_path, data_root, interrupt_after_first_epoch
 ):
@@ -344,6 +345,7 @@ def test_the_sbatch_script_submitit_writes(tmp_path, monkeypatch, data_root):
         assert read_record(tmp_path / "out", cell.id)["job_id"].startswith("4242_")
 
 
+@pytest.mark.slow
 def test_failing_cells_are_recorded_and_the_others_go_on_in_parallel(tmp_path, data_root):
     grid = tmp_path / "broken.toml"
     broken = MINI.replace('methods = ["simclr"]', 'methods = ["simclr", "vicreg"]')

@@ -199,6 +199,7 @@ def interrupted_run(tmp_path, data_root, interrupt_after_first_epoch):
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_a_run_folder_is_refused(interrupted_run, data_root):
     metrics = (interrupted_run / "metrics.jsonl").read_text()
     with subprocess.Popen(["sleep", "30"]) as live:
@@ -216,6 +217,7 @@ def test_a_second_writer_of_a_run_folder_is_refused(interrupted_run, data_root):
     assert not (interrupted_run / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_is_one_line(interrupted_run, data_root):
     checkpoint = interrupted_run / CHECKPOINT
     checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
@@ -224,6 +226,7 @@ def test_a_truncated_checkpoint_is_one_line(interrupted_run, data_root):
     assert "delete it" in last
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_objects_is_refused_without_unsafe_advice(interrupted_run, data_root):
     checkpoint = interrupted_run / CHECKPOINT
     torch.save({"model": {}, "epoch": 1, "payload": Path("anything")}, checkpoint)
@@ -766,6 +769,7 @@ def test_bad_method_parameters_create_no_run_folder(tmp_path, data_root, param, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_augmentation_presets_and_dotted_settings_are_recorded(tmp_path, data_root):
     args = _pretrain_args(tmp_path / "run", data_root, "--epochs", "1")
     args += ["--param", "augment=grayscale-medical", "--param", "augment.min_scale=0.3"]

@@ -30,6 +30,7 @@ def _same_neighbours(bank, queries, metric, k):
     assert agree > 0.99, agree  # random data: ties are rare
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
 def test_torch_search_matches_faiss(metric, monkeypatch):
     rng = np.random.default_rng(0)
@@ -58,6 +59,7 @@ def test_the_backend_is_chosen_by_what_sees_a_gpu(monkeypatch):
         neighbors.resolve_backend("annoy")
 
 
+@pytest.mark.slow
 def test_knn_and_ood_tables_are_the_same_through_the_torch_search(demo_store, monkeypatch):
     from embedkit.eval import KNNConfig, OODConfig, evaluate_ood, knn_classify
 

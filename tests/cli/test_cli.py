@@ -14,6 +14,7 @@ def _invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_pretrain_embed_evaluate(tmp_path, data_root):
     run = tmp_path / "run"
     result = _invoke(
@@ -262,6 +263,7 @@ def test_config_files_set_options_and_the_command_line_wins(tmp_path, demo_store
         assert pl.read_parquet(out)["k"].to_list() == [k]
 
 
+@pytest.mark.slow
 def test_a_runs_config_json_replays_it_exactly(tmp_path, tiny_run, data_root):
     import hashlib
 

@@ -77,7 +77,7 @@ def test_host_sync_probe_sees_what_would_stall_a_gpu():
         y = x * 2 + x.exp()  # queued work, no waiting
     ops = sorted(op for op, _ in syncs.found)
     assert ops == ["_linalg_check_errors", "_local_scalar_dense", "index.Tensor", "lift_fresh"]
-    assert all(where.startswith("tests/test_pretrain.py:") for _, where in syncs.found)
+    assert all(where.startswith("tests/pretrain/test_pretrain.py:") for _, where in syncs.found)
     assert syncs.count == 4 and y.shape == (6,)
 
 
@@ -355,6 +355,7 @@ RESUME_PARAMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(RESUME_PARAMS))
 def test_resume_continues_exactly(tmp_path, data_root, interrupt_after_first_epoch, method):
     config = _config(data_root, method=method, method_params=RESUME_PARAMS[method])
@@ -419,6 +420,7 @@ SMALL_HEADS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_loss_falls_on_a_fixed_batch(name, data_root):
     from embedkit.data import load_split
@@ -522,6 +524,7 @@ def test_the_momentum_branch_runs_in_the_methods_mode():
         assert all(module.training is (not mode) for module in branch)
 
 
+@pytest.mark.slow
 def test_lightning_loggers_follow_the_run_through_a_resume(
     tmp_path, data_root, monkeypatch, interrupt_after_first_epoch
 ):

@@ -275,6 +275,7 @@ def test_training_curves_show_loss_epoch_means_and_knn():
     assert len(training_curves(metrics.drop("knn_accuracy")).axes) == 2  # loss and lr axes
 
 
+@pytest.mark.slow
 def test_report_draws_pretraining_runs(tmp_path, tiny_run):
     from embedkit.runs import read_metrics
 

@@ -4,6 +4,7 @@ MSP without float saturation, and the shared probe head keyed on content."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.covariance import EmpiricalCovariance
 
 from embedkit.ood import get_scorer
@@ -99,6 +100,7 @@ def test_scorers_sharing_a_cache_fit_each_statistic_once_with_the_same_scores(mo
     assert not np.allclose(together["mahalanobis"], together2["mahalanobis"])
 
 
+@pytest.mark.slow
 def test_a_stores_ood_arrays_go_to_the_compute_device_once_for_all_id_datasets(
     demo_store, monkeypatch
 ):

@@ -46,6 +46,7 @@ def _sklearn_objective(x, y, l2):
     return loss + 0.5 * l2 * float(np.square(clf.coef_).sum())
 
 
+@pytest.mark.slow
 def test_warm_started_path_reaches_scikit_learn_optimum_at_every_l2(hard_problem):
     x, y = hard_problem
     previous = None
@@ -68,6 +69,7 @@ def test_a_fit_stopped_by_its_cap_says_so(hard_problem):
     assert abs(_objective(x, y, warm, 1e-3) - _objective(x, y, cold, 1e-3)) < 1e-6
 
 
+@pytest.mark.slow
 def test_probe_table_records_convergence(hard_problem, demo_store, caplog):
     x, y = hard_problem
     config = ProbeConfig(device="cpu")

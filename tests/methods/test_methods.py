@@ -144,6 +144,7 @@ def _config(data_root, **changes):
     return PretrainConfig(**{**base, "data_root": str(data_root), **changes})
 
 
+@pytest.mark.slow
 def test_compile_option_compiles_the_backbone_and_dinos_loss(tmp_path, data_root, monkeypatch):
     """``pretrain --compile`` compiles the backbone and the method's loss (DINO's); recorded
     here, not run (a backbone compiles for minutes on a CPU)."""
@@ -157,6 +158,7 @@ def test_compile_option_compiles_the_backbone_and_dinos_loss(tmp_path, data_root
     assert [cls.__name__ for cls in calls] == ["ResNet", "DINO"]
 
 
+@pytest.mark.slow
 def test_accumulation_and_the_knn_monitor(tmp_path, data_root, caplog):
     caplog.set_level(logging.INFO, logger="embedkit")
     config = _config(data_root, method="supervised", accumulate=2, knn_every=1, lr=1e-3)
@@ -190,6 +192,7 @@ def test_bad_engine_options_are_refused(tmp_path, data_root):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_run_on_gloo(tmp_path, data_root):
     command = [
         os.path.join(os.path.dirname(sys.executable), "embedkit"),
@@ -222,6 +225,7 @@ def test_two_process_data_parallel_run_on_gloo(tmp_path, data_root):
     )
 
 
+@pytest.mark.slow
 def test_multi_domain_supervised_pretraining_sees_every_domain(tmp_path, data_root):
     config = _config(data_root, dataset="demo-med+demo-texture", method="supervised", epochs=1)
     run = pretrain(config, tmp_path / "run", progress=False)
@@ -257,6 +261,7 @@ def test_lightly_style_checkpoints_load_by_module_name(tmp_path):
         create_encoder("resnet18", str(tmp_path / "p.ckpt"))
 
 
+@pytest.mark.slow
 def test_a_vit_run_embeds_with_its_own_patch_size(tmp_path, data_root):
     from embedkit.embed import EmbedConfig, embed
 
@@ -409,6 +414,7 @@ def test_fused_dino_loss_centre_with_bfloat16_weights():
 _NEEDS_CXX = pytest.mark.skipif(not c_compiler(), reason="torch.compile needs a C/C++ compiler")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
@@ -458,6 +464,7 @@ def test_losses_that_move_a_buffer_keep_their_gradients_in_a_compiled_caller(nam
         assert state(eager).abs().sum() > 0 and grads[0][0].abs().max() > 0.05
 
 
+@pytest.mark.slow
 @_NEEDS_CXX
 def test_dino_compiled_loss_gives_the_written_out_steps():
     """``pretrain --compile`` compiles DINO's loss but the centre's update: training steps
