@@ -186,6 +186,12 @@ def run_command(debug: bool, action):
         raise typer.Exit(2) from None
 
 
+def listed(values: tuple) -> str:
+    """A config's tuple default as the comma-separated text its option takes (``()``, every
+    dataset, is ``all``)."""
+    return ",".join(map(str, values)) if values else "all"
+
+
 def dataset_option(value: str) -> tuple[str, ...]:
     """A --dataset/--id/--ood value as names; "all" becomes () (every dataset in the store).
     An empty value or an empty list element is an error, not "all"."""

@@ -1,8 +1,10 @@
 """``--config FILE`` on every command: option values from a TOML, YAML or JSON file, with the
 options given on the command line winning (click's ``default_map``).
 
-Keys are the command's option names (``batch-size`` or ``batch_size``); a file may hold one
-table per command (``[pretrain]``, ``[probe]``). Nested tables become dotted ``--param``
+Keys are the fields of the command's config (``embedkit.configs``: ``warmup_fraction``,
+``method_params``), which are also the names grid files and a run's ``config.json`` use; an
+option's flag works too (``batch-size``, ``warmup``, ``param``). A file may hold one table per
+command (``[pretrain]``, ``[probe]``). Nested tables become dotted ``--param``
 values (``[pretrain.param] temperature = 0.1``, ``[ood.param.knn] k = 20``). A run folder's
 ``config.json`` replays that run: ``embedkit pretrain --config RUN/config.json --output NEW``.
 """
@@ -14,14 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.errors import ConfigError
-
-# config.json of a run names some fields as PretrainConfig does, not as the CLI does
-_RUN_ALIASES = {
-    "warmup_fraction": "warmup",
-    "compile": "compile_backbone",
-    "method_params": "param",
-    "loggers": "logger",
-}
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -60,15 +54,19 @@ def command_defaults(data: dict[str, Any], command: str, params: dict, path: Pat
     if "pretrain" in data and "method_config" in data:  # a run's config.json
         if command != "pretrain":
             raise ConfigError(f"--config {path} is a run's config.json: use it with pretrain")
-        data = {_RUN_ALIASES.get(k, k): v for k, v in data["pretrain"].items()}
+        data = dict(data["pretrain"])
         if (data.get("patch_size") or 0) <= 1:
             data.pop("patch_size", None)  # 1 is a ResNet's: let the backbone choose
     elif isinstance(data.get(command), dict):
         data = data[command]
+    names = {}  # a key: the config field (the parameter's name) or one of its flags
+    for name, param in params.items():
+        names.update({flag.lstrip("-").replace("-", "_"): name for flag in param.opts})
+        names[name] = name
     defaults, unknown = {}, []
     for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in params:
+        name = names.get(key.replace("-", "_"))
+        if name is None:
             unknown.append(key)
             continue
         if isinstance(value, dict):

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from embedkit.catalog import SCORER_NAMES
+from embedkit.configs import KNNConfig, OODConfig, ProbeConfig, TransferConfig
 
 from .app import (
     ConfigOpt,
@@ -17,6 +18,7 @@ from .app import (
     TableFormatOpt,
     app,
     dataset_option,
+    listed,
     run_command,
 )
 from .output import parse_groups, parse_params, show_table, split_floats, split_ints, split_names
@@ -25,24 +27,26 @@ from .output import parse_groups, parse_params, show_table, split_floats, split_
 @app.command()
 def probe(
     store: StoresOpt,
-    dataset: Annotated[
+    datasets: Annotated[
         str,
         typer.Option(
             "--dataset", help="Datasets to probe (comma-separated); 'all' = every one in the store."
         ),
-    ] = "all",
-    label_fraction: Annotated[
+    ] = listed(ProbeConfig.datasets),
+    label_fractions: Annotated[
         str, typer.Option("--label-fraction", help="Label fractions in (0, 1], comma-separated.")
-    ] = "0.01,0.1,1",
-    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = "0,1,2,3,4",
+    ] = listed(ProbeConfig.label_fractions),
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = listed(
+        ProbeConfig.seeds
+    ),
     protocol: Annotated[
         str,
         typer.Option(
             "--protocol",
             help="lbfgs (full batch) or sgd (100 epochs of mini-batches, as the paper).",
         ),
-    ] = "lbfgs",
-    device: DeviceOpt = "auto",
+    ] = ProbeConfig.protocol,
+    device: DeviceOpt = ProbeConfig.device,
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "probe.parquet"
     ),
@@ -51,8 +55,8 @@ def probe(
     debug: DebugOpt = False,
 ) -> None:
     """Linear probes at label fractions over cached embeddings."""
-    from embedkit.eval import ProbeConfig, summarise_probe, write_table
     from embedkit.eval import probe as run_probe
+    from embedkit.eval import summarise_probe, write_table
     from embedkit.eval.results import check_table_path
     from embedkit.store import open_stores
 
@@ -61,8 +65,8 @@ def probe(
         check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = ProbeConfig(
-            datasets=dataset_option(dataset),
-            label_fractions=split_floats(label_fraction),
+            datasets=dataset_option(datasets),
+            label_fractions=split_floats(label_fractions),
             seeds=split_ints(seeds),
             protocol=protocol,
             device=device,
@@ -109,22 +113,22 @@ def scorers(
 @app.command()
 def knn(
     store: StoresOpt,
-    dataset: Annotated[
+    datasets: Annotated[
         str,
         typer.Option(
             "--dataset",
             help="Datasets to classify (comma-separated); 'all' = every one in the store.",
         ),
-    ] = "all",
-    k: Annotated[int, typer.Option("--k", help="Neighbours.")] = 20,
+    ] = listed(KNNConfig.datasets),
+    k: Annotated[int, typer.Option("--k", help="Neighbours.")] = KNNConfig.k,
     temperature: Annotated[
         float,
         typer.Option("--temperature", help="Softness of the weighted vote (solo-learn: 0.07)."),
-    ] = 0.07,
+    ] = KNNConfig.temperature,
     weighting: Annotated[
         str, typer.Option("--weighting", help="weighted or majority.")
-    ] = "weighted",
-    metric: Annotated[str, typer.Option("--metric", help="cosine or l2.")] = "cosine",
+    ] = KNNConfig.weighting,
+    metric: Annotated[str, typer.Option("--metric", help="cosine or l2.")] = KNNConfig.metric,
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "knn.parquet"
     ),
@@ -133,7 +137,7 @@ def knn(
     debug: DebugOpt = False,
 ) -> None:
     """kNN classification of each test split from its training split (FAISS)."""
-    from embedkit.eval import KNNConfig, knn_classify, write_table
+    from embedkit.eval import knn_classify, write_table
     from embedkit.eval.results import check_table_path
     from embedkit.store import open_stores
 
@@ -142,7 +146,7 @@ def knn(
         check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = KNNConfig(
-            datasets=dataset_option(dataset),
+            datasets=dataset_option(datasets),
             k=k,
             temperature=temperature,
             weighting=weighting,
@@ -158,22 +162,24 @@ def knn(
 @app.command()
 def ood(
     store: StoresOpt,
-    id_dataset: Annotated[
+    id_datasets: Annotated[
         str, typer.Option("--id", help="In-distribution datasets; 'all' = every one in the store.")
-    ] = "all",
-    ood_dataset: Annotated[
+    ] = listed(OODConfig.id_datasets),
+    ood_datasets: Annotated[
         str, typer.Option("--ood", help="OOD datasets; 'all' = every other one in the store.")
-    ] = "all",
-    scorer: Annotated[
+    ] = listed(OODConfig.ood_datasets),
+    scorers: Annotated[
         str,
         typer.Option(
             "--scorer",
             help=f"Scorers, comma-separated: {', '.join(SCORER_NAMES)}, "
             "or path/to/file.py:ClassName.",
         ),
-    ] = "knn",
-    ood_splits: Annotated[str, typer.Option("--ood-splits", help="test or all.")] = "test",
-    param: Annotated[
+    ] = listed(OODConfig.scorers),
+    ood_splits: Annotated[
+        str, typer.Option("--ood-splits", help="test or all.")
+    ] = OODConfig.ood_splits,
+    scorer_params: Annotated[
         list[str] | None,
         typer.Option(
             "--param", metavar="SCORER.NAME=VALUE", help="A scorer parameter, e.g. knn.k=20."
@@ -182,8 +188,8 @@ def ood(
     save_scores: Annotated[
         Path | None,
         typer.Option("--save-scores", help="Folder for per-sample scores (parquet)."),
-    ] = None,
-    ood_group: Annotated[
+    ] = OODConfig.save_scores,
+    ood_groups: Annotated[
         list[str] | None,
         typer.Option(
             "--ood-group",
@@ -200,7 +206,7 @@ def ood(
     debug: DebugOpt = False,
 ) -> None:
     """OOD detection: every scorer on every ID × OOD pair (OpenOOD metrics, OOD positive)."""
-    from embedkit.eval import OODConfig, evaluate_ood, summarise_ood_groups, write_table
+    from embedkit.eval import evaluate_ood, summarise_ood_groups, write_table
     from embedkit.eval.results import check_table_path
     from embedkit.store import open_stores
 
@@ -209,13 +215,13 @@ def ood(
         check_table_path(out)  # before the work, not after it
         stores = open_stores(store)
         config = OODConfig(
-            id_datasets=dataset_option(id_dataset),
-            ood_datasets=dataset_option(ood_dataset),
-            scorers=split_names(scorer),
-            scorer_params=parse_params(param or []),
+            id_datasets=dataset_option(id_datasets),
+            ood_datasets=dataset_option(ood_datasets),
+            scorers=split_names(scorers),
+            scorer_params=parse_params(scorer_params or []),
             ood_splits=ood_splits,
             save_scores=None if save_scores is None else str(save_scores),
-            ood_groups=parse_groups(ood_group or []),
+            ood_groups=parse_groups(ood_groups or []),
         )
         table = evaluate_ood(stores, config)
         show_table(table, drop=("method", "backbone", "init", "pretrain_dataset", "params"))
@@ -229,20 +235,22 @@ def ood(
 @app.command()
 def transfer(
     store: StoresOpt,
-    dataset: Annotated[
+    datasets: Annotated[
         str,
         typer.Option(
             "--dataset", help="Target datasets (comma-separated); 'all' = those all stores share."
         ),
-    ] = "all",
-    label_fraction: Annotated[
+    ] = listed(TransferConfig.datasets),
+    label_fractions: Annotated[
         str, typer.Option("--label-fraction", help="Label fractions in (0, 1], comma-separated.")
-    ] = "1",
-    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = "0",
+    ] = listed(TransferConfig.probe.label_fractions),
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = listed(
+        TransferConfig.probe.seeds
+    ),
     metric: Annotated[
         str, typer.Option("--metric", help="accuracy, auc or balanced_accuracy.")
-    ] = "accuracy",
-    device: DeviceOpt = "auto",
+    ] = TransferConfig.metric,
+    device: DeviceOpt = TransferConfig.probe.device,
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "transfer.parquet"
     ),
@@ -251,9 +259,9 @@ def transfer(
     debug: DebugOpt = False,
 ) -> None:
     """Cross-dataset transfer: every encoder probed on every target, as a matrix."""
-    from embedkit.eval import ProbeConfig, write_table
+    from embedkit.eval import write_table
     from embedkit.eval.results import check_table_path
-    from embedkit.eval.transfer import TransferConfig, check_metric, transfer_matrix
+    from embedkit.eval.transfer import check_metric, transfer_matrix
     from embedkit.eval.transfer import transfer as run_transfer
     from embedkit.store import open_stores
 
@@ -263,9 +271,11 @@ def transfer(
         check_table_path(out)
         stores = open_stores(store)
         probe_config = ProbeConfig(
-            label_fractions=split_floats(label_fraction), seeds=split_ints(seeds), device=device
+            label_fractions=split_floats(label_fractions), seeds=split_ints(seeds), device=device
         )
-        config = TransferConfig(datasets=dataset_option(dataset), probe=probe_config, metric=metric)
+        config = TransferConfig(
+            datasets=dataset_option(datasets), probe=probe_config, metric=metric
+        )
         table = run_transfer(stores, config)
         show_table(transfer_matrix(table, metric))
         print(f"wrote {write_table(table, out, config, stores, formats)}")

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from embedkit.configs import EmbedConfig, PretrainConfig, QuickstartConfig
+
 from .app import (
     BackboneOpt,
     BatchOpt,
@@ -25,6 +27,7 @@ from .app import (
     app,
     dataset_option,
     is_other_rank,
+    listed,
     run_command,
 )
 from .output import parse_method_params, show_table, split_ints, split_names
@@ -91,70 +94,74 @@ def methods(
 @app.command()
 def pretrain(
     output: Annotated[Path, typer.Option("--output", help="The run folder to create.")],
-    dataset: DatasetOpt = "demo-med",
-    size: SizeOpt = 28,
-    method: MethodOpt = "simclr",
-    backbone: BackboneOpt = "resnet18",
-    init: InitOpt = "random",
-    epochs: EpochsOpt = 100,
+    dataset: DatasetOpt = PretrainConfig.dataset,
+    size: SizeOpt = PretrainConfig.size,
+    method: MethodOpt = PretrainConfig.method,
+    backbone: BackboneOpt = PretrainConfig.backbone,
+    init: InitOpt = PretrainConfig.init,
+    epochs: EpochsOpt = PretrainConfig.epochs,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Global images per forward pass.")
-    ] = 256,
+    ] = PretrainConfig.batch_size,
     accumulate: Annotated[
         int, typer.Option("--accumulate", help="Forward passes per optimiser step.")
-    ] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-4,
+    ] = PretrainConfig.accumulate,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Peak AdamW learning rate.")
+    ] = PretrainConfig.lr,
     weight_decay: Annotated[
         float, typer.Option("--weight-decay", help="AdamW weight decay (0 or more).")
-    ] = 0.05,
-    warmup: Annotated[
-        float, typer.Option("--warmup", help="Share of steps with linear LR warmup.")
-    ] = 0.1,
+    ] = PretrainConfig.weight_decay,
+    warmup_fraction: Annotated[
+        float,
+        typer.Option("--warmup-fraction", "--warmup", help="Share of steps with linear LR warmup."),
+    ] = PretrainConfig.warmup_fraction,
     patch_size: Annotated[
         int, typer.Option("--patch-size", help="ViT patch size; 0 picks one for --size.")
-    ] = 0,
-    param: Annotated[
+    ] = PretrainConfig.patch_size,
+    method_params: Annotated[
         list[str] | None,
         typer.Option("--param", metavar="NAME=VALUE", help="A method parameter: temperature=0.1."),
     ] = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
+    seed: SeedOpt = PretrainConfig.seed,
+    device: DeviceOpt = PretrainConfig.device,
     devices: Annotated[
         int, typer.Option("--devices", help="Processes per node (GPUs; CPU processes on gloo).")
-    ] = 1,
-    num_nodes: Annotated[int, typer.Option("--num-nodes", help="Machines.")] = 1,
+    ] = PretrainConfig.devices,
+    num_nodes: Annotated[
+        int, typer.Option("--num-nodes", help="Machines.")
+    ] = PretrainConfig.num_nodes,
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16-mixed on GPU), 32-true, bf16-mixed...")
-    ] = "auto",
-    compile_backbone: Annotated[
+    ] = PretrainConfig.precision,
+    compile: Annotated[
         bool,
         typer.Option(
             "--compile", help="torch.compile the backbone (and the DINO and MoCo v1/v2 losses)."
         ),
-    ] = False,
+    ] = PretrainConfig.compile,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Epochs between checkpoints.")
-    ] = 1,
+    ] = PretrainConfig.checkpoint_every,
     knn_every: Annotated[
         int, typer.Option("--knn-every", help="Epochs between online kNN checks on val (0: off).")
-    ] = 0,
-    logger: Annotated[
+    ] = PretrainConfig.knn_every,
+    loggers: Annotated[
         str,
         typer.Option(
             "--logger",
             help="Loggers besides metrics.jsonl, comma-separated: csv, tensorboard, wandb "
             "(Lightning's; under RUN/logs).",
         ),
-    ] = "",
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
+    ] = ",".join(PretrainConfig.loggers),
+    data_root: DataRootOpt = PretrainConfig.data_root,
+    download: DownloadOpt = PretrainConfig.download,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
     progress: ProgressOpt = True,
     config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Pretrain an encoder with a self-supervised method; writes a run folder."""
-    from embedkit.pretrain import PretrainConfig
     from embedkit.pretrain import pretrain as run_pretrain
 
     def action():
@@ -170,19 +177,19 @@ def pretrain(
             accumulate=accumulate,
             lr=lr,
             weight_decay=weight_decay,
-            warmup_fraction=warmup,
+            warmup_fraction=warmup_fraction,
             seed=seed,
             device=device,
             devices=devices,
             num_nodes=num_nodes,
             precision=precision,
-            compile=compile_backbone,
+            compile=compile,
             data_root=data_root,
             download=download,
             checkpoint_every=checkpoint_every,
             knn_every=knn_every,
-            loggers=split_names(logger) if logger else (),
-            method_params=parse_method_params(param or []),
+            loggers=split_names(loggers) if loggers else (),
+            method_params=parse_method_params(method_params or []),
         )
         run = run_pretrain(config, output, resume=resume, progress=progress)
         if is_other_rank():
@@ -195,41 +202,42 @@ def pretrain(
 @app.command()
 def embed(
     store: Annotated[Path, typer.Option("--store", help="The store to write (a *.zarr folder).")],
-    dataset: DatasetOpt = "all",
-    size: SizeOpt = 28,
+    dataset: DatasetOpt = EmbedConfig.dataset,
+    size: SizeOpt = EmbedConfig.size,
     run: Annotated[Path | None, typer.Option("--run", help="A pretraining run folder.")] = None,
-    backbone: BackboneOpt = "resnet18",
-    init: InitOpt = "random",
-    split: Annotated[
-        str, typer.Option("--split", help="Splits, comma-separated.")
-    ] = "train,val,test",
-    batch_size: BatchOpt = 256,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
+    backbone: BackboneOpt = EmbedConfig.backbone,
+    init: InitOpt = EmbedConfig.init,
+    splits: Annotated[
+        str, typer.Option("--split", "--splits", help="Splits, comma-separated.")
+    ] = listed(EmbedConfig.splits),
+    batch_size: BatchOpt = EmbedConfig.batch_size,
+    seed: SeedOpt = EmbedConfig.seed,
+    device: DeviceOpt = EmbedConfig.device,
+    data_root: DataRootOpt = EmbedConfig.data_root,
+    download: DownloadOpt = EmbedConfig.download,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing splits.")
-    ] = False,
+    ] = EmbedConfig.overwrite,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue splits an interrupted run left unfinished.")
-    ] = False,
-    dtype: Annotated[str, typer.Option("--dtype", help="float32 or float16 on disk.")] = "float32",
+    ] = EmbedConfig.resume,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="float32 or float16 on disk.")
+    ] = EmbedConfig.dtype,
     with_head: Annotated[
         bool, typer.Option("--with-head", help="Also store the run's projection-head output.")
-    ] = False,
+    ] = EmbedConfig.with_head,
     progress: ProgressOpt = True,
     config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Embed dataset splits with an encoder (a run, or a backbone) into a zarr store."""
-    from embedkit.embed import EmbedConfig
     from embedkit.embed import embed as run_embed
 
     def action():
         config = EmbedConfig(
             dataset=dataset,
-            splits=split_names(split),
+            splits=split_names(splits),
             size=size,
             run=None if run is None else str(run),
             backbone=backbone,
@@ -256,19 +264,18 @@ def quickstart(
     output: Annotated[Path, typer.Option("--output", help="Folder for every artefact.")] = Path(
         "embedkit-quickstart"
     ),
-    size: SizeOpt = 28,
-    backbone: BackboneOpt = "resnet18",
-    epochs: EpochsOpt = 30,
-    batch_size: BatchOpt = 128,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    data_root: DataRootOpt = None,
+    size: SizeOpt = QuickstartConfig.size,
+    backbone: BackboneOpt = QuickstartConfig.backbone,
+    epochs: EpochsOpt = QuickstartConfig.epochs,
+    batch_size: BatchOpt = QuickstartConfig.batch_size,
+    seed: SeedOpt = QuickstartConfig.seed,
+    device: DeviceOpt = QuickstartConfig.device,
+    data_root: DataRootOpt = QuickstartConfig.data_root,
     progress: ProgressOpt = True,
     config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """The whole chain on the built-in demo data, SimCLR against random weights."""
-    from embedkit.quickstart import QuickstartConfig
     from embedkit.quickstart import quickstart as run_quickstart
 
     def action():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from .configs import QuickstartConfig
 from .embed import EmbedConfig, embed
 from .eval import KNNConfig, OODConfig, ProbeConfig, evaluate_ood, knn_classify, probe
 from .eval.probe import summarise_probe
@@ -25,26 +26,6 @@ log = logging.getLogger(__name__)
 
 ID_DATASET = "demo-med"
 OOD_DATASETS = ("demo-natural", "demo-texture")
-
-
-@dataclass(frozen=True)
-class QuickstartConfig:
-    """The quickstart's settings; defaults finish in about 2 minutes on 2 CPU cores.
-
-    Attributes:
-        size, backbone, epochs, batch_size, seed, device, data_root: as for ``pretrain``.
-        label_fractions, seeds: of the linear probe.
-    """
-
-    size: int = 28
-    backbone: str = "resnet18"
-    epochs: int = 30
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    data_root: str | None = None
-    label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
-    seeds: tuple[int, ...] = (0, 1, 2)
 
 
 @dataclass(frozen=True)

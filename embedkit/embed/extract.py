@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from ..backbones import Encoder, create_encoder, state_sha256
+from ..configs import EmbedConfig
 from ..data import (
     SPLITS,
     SplitData,
@@ -35,47 +35,6 @@ from ..store import DTYPES, EmbeddingStore, StoreWriter, check_store_path
 from ..utils import disk_free, format_bytes, os_error_message, resolve_device, to_jsonable
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    """What to embed with which encoder.
-
-    Attributes:
-        dataset: a ``--dataset`` value; multi-domain entries are stored per component;
-            ``all`` embeds every MedMNIST dataset present in the data root (listing the
-            missing ones).
-        splits: the splits to embed.
-        size: image size in pixels (the encoder sees images at this size).
-        run: a pretraining run folder; when set, ``backbone`` and ``init`` come from it.
-        backbone: a registered backbone (without ``run``).
-        init: ``random``, ``imagenet``, ``timm:TAG`` or a weights file (without ``run``).
-        seed: seeds a random initialisation.
-        batch_size: images per forward pass.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        data_root: where the npz files are.
-        download: fetch missing MedMNIST files with medmnist's downloader.
-        overwrite: replace splits already in the store, and allow another encoder's store.
-        resume: continue splits an interrupted run left staged (else they start over).
-        dtype: ``float32`` or ``float16`` embeddings on disk.
-        with_head: also store the run's projection-head output (``projections``).
-    """
-
-    dataset: str = "demo"
-    splits: tuple[str, ...] = SPLITS
-    size: int = 28
-    run: str | None = None
-    backbone: str = "resnet18"
-    init: str = "random"
-    seed: int = 0
-    batch_size: int = 256
-    device: str = "auto"
-    data_root: str | None = None
-    download: bool = False
-    overwrite: bool = False
-    resume: bool = False
-    dtype: str = "float32"
-    with_head: bool = False
 
 
 def load_encoder(config: EmbedConfig) -> tuple[Encoder | EncoderWithHead, dict[str, Any]]:

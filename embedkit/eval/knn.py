@@ -10,28 +10,16 @@ minus its distance).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import polars as pl
 
+from ..configs import KNNConfig
 from ..primitives.metrics import classification_metrics
-from ..primitives.neighbors import KNNVote, knn_predict
+from ..primitives.neighbors import knn_predict
 from ..store import EmbeddingStore
 from .results import check_stores, encoder_columns, store_datasets
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class KNNConfig(KNNVote):
-    """kNN classification protocol: the vote (``k``, ``temperature``, ``weighting``,
-    ``metric``; see ``embedkit.primitives.neighbors.KNNVote``) and the datasets to classify.
-
-    Attributes:
-        datasets: datasets to classify; empty means every dataset in the store.
-    """
-
-    datasets: tuple[str, ...] = ()
 
 
 def knn_classify(stores: list[EmbeddingStore], config: KNNConfig = KNNConfig()) -> pl.DataFrame:

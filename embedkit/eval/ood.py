@@ -11,13 +11,14 @@ import inspect
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from ..configs import OODConfig
 from ..errors import ConfigError, EmbedkitError
 from ..ood.cache import ScorerCache
 from ..ood.plugins import resolve_scorer
@@ -29,33 +30,6 @@ from .results import check_stores, encoder_columns, store_datasets
 log = logging.getLogger(__name__)
 
 OOD_SPLITS = ("test", "all")
-
-
-@dataclass(frozen=True)
-class OODConfig:
-    """Which pairs and scorers to evaluate.
-
-    Attributes:
-        id_datasets: in-distribution datasets; empty means every dataset in the store.
-        ood_datasets: OOD datasets; empty means every other dataset in the store.
-        scorers: registry names, ``path/to/file.py:ClassName`` plug-ins, or scorer classes.
-        scorer_params: keyword arguments per scorer name, e.g. ``{"knn": {"k": 50}}``.
-        ood_splits: ``test`` (the test split of each OOD dataset) or ``all`` (every split).
-        save_scores: a folder for the per-sample scores (one parquet per encoder, ID dataset
-            and scorer: dataset, split, index, score, is_ood), or None.
-        ood_groups: named groups of OOD datasets, e.g. ``{"near": ("a", "b"), "far": ("c",)}``,
-            as OpenOOD reports near- and far-OOD separately: each row gets its dataset's
-            group in ``ood_group`` (null outside every group), and ``summarise_ood_groups``
-            averages per group.
-    """
-
-    id_datasets: tuple[str, ...] = ()
-    ood_datasets: tuple[str, ...] = ()
-    scorers: tuple[Any, ...] = ("knn",)
-    scorer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ood_splits: str = "test"
-    save_scores: str | None = None
-    ood_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def check_ood_groups(groups: dict[str, tuple[str, ...]]) -> dict[str, str]:

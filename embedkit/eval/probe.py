@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
+from ..configs import ProbeConfig
 from ..data.sampler import check_fraction, label_fraction_indices
 from ..errors import ConfigError, StoreError
 from ..primitives.linear import PROTOCOLS, LinearHead, fit_linear
@@ -24,31 +24,6 @@ from ..store import EmbeddingStore
 from .results import check_stores, encoder_columns, mean_ci, store_datasets
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """Linear-probe protocol.
-
-    Attributes:
-        datasets: datasets to probe; empty means every dataset in the store.
-        label_fractions: shares of the training labels, each in (0, 1].
-        seeds: one subset per seed (fraction 1.0 uses the whole split, so one seed).
-        protocol: ``lbfgs`` (full batch, default) or ``sgd`` (100 epochs of mini-batches).
-        l2_grid: L2 strengths (weight decay for ``sgd``) tried on the validation split.
-        lr_grid: learning rates tried with ``sgd``.
-        epochs: epochs of the ``sgd`` protocol.
-        device: ``auto``, ``cpu`` or ``cuda``.
-    """
-
-    datasets: tuple[str, ...] = ()
-    label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    protocol: str = "lbfgs"
-    l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-    lr_grid: tuple[float, ...] = (0.01, 0.1)
-    epochs: int = 100
-    device: str = "auto"
 
 
 def fit_probe(

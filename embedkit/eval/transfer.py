@@ -7,32 +7,16 @@ with one row per encoder and one column per target dataset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import polars as pl
 
+from ..configs import TransferConfig
 from ..errors import ConfigError, StoreError
 from ..store import EmbeddingStore
-from .probe import ProbeConfig, probe
+from .probe import probe
 
 METRICS = ("accuracy", "auc", "balanced_accuracy")
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    """Transfer protocol.
-
-    Attributes:
-        datasets: target datasets; empty means every dataset all stores share.
-        probe: the linear-probe protocol applied to every (encoder, target) pair.
-        metric: the metric the matrix shows (``accuracy``, ``auc`` or
-            ``balanced_accuracy``); the table holds all three, and the report reads this
-            choice from the table's provenance.
-    """
-
-    datasets: tuple[str, ...] = ()
-    probe: ProbeConfig = ProbeConfig(label_fractions=(1.0,), seeds=(0,))
-    metric: str = "accuracy"
 
 
 def shared_datasets(stores: list[EmbeddingStore]) -> tuple[str, ...]:

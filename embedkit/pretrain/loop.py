@@ -25,15 +25,13 @@ import logging
 import pickle
 import shutil
 import time
-from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..backbones import create_encoder, patch_size_for
+from ..configs import PretrainConfig
 from ..data import dataset_classes, dataset_task, load_split
 from ..methods import get_method, method_config
 from ..runs import (
@@ -53,65 +51,6 @@ from .loggers import RunLoggers
 from .monitor import KNNMonitor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """How an encoder is pretrained; saved as ``config.json`` in the run folder.
-
-    Attributes:
-        dataset: a dataset entry (``pathmnist``, ``organamnist+organcmnist``); train split.
-        size: image size in pixels.
-        method: a registered method (``embedkit.methods.METHODS``).
-        backbone: a registered backbone (``embedkit.backbones.BACKBONES``).
-        init: ``random``, ``imagenet``, ``timm:TAG`` or a weights file.
-        patch_size: ViT patch size; 0 picks one for ``size``.
-        epochs: passes over the training split.
-        batch_size: global images per forward pass (the last partial batch is dropped).
-        accumulate: forward passes per optimiser step (gradient accumulation).
-        lr: peak AdamW learning rate, reached after warmup.
-        weight_decay: AdamW weight decay.
-        warmup_fraction: share of the steps with linear warmup before the cosine decay.
-        seed: seeds initialisation, sampling order and augmentations.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        devices: processes per node (GPUs, or CPU processes on the gloo backend).
-        num_nodes: machines.
-        precision: a Fabric precision; ``auto`` is ``bf16-mixed`` on GPU, ``32-true`` on CPU.
-        compile: ``torch.compile`` the backbone, and the method's loss where that pays
-            (``PretrainMethod.compile_loss``: DINO's and MoCo v1/v2's).
-        data_root: where the npz files are (see ``embedkit.data.data_root``).
-        download: fetch missing MedMNIST files with medmnist's downloader.
-        checkpoint_every: save a checkpoint every this many epochs (and at the end).
-        knn_every: run the online kNN monitor on the val split every this many epochs (0: off).
-        loggers: experiment loggers besides ``metrics.jsonl``: ``csv``, ``tensorboard``,
-            ``wandb`` (see ``embedkit.pretrain.loggers``).
-        method_params: overrides of the method's ``Config`` fields.
-    """
-
-    dataset: str = "demo-med"
-    size: int = 28
-    method: str = "simclr"
-    backbone: str = "resnet18"
-    init: str = "random"
-    patch_size: int = 0
-    epochs: int = 100
-    batch_size: int = 256
-    accumulate: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    precision: str = "auto"
-    compile: bool = False
-    data_root: str | None = None
-    download: bool = False
-    checkpoint_every: int = 1
-    knn_every: int = 0
-    loggers: tuple[str, ...] = ()
-    method_params: Mapping[str, Any] = field(default_factory=dict)
 
 
 def pretrain(

@@ -9,11 +9,11 @@ float32: they return the same neighbours up to the order of tied scores.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
+from ..configs import KNNVote
 from ..errors import ConfigError
 
 BACKENDS = ("auto", "faiss", "torch")
@@ -155,23 +155,6 @@ class NeighborIndex:
 
 WEIGHTINGS = ("weighted", "majority")
 METRICS = ("cosine", "l2")
-
-
-@dataclass(frozen=True)
-class KNNVote:
-    """How the neighbours of a query vote (``knn_predict``).
-
-    Attributes:
-        k: neighbours.
-        temperature: softness of the weighted vote.
-        weighting: ``weighted`` or ``majority``.
-        metric: ``cosine`` or ``l2``.
-    """
-
-    k: int = 20
-    temperature: float = 0.07
-    weighting: str = "weighted"
-    metric: str = "cosine"
 
 
 def knn_predict(bank_x, bank_y, queries, n_classes: int, task: str, config: KNNVote = KNNVote()):

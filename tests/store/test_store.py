@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -181,9 +182,9 @@ def test_store_errors(tmp_path, data_root, demo_store):
     (unfinished / "run.json").write_text(json.dumps({"status": "running"}))
     (unfinished / "config.json").write_text(json.dumps({"pretrain": {}}))
     with pytest.raises(RunError, match="not finished"):
-        embed(EmbedConfig(run=str(unfinished), data_root=str(data_root)), tmp_path / "s.zarr")
+        embed(replace(config, run=str(unfinished)), tmp_path / "s.zarr")
     with pytest.raises(RunError, match="not a pretraining run folder"):
-        embed(EmbedConfig(run=str(tmp_path), data_root=str(data_root)), tmp_path / "s.zarr")
+        embed(replace(config, run=str(tmp_path)), tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
 
 
