@@ -77,9 +77,10 @@ def command_defaults(data: dict[str, Any], command: str, params: dict, path: Pat
             value = ",".join(map(str, value))  # --seeds, --logger: comma-separated
         defaults[name] = value
     if unknown:
-        valid = ", ".join(sorted(n.replace("_", "-") for n in params))
+        valid = ", ".join(sorted(params))
         raise ConfigError(
-            f"--config {path}: {command} has no option {', '.join(unknown)} (it has {valid})"
+            f"--config {path}: {command} has no option {', '.join(unknown)} (it has {valid}; "
+            f"a flag's spelling works too, e.g. batch-size)"
         )
     return defaults
 

@@ -1,7 +1,8 @@
-"""Pretraining run folders: creation and resumption checks, progress, the exported encoder.
+"""The run folder: the contract between pretraining (which writes it) and extraction (which
+reads it). Creation and resumption checks, progress, the exported encoder and head.
 
-Layout (see ``embedkit.pretrain``): ``config.json``, ``run.json``, ``metrics.jsonl``,
-``checkpoints/last.ckpt`` and, written last, ``encoder.safetensors``.
+Layout: ``config.json``, ``run.json``, ``metrics.jsonl``, ``checkpoints/last.ckpt`` and,
+written last, ``encoder.safetensors`` and ``head.safetensors``.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class ResidualSpace:
         dim: int,
         cache: ScorerCache | None = None,
     ) -> None:
-        self.cache = cache
+        self._cache = cache
         self.origin, self.basis = cached(
             cache, "residual_space", (X, weight, bias), dim, lambda: self._fit(X, weight, bias, dim)
         )
@@ -109,7 +109,7 @@ class ResidualSpace:
         import torch
 
         origin = -np.linalg.pinv(weight) @ bias  # (K, D): small, on the CPU as before
-        shifted = as_float64(X, cache=self.cache) - as_float64(origin, cache=self.cache)
+        shifted = as_float64(X, cache=self._cache) - as_float64(origin, cache=self._cache)
         eigenvalues, eigenvectors = torch.linalg.eigh(shifted.T @ shifted / len(shifted))
         order = torch.argsort(eigenvalues, descending=True)
         return origin, eigenvectors[:, order[dim:]].contiguous().cpu().numpy()
@@ -118,10 +118,10 @@ class ResidualSpace:
         """Length of each row's component outside the principal subspace."""
 
         def compute() -> np.ndarray:
-            shifted = as_float64(X, cache=self.cache) - as_float64(self.origin, cache=self.cache)
-            return (shifted @ as_float64(self.basis, cache=self.cache)).norm(dim=1).cpu().numpy()
+            shifted = as_float64(X, cache=self._cache) - as_float64(self.origin, cache=self._cache)
+            return (shifted @ as_float64(self.basis, cache=self._cache)).norm(dim=1).cpu().numpy()
 
-        return cached(self.cache, "residual_norm", (X, self.origin, self.basis), None, compute)
+        return cached(self._cache, "residual_norm", (X, self.origin, self.basis), None, compute)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "cache": None}  # the evaluation's shared work stays behind
+        return {**self.__dict__, "_cache": None}  # the evaluation's shared work stays behind

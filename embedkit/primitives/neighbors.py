@@ -4,6 +4,10 @@ Which engine searches (``backend="auto"``): FAISS on the GPU when FAISS sees one
 else torch on the GPU when torch sees one (a CUDA torch beside a CPU-only FAISS, e.g. where
 no faiss-gpu wheel matches the CUDA of torch), else FAISS on the CPU. Both are exact, in
 float32: they return the same neighbours up to the order of tied scores.
+
+``knn_predict`` is the kNN vote over such a search (solo-learn's weighted vote, or a majority
+vote), with its settings in ``KNNVote``: kNN classification, the pretraining monitor and
+their tests share it.
 """
 
 from __future__ import annotations
