@@ -69,8 +69,8 @@ def _losses_on_rank(rank: int, world: int, port: int, queue) -> None:
     import torch.distributed as dist
     from lightly.loss import BarlowTwinsLoss, NTXentLoss, VICRegLoss
 
-    from embedkit.methods._gram import GramBarlowTwinsLoss, GramVICRegLoss
-    from embedkit.methods._ntxent import SyncFreeNTXentLoss
+    from embedkit.losses.gram import GramBarlowTwinsLoss, GramVICRegLoss
+    from embedkit.losses.ntxent import SyncFreeNTXentLoss
     from embedkit.methods.mocov3 import contrastive_loss
 
     def mocov3_by_direction(a, b):  # queries a, keys b: the first 12 rows view 0

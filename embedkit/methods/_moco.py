@@ -1,8 +1,9 @@
 """What MoCo v1 and v2 share (not a method itself): a momentum encoder and a queue.
 
 Keys of past batches wait in a queue as negatives (lightly's memory bank inside
-``NTXentLoss``, its write position kept on the host: ``_ntxent``). The queue is kept in the
-module's state (``get_extra_state``), so a resumed run continues with the same negatives.
+``NTXentLoss``; by default its write position kept on the host: ``embedkit.losses.ntxent``).
+The queue is kept in the module's state (``get_extra_state``), so a resumed run continues
+with the same negatives.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightly.loss import NTXentLoss
 from torch import nn
 
 from ..backbones import Encoder
+from ..losses import SyncFreeNTXentLoss
 from ._momentum import MomentumMethod
-from ._ntxent import SyncFreeNTXentLoss
 
 
 class MomentumQueueMethod(MomentumMethod):
@@ -27,7 +29,8 @@ class MomentumQueueMethod(MomentumMethod):
         super().__init__(encoder, config, image_size, n_classes)
         self.projection_head = self.make_head(encoder.feature_dim)
         self.init_momentum_branch()
-        self.criterion = SyncFreeNTXentLoss(
+        loss = NTXentLoss if config.lightly_losses else SyncFreeNTXentLoss
+        self.criterion = loss(
             temperature=config.temperature,
             memory_bank_size=(config.queue_size, config.projection_dim),
             gather_distributed=True,
@@ -39,11 +42,19 @@ class MomentumQueueMethod(MomentumMethod):
         return self.criterion(query, self.momentum_forward(key_views))
 
     def compile_loss(self) -> None:
-        self.criterion.compile()
+        if not self.config.lightly_losses:  # lightly's loss stays as written
+            self.criterion.compile()
 
     def get_extra_state(self) -> dict[str, Any]:
         bank = self.criterion.memory_bank
-        return {"bank": bank.bank.detach().cpu().clone(), "ptr": torch.tensor([bank.position])}
+        position = getattr(bank, "position", None)  # lightly's bank: read from the device
+        position = int(bank.bank_ptr) if position is None else position
+        return {"bank": bank.bank.detach().cpu().clone(), "ptr": torch.tensor([position])}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.criterion.memory_bank.restore(state["bank"], int(state["ptr"][0]))
+        bank = self.criterion.memory_bank
+        if hasattr(bank, "restore"):
+            bank.restore(state["bank"], int(state["ptr"][0]))
+        else:  # lightly's MemoryBankModule
+            bank.bank.copy_(state["bank"])
+            bank.bank_ptr.fill_(int(state["ptr"][0]))

@@ -14,8 +14,10 @@ from collections.abc import Callable
 
 import torch
 from lightly.models.utils import deactivate_requires_grad
+from lightly.models.utils import update_momentum as lightly_update_momentum
 from torch import nn
 
+from ..modules import update_momentum
 from .base import PretrainMethod
 
 
@@ -99,8 +101,13 @@ class MomentumMethod(PretrainMethod):
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         # average <- m average + (1 - m) online, as one multi-tensor lerp over all parameters
-        # (lightly's update_momentum is a multiply and an add: two passes over them)
-        torch._foreach_lerp_(*self._averaged_parameters(), 1.0 - self.momentum_at(progress))
+        # (embedkit.modules.momentum), or lightly's update_momentum pair by pair
+        m = self.momentum_at(progress)
+        if getattr(self.config, "lightly_losses", False):
+            for online, average in self.momentum_pairs():
+                lightly_update_momentum(online, average, m)
+        else:
+            update_momentum(*self._averaged_parameters(), m)
 
 
 def _held(modules: list[nn.Module]) -> list[nn.Parameter]:

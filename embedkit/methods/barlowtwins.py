@@ -9,16 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
 from ..backbones import Encoder
+from ..losses import GramBarlowTwinsLoss
 from . import register_method
-from ._gram import GramBarlowTwinsLoss
-from .base import MethodConfig, PretrainMethod
+from .base import PretrainMethod, RewrittenLossConfig
 
 
 @dataclass(frozen=True)
-class BarlowTwinsConfig(MethodConfig):
+class BarlowTwinsConfig(RewrittenLossConfig):
     """Barlow Twins' hyperparameters (the paper's 8192-8192-8192 projector).
 
     Attributes:
@@ -34,7 +35,7 @@ class BarlowTwinsConfig(MethodConfig):
 @register_method("barlowtwins")
 class BarlowTwins(PretrainMethod):
     """Barlow Twins with lightly's ``BarlowTwinsProjectionHead`` and ``BarlowTwinsLoss`` (through
-    the batch's Gram matrices on one process, ``embedkit.methods._gram``)."""
+    the batch's Gram matrices on one process, ``embedkit.losses.gram``)."""
 
     Config = BarlowTwinsConfig
     min_batch_size = 4  # the loss normalises over the batch: two samples give a degenerate one
@@ -46,9 +47,8 @@ class BarlowTwins(PretrainMethod):
         self.projection_head = BarlowTwinsProjectionHead(
             encoder.feature_dim, config.hidden_dim, config.projection_dim
         )
-        self.criterion = GramBarlowTwinsLoss(
-            lambda_param=config.lambda_param, gather_distributed=True
-        )
+        loss = BarlowTwinsLoss if config.lightly_losses else GramBarlowTwinsLoss
+        self.criterion = loss(lambda_param=config.lambda_param, gather_distributed=True)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)

@@ -26,6 +26,20 @@ class MethodConfig:
     augment_second: AugmentConfig | None = None
 
 
+@dataclass(frozen=True)
+class RewrittenLossConfig(MethodConfig):
+    """Base of the methods whose loss, queue or momentum update embedkit rewrites for speed
+    (``embedkit.losses``, ``embedkit.modules``).
+
+    Attributes:
+        lightly_losses: run lightly's own loss, memory bank and momentum update instead of
+            embedkit's rewrites: the same functions to float rounding, slower on a GPU. The
+            reference, should a rewrite ever be in doubt.
+    """
+
+    lightly_losses: bool = False
+
+
 class PretrainMethod(nn.Module):
     """An encoder plus the heads and loss that train it.
 

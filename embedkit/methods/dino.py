@@ -3,7 +3,7 @@
 Two global crops go through the teacher; the global and ``n_local`` small local crops go
 through the student, whose softmax must match the teacher's centred, sharpened softmax of
 the other views (lightly's ``DINOProjectionHead``, and ``DINOLoss`` computed by blocks of
-views with a written-out gradient: ``_dino_loss``). The teacher temperature
+views with a written-out gradient: ``embedkit.losses.dino``). The teacher temperature
 warms up linearly over the first ``teacher_temp_warmup`` of training, the teacher momentum
 rises from 0.996 to 1 on a cosine, and the head's last layer stays frozen during the first
 epoch. Local crops are ``96/224`` of the image side, rounded to the ViT patch size.
@@ -18,20 +18,21 @@ import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
+from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 
 from ..augment import AugmentConfig, BatchAugment, augment_views
 from ..backbones import Encoder
+from ..losses import FusedDINOLoss
 from . import register_method
-from ._dino_loss import FusedDINOLoss
 from ._momentum import MomentumMethod
-from .base import MethodConfig
+from .base import RewrittenLossConfig
 
 _JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
 
 
 @dataclass(frozen=True)
-class DINOConfig(MethodConfig):
+class DINOConfig(RewrittenLossConfig):
     """DINO's hyperparameters (the paper's ViT-S/16 defaults).
 
     Attributes:
@@ -107,7 +108,8 @@ class DINO(MomentumMethod):
 
         self.projection_head = make_head()
         self.init_momentum_branch(make_head)
-        self.criterion = FusedDINOLoss(
+        loss = DINOLoss if config.lightly_losses else FusedDINOLoss
+        self.criterion = loss(
             output_dim=config.output_dim,
             warmup_teacher_temp=config.warmup_teacher_temp,
             teacher_temp=config.teacher_temp,
@@ -135,10 +137,14 @@ class DINO(MomentumMethod):
             local_views = augment_views(images, local_augments, generator)
             local = self.projection_head(self.encoder(local_views))
             student.append(local.unflatten(0, (self.config.n_local, n)))
+        if self.config.lightly_losses:  # lightly's loss takes one tensor per view
+            teacher = list(teacher.unbind(0))
+            student = [view for block in student for view in block.unbind(0)]
         return self.criterion(teacher, student, teacher_temp=self.teacher_temperature())
 
     def compile_loss(self) -> None:
-        self.criterion.compile()
+        if not self.config.lightly_losses:  # lightly's loss stays as written
+            self.criterion.compile()
 
     def before_optimizer_step(self) -> None:
         self.projection_head.cancel_last_layer_gradients(self.epoch)

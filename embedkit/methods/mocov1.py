@@ -13,11 +13,11 @@ from torch import nn
 from ..augment import AugmentConfig
 from . import register_method
 from ._moco import MomentumQueueMethod
-from .base import MethodConfig
+from .base import RewrittenLossConfig
 
 
 @dataclass(frozen=True)
-class MoCoV1Config(MethodConfig):
+class MoCoV1Config(RewrittenLossConfig):
     """MoCo v1's hyperparameters.
 
     Attributes:

@@ -14,11 +14,11 @@ from torch import nn
 from ..augment import AugmentConfig
 from . import register_method
 from ._moco import MomentumQueueMethod
-from .base import MethodConfig
+from .base import RewrittenLossConfig
 
 
 @dataclass(frozen=True)
-class MoCoV2Config(MethodConfig):
+class MoCoV2Config(RewrittenLossConfig):
     """MoCo v2's hyperparameters.
 
     Attributes:

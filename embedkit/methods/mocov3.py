@@ -22,16 +22,16 @@ from torch import nn
 
 from ..augment import AugmentConfig
 from ..backbones import Encoder
+from ..losses import normalize
 from . import register_method
 from ._momentum import MomentumMethod
-from ._normalize import normalize
-from .base import MethodConfig
+from .base import RewrittenLossConfig
 
 _BYOL = dict(min_scale=0.08, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
 
 
 @dataclass(frozen=True)
-class MoCoV3Config(MethodConfig):
+class MoCoV3Config(RewrittenLossConfig):
     """MoCo v3's hyperparameters.
 
     Attributes:
@@ -55,14 +55,17 @@ class MoCoV3Config(MethodConfig):
     )
 
 
-def contrastive_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
+def contrastive_loss(
+    query: torch.Tensor, key: torch.Tensor, temperature: float, normalise=normalize
+) -> torch.Tensor:
     """InfoNCE of each query against its key, with all gathered keys as candidates.
 
     Scaled by ``2 * temperature`` as in the paper's reference code. ``(N, D)`` inputs give
     one loss; ``(V, N, D)`` inputs the sum of the V views' losses, in one call (the step is
-    bound by kernel launches on a GPU).
+    bound by kernel launches on a GPU). ``normalise``: embedkit's (a written-out gradient) or
+    ``F.normalize`` along the last dimension.
     """
-    query, key = normalize(query), normalize(key)
+    query, key = normalise(query), normalise(key)
     keys = torch.cat(dist.gather(key), dim=-2) if dist.world_size() > 1 else key
     logits = query @ keys.transpose(-2, -1) / temperature
     n, views = query.shape[-2], query[..., 0, 0].numel()
@@ -99,4 +102,11 @@ class MoCoV3(MomentumMethod):
         k0, k1 = keys.chunk(2)
         temperature = self.config.temperature
         # both directions, (p0, k1) and (p1, k0), in one call
-        return contrastive_loss(torch.stack([p0, p1]), torch.stack([k1, k0]), temperature)
+        normalise = _lightly_normalize if self.config.lightly_losses else normalize
+        return contrastive_loss(
+            torch.stack([p0, p1]), torch.stack([k1, k0]), temperature, normalise
+        )
+
+
+def _lightly_normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)

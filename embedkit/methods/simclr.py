@@ -9,16 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
 from ..backbones import Encoder
+from ..losses import SyncFreeNTXentLoss
 from . import register_method
-from ._ntxent import SyncFreeNTXentLoss
-from .base import MethodConfig, PretrainMethod
+from .base import PretrainMethod, RewrittenLossConfig
 
 
 @dataclass(frozen=True)
-class SimCLRConfig(MethodConfig):
+class SimCLRConfig(RewrittenLossConfig):
     """SimCLR's hyperparameters.
 
     Attributes:
@@ -47,7 +48,8 @@ class SimCLR(PretrainMethod):
         self.projection_head = SimCLRProjectionHead(
             encoder.feature_dim, hidden, config.projection_dim
         )
-        self.criterion = SyncFreeNTXentLoss(temperature=config.temperature, gather_distributed=True)
+        loss = NTXentLoss if config.lightly_losses else SyncFreeNTXentLoss
+        self.criterion = loss(temperature=config.temperature, gather_distributed=True)
 
     def training_step(self, images, labels, generator) -> torch.Tensor:
         z0, z1 = self.projection_head(self.encoder(self.two_views(images, generator))).chunk(2)

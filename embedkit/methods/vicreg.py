@@ -9,16 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 
 from ..backbones import Encoder
+from ..losses import GramVICRegLoss
 from . import register_method
-from ._gram import GramVICRegLoss
-from .base import MethodConfig, PretrainMethod
+from .base import PretrainMethod, RewrittenLossConfig
 
 
 @dataclass(frozen=True)
-class VICRegConfig(MethodConfig):
+class VICRegConfig(RewrittenLossConfig):
     """VICReg's hyperparameters (the paper's 8192-8192-8192 expander, weights 25/25/1).
 
     Attributes:
@@ -37,7 +38,7 @@ class VICRegConfig(MethodConfig):
 @register_method("vicreg")
 class VICReg(PretrainMethod):
     """VICReg with lightly's ``VICRegProjectionHead`` and ``VICRegLoss`` (its covariance term
-    through the batch's Gram matrices, ``embedkit.methods._gram``)."""
+    through the batch's Gram matrices, ``embedkit.losses.gram``)."""
 
     Config = VICRegConfig
     min_batch_size = 4  # the variance and covariance terms are batch statistics
@@ -49,7 +50,8 @@ class VICReg(PretrainMethod):
         self.projection_head = VICRegProjectionHead(
             encoder.feature_dim, config.hidden_dim, config.projection_dim, config.num_layers
         )
-        self.criterion = GramVICRegLoss(
+        loss = VICRegLoss if config.lightly_losses else GramVICRegLoss
+        self.criterion = loss(
             lambda_param=config.invariance_weight,
             mu_param=config.variance_weight,
             nu_param=config.covariance_weight,

@@ -292,7 +292,7 @@ def test_gram_losses_equal_lightlys(name, n, d, dtype):
     gradients, to float precision."""
     from lightly.loss import BarlowTwinsLoss, VICRegLoss
 
-    from embedkit.methods._gram import GramBarlowTwinsLoss, GramVICRegLoss
+    from embedkit.losses.gram import GramBarlowTwinsLoss, GramVICRegLoss
 
     reference, ours = {
         "barlowtwins": (BarlowTwinsLoss(lambda_param=5e-3), GramBarlowTwinsLoss(lambda_param=5e-3)),
@@ -323,7 +323,7 @@ def test_fused_dino_loss_equals_lightlys(n_local, dtype, form):
     holding views with and without a matching teacher view."""
     from lightly.loss import DINOLoss
 
-    from embedkit.methods._dino_loss import FusedDINOLoss
+    from embedkit.losses.dino import FusedDINOLoss
 
     reference, ours = (
         cls(output_dim=512, center_momentum=0.8).to(dtype) for cls in (DINOLoss, FusedDINOLoss)
@@ -362,7 +362,7 @@ def test_fused_dino_loss_leaves_its_inputs_and_returns_their_dtype():
     get bfloat16 gradients equal to the float32 computation's up to bfloat16 rounding."""
     from types import SimpleNamespace
 
-    from embedkit.methods._dino_loss import FusedDINOLoss, _PairedLogLikelihood
+    from embedkit.losses.dino import FusedDINOLoss, _PairedLogLikelihood
 
     generator = torch.Generator().manual_seed(5)
     teacher = 3 * torch.randn(2, 6, 512, generator=generator)
@@ -396,7 +396,7 @@ def test_fused_dino_loss_centre_with_bfloat16_weights():
     """Under ``bf16-true`` the centre buffer is bfloat16 and the loss's sums float32: the
     first update makes the centre float32 (lightly's assignment), later ones average in
     place; each equals ``m * centre + (1 - m) * batch mean`` of the float32 teacher."""
-    from embedkit.methods._dino_loss import FusedDINOLoss
+    from embedkit.losses.dino import FusedDINOLoss
 
     loss = FusedDINOLoss(output_dim=512, center_momentum=0.8).to(torch.bfloat16)
     generator = torch.Generator().manual_seed(3)
@@ -431,8 +431,8 @@ def test_losses_that_move_a_buffer_keep_their_gradients_in_a_compiled_caller(nam
     eager gradients and buffer, bit for bit, over two calls (the second with the moved
     buffer); with their own ``compile()`` (all but the buffer's update compiled) they give
     them up to float rounding."""
-    from embedkit.methods._dino_loss import FusedDINOLoss
-    from embedkit.methods._ntxent import SyncFreeNTXentLoss
+    from embedkit.losses.dino import FusedDINOLoss
+    from embedkit.losses.ntxent import SyncFreeNTXentLoss
 
     if name.startswith("dino"):  # the teacher, and the student's blocks of views (with grad)
         make = lambda: FusedDINOLoss(output_dim=256)  # noqa: E731
@@ -494,7 +494,7 @@ def test_normalize_equals_torchs_with_its_gradient(dtype):
     above the norm's floor, and at or below it (a zero row, and a norm of exactly eps, where
     the clamp passes no gradient to the norm), where the gradient is the upstream one over
     eps."""
-    from embedkit.methods._normalize import normalize
+    from embedkit.losses.normalize import normalize
 
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(8, 6, dtype=dtype, generator=generator)
@@ -518,7 +518,7 @@ def test_sync_free_ntxent_equals_lightlys(dtype):
     gradients."""
     from lightly.loss import NTXentLoss
 
-    from embedkit.methods._ntxent import SyncFreeNTXentLoss
+    from embedkit.losses.ntxent import SyncFreeNTXentLoss
 
     generator = torch.Generator().manual_seed(1)
     z0 = torch.randn(12, 32, dtype=dtype, generator=generator)
@@ -540,7 +540,7 @@ def test_host_pointer_queue_equals_lightlys_memory_bank():
     batch at the end of the queue), and after a restore."""
     from lightly.loss import NTXentLoss
 
-    from embedkit.methods._ntxent import SyncFreeNTXentLoss
+    from embedkit.losses.ntxent import SyncFreeNTXentLoss
 
     reference, ours = NTXentLoss(0.2, (10, 8)), SyncFreeNTXentLoss(0.2, (10, 8))
     ours.memory_bank.bank.copy_(reference.memory_bank.bank)

@@ -11,7 +11,9 @@ two N x N Gram matrices (2 N^2 D each), and the diagonal ``sum_n A_ni B_ni`` is 
 The loss is the same function (tested against lightly's to float precision, values and
 gradients); it is computed in float32 outside autocast, since the off-diagonal sum is a
 difference of two large sums. Where N >= D, or for Barlow Twins under several processes
-(lightly all-reduces the D x D matrix there), lightly's own loss runs.
+(lightly all-reduces the D x D matrix there), lightly's own loss runs. Upstream change that
+would let this go: lightly's losses taking the Gram route when the batch is below the
+projection size.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ mean's division, and the centre moves by one ``lerp_``: on a GPU every operation
 that the host pays for. The sums run in float32 outside autocast (float64 stays float64); the
 centre is lightly's (its mean, all-reduced across processes). ``FusedDINOLoss.compile()``
 (``pretrain --compile``) compiles everything but the centre's update, whose passes then fuse.
+Upstream change that would let this go: lightly's ``DINOLoss`` summing one weighted term per
+student view (no stacked copies) with a fused backward.
 """
 
 from __future__ import annotations

@@ -13,50 +13,21 @@ from __future__ import annotations
 
 import torch
 from lightly.loss import NTXentLoss
-from lightly.models import utils as lightly_utils
-from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.utils import dist as lightly_dist
 from torch.nn import functional as F
 
-from ._normalize import normalize
-
-
-class HostPointerMemoryBank(MemoryBankModule):
-    """lightly's ``MemoryBankModule`` (same buffers, same order of keys) whose write
-    position lives on the host."""
-
-    def __init__(self, size, gather_distributed: bool = False) -> None:
-        super().__init__(size=size, gather_distributed=gather_distributed)
-        self.position = 0
-
-    def restore(self, bank: torch.Tensor, position: int) -> None:
-        """Load a saved queue and its write position."""
-        self.bank.copy_(bank)
-        self.position = int(position)
-        self.bank_ptr.fill_(self.position)
-
-    @torch.no_grad()
-    def _init_memory_bank(self, size) -> None:
-        super()._init_memory_bank(size)
-        self.position = 0
-
-    @torch.no_grad()
-    def _dequeue_and_enqueue(self, batch: torch.Tensor) -> None:
-        if self.gather_distributed and lightly_dist.world_size() > 1:
-            batch = lightly_utils.concat_all_gather(batch)
-        n, start = batch.shape[0], self.position
-        if start + n >= self.size[0]:  # lightly's rule: the batch's tail is dropped
-            self.bank[start:] = batch[: self.size[0] - start].detach()
-            self.position = 0
-        else:
-            self.bank[start : start + n] = batch.detach()
-            self.position = start + n
-        self.bank_ptr.fill_(self.position)
+from ..modules.memory_bank import HostPointerMemoryBank
+from .normalize import normalize
 
 
 class SyncFreeNTXentLoss(NTXentLoss):
     """lightly's ``NTXentLoss`` (same arguments and value) without host synchronisation,
-    normalising with a written-out gradient (``_normalize``)."""
+    normalising with a written-out gradient (``embedkit.losses.normalize``).
+
+    Upstream change that would let it go: lightly's ``NTXentLoss`` masking the
+    self-similarities (``masked_fill``) instead of boolean indexing, and its
+    ``MemoryBankModule`` keeping the write position on the host.
+    """
 
     _compiled = None  # ``_queue_cross_entropy`` compiled, once ``compile`` is called
 
