@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones import BACKBONES
+from ..configs import PretrainConfig, ProbeConfig
 from ..data import SIZES, components, parse_dataset_spec
 from ..errors import ConfigError, EmbedkitError
-from ..eval.probe import ProbeConfig
 from ..methods import METHODS, get_method, method_config
 from ..utils import stable_hash
 
@@ -60,38 +60,24 @@ AXES = {  # grid-file key -> the cell's axis name
     "inits": "init",
     "sizes": "size",
 }
-# pretraining options a grid may fix or vary (a list is an axis); devices and the like are
-# resources of the executor, not part of a cell's identity
-PRETRAIN_OPTIONS = {
-    "epochs": int,
-    "batch_size": int,
-    "accumulate": int,
-    "lr": float,
-    "weight_decay": float,
-    "warmup_fraction": float,
-    "seed": int,
-    "patch_size": int,
-    "precision": str,
-    "compile": bool,
-    "checkpoint_every": int,
-    "knn_every": int,
-}
-EVALUATE_OPTIONS = {
-    "datasets": list,
-    "label_fractions": list,
-    "seeds": list,
-    "protocol": str,
-    "l2_grid": list,
-    "knn": bool,
-    "knn_k": int,
-    "scorers": list,
-    "params": dict,
-    "ood_id": str,
-    "ood_splits": str,
-    "transfer": bool,
-    "batch_size": int,
-    "dtype": str,
-}
+# pretraining options a grid may fix or vary (a list is an axis): PretrainConfig's fields but
+# the axes and what belongs to the executor or the machine, not to a cell's identity
+NOT_PRETRAIN_OPTIONS = {*AXES.values(), "device", "devices", "num_nodes", "data_root"}
+NOT_PRETRAIN_OPTIONS |= {"download", "loggers", "method_params"}
+
+
+def _field_types(config_cls, leave_out=()) -> dict[str, type]:
+    """Field name -> the type a grid file gives it (a TOML array for a tuple)."""
+    kinds = {}
+    for f in dataclasses.fields(config_cls):
+        if f.name in leave_out:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kinds[f.name] = list if isinstance(default, tuple) else type(default)
+    return kinds
+
+
+PRETRAIN_OPTIONS = _field_types(PretrainConfig, NOT_PRETRAIN_OPTIONS)
 TOP_KEYS = ("name", "description", "pretrain", "baselines", "inits", "evaluate")
 OOD_ID = ("in-domain", "all")
 
@@ -128,6 +114,9 @@ class EvaluationPlan:
     transfer: bool = True
     batch_size: int = 256
     dtype: str = "float32"
+
+
+EVALUATE_OPTIONS = _field_types(EvaluationPlan)
 
 
 @dataclass(frozen=True)
