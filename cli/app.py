@@ -8,6 +8,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import warnings
@@ -184,6 +185,23 @@ def run_command(debug: bool, action):
             raise
         print(f"error: {os_error_message(exc, 'cannot write or read a file')}", file=sys.stderr)
         raise typer.Exit(2) from None
+
+
+@functools.cache
+def _documented(config_cls: type) -> dict[str, str]:
+    from embedkit.registry import documented_parameters
+
+    return documented_parameters(config_cls, "Attributes")
+
+
+def field_help(config_cls: type, name: str, syntax: str = "") -> str:
+    """An option's help: the ``Attributes`` entry of its config field (one text for the
+    library's docs and ``--help``), then how the command line writes it, where that differs."""
+    raw = _documented(config_cls)[name]
+    text = raw.replace("``", "")
+    if not raw.startswith("``"):  # prose, not a value or a name such as torch.compile
+        text = text[:1].upper() + text[1:]
+    return f"{text} {syntax}".strip()
 
 
 def listed(values: tuple) -> str:

@@ -18,6 +18,7 @@ from .app import (
     TableFormatOpt,
     app,
     dataset_option,
+    field_help,
     listed,
     run_command,
 )
@@ -30,20 +31,24 @@ def probe(
     datasets: Annotated[
         str,
         typer.Option(
-            "--dataset", help="Datasets to probe (comma-separated); 'all' = every one in the store."
+            "--dataset",
+            help=field_help(ProbeConfig, "datasets", "Comma-separated."),
         ),
     ] = listed(ProbeConfig.datasets),
     label_fractions: Annotated[
-        str, typer.Option("--label-fraction", help="Label fractions in (0, 1], comma-separated.")
+        str,
+        typer.Option(
+            "--label-fraction", help=field_help(ProbeConfig, "label_fractions", "Comma-separated.")
+        ),
     ] = listed(ProbeConfig.label_fractions),
-    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = listed(
-        ProbeConfig.seeds
-    ),
+    seeds: Annotated[
+        str, typer.Option("--seeds", help=field_help(ProbeConfig, "seeds", "Comma-separated."))
+    ] = listed(ProbeConfig.seeds),
     protocol: Annotated[
         str,
         typer.Option(
             "--protocol",
-            help="lbfgs (full batch) or sgd (100 epochs of mini-batches, as the paper).",
+            help=field_help(ProbeConfig, "protocol"),
         ),
     ] = ProbeConfig.protocol,
     device: DeviceOpt = ProbeConfig.device,
@@ -117,18 +122,20 @@ def knn(
         str,
         typer.Option(
             "--dataset",
-            help="Datasets to classify (comma-separated); 'all' = every one in the store.",
+            help=field_help(KNNConfig, "datasets", "Comma-separated."),
         ),
     ] = listed(KNNConfig.datasets),
-    k: Annotated[int, typer.Option("--k", help="Neighbours.")] = KNNConfig.k,
+    k: Annotated[int, typer.Option("--k", help=field_help(KNNConfig, "k"))] = KNNConfig.k,
     temperature: Annotated[
         float,
-        typer.Option("--temperature", help="Softness of the weighted vote (solo-learn: 0.07)."),
+        typer.Option("--temperature", help=field_help(KNNConfig, "temperature")),
     ] = KNNConfig.temperature,
     weighting: Annotated[
-        str, typer.Option("--weighting", help="weighted or majority.")
+        str, typer.Option("--weighting", help=field_help(KNNConfig, "weighting"))
     ] = KNNConfig.weighting,
-    metric: Annotated[str, typer.Option("--metric", help="cosine or l2.")] = KNNConfig.metric,
+    metric: Annotated[
+        str, typer.Option("--metric", help=field_help(KNNConfig, "metric"))
+    ] = KNNConfig.metric,
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(
         "knn.parquet"
     ),
@@ -163,10 +170,18 @@ def knn(
 def ood(
     store: StoresOpt,
     id_datasets: Annotated[
-        str, typer.Option("--id", help="In-distribution datasets; 'all' = every one in the store.")
+        str,
+        typer.Option(
+            "--id",
+            help=field_help(OODConfig, "id_datasets", "Comma-separated."),
+        ),
     ] = listed(OODConfig.id_datasets),
     ood_datasets: Annotated[
-        str, typer.Option("--ood", help="OOD datasets; 'all' = every other one in the store.")
+        str,
+        typer.Option(
+            "--ood",
+            help=field_help(OODConfig, "ood_datasets", "Comma-separated."),
+        ),
     ] = listed(OODConfig.ood_datasets),
     scorers: Annotated[
         str,
@@ -177,7 +192,7 @@ def ood(
         ),
     ] = listed(OODConfig.scorers),
     ood_splits: Annotated[
-        str, typer.Option("--ood-splits", help="test or all.")
+        str, typer.Option("--ood-splits", help=field_help(OODConfig, "ood_splits"))
     ] = OODConfig.ood_splits,
     scorer_params: Annotated[
         list[str] | None,
@@ -187,7 +202,7 @@ def ood(
     ] = None,
     save_scores: Annotated[
         Path | None,
-        typer.Option("--save-scores", help="Folder for per-sample scores (parquet)."),
+        typer.Option("--save-scores", help=field_help(OODConfig, "save_scores")),
     ] = OODConfig.save_scores,
     ood_groups: Annotated[
         list[str] | None,
@@ -238,7 +253,8 @@ def transfer(
     datasets: Annotated[
         str,
         typer.Option(
-            "--dataset", help="Target datasets (comma-separated); 'all' = those all stores share."
+            "--dataset",
+            help=field_help(TransferConfig, "datasets", "Comma-separated."),
         ),
     ] = listed(TransferConfig.datasets),
     label_fractions: Annotated[
@@ -248,7 +264,7 @@ def transfer(
         TransferConfig.probe.seeds
     ),
     metric: Annotated[
-        str, typer.Option("--metric", help="accuracy, auc or balanced_accuracy.")
+        str, typer.Option("--metric", help=field_help(TransferConfig, "metric"))
     ] = TransferConfig.metric,
     device: DeviceOpt = TransferConfig.probe.device,
     out: Annotated[Path, typer.Option("--out", help="Result table (parquet).")] = Path(

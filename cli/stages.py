@@ -26,6 +26,7 @@ from .app import (
     SizeOpt,
     app,
     dataset_option,
+    field_help,
     is_other_rank,
     listed,
     run_command,
@@ -101,57 +102,64 @@ def pretrain(
     init: InitOpt = PretrainConfig.init,
     epochs: EpochsOpt = PretrainConfig.epochs,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Global images per forward pass.")
+        int, typer.Option("--batch-size", help=field_help(PretrainConfig, "batch_size"))
     ] = PretrainConfig.batch_size,
     accumulate: Annotated[
-        int, typer.Option("--accumulate", help="Forward passes per optimiser step.")
+        int, typer.Option("--accumulate", help=field_help(PretrainConfig, "accumulate"))
     ] = PretrainConfig.accumulate,
     lr: Annotated[
-        float, typer.Option("--lr", help="Peak AdamW learning rate.")
+        float, typer.Option("--lr", help=field_help(PretrainConfig, "lr"))
     ] = PretrainConfig.lr,
     weight_decay: Annotated[
-        float, typer.Option("--weight-decay", help="AdamW weight decay (0 or more).")
+        float, typer.Option("--weight-decay", help=field_help(PretrainConfig, "weight_decay"))
     ] = PretrainConfig.weight_decay,
     warmup_fraction: Annotated[
         float,
-        typer.Option("--warmup-fraction", "--warmup", help="Share of steps with linear LR warmup."),
+        typer.Option(
+            "--warmup-fraction", "--warmup", help=field_help(PretrainConfig, "warmup_fraction")
+        ),
     ] = PretrainConfig.warmup_fraction,
     patch_size: Annotated[
-        int, typer.Option("--patch-size", help="ViT patch size; 0 picks one for --size.")
+        int, typer.Option("--patch-size", help=field_help(PretrainConfig, "patch_size"))
     ] = PretrainConfig.patch_size,
     method_params: Annotated[
         list[str] | None,
-        typer.Option("--param", metavar="NAME=VALUE", help="A method parameter: temperature=0.1."),
+        typer.Option(
+            "--param",
+            metavar="NAME=VALUE",
+            help=field_help(
+                PretrainConfig,
+                "method_params",
+                "One NAME=VALUE each (temperature=0.1); see embedkit methods.",
+            ),
+        ),
     ] = None,
     seed: SeedOpt = PretrainConfig.seed,
     device: DeviceOpt = PretrainConfig.device,
     devices: Annotated[
-        int, typer.Option("--devices", help="Processes per node (GPUs; CPU processes on gloo).")
+        int, typer.Option("--devices", help=field_help(PretrainConfig, "devices"))
     ] = PretrainConfig.devices,
     num_nodes: Annotated[
-        int, typer.Option("--num-nodes", help="Machines.")
+        int, typer.Option("--num-nodes", help=field_help(PretrainConfig, "num_nodes"))
     ] = PretrainConfig.num_nodes,
     precision: Annotated[
-        str, typer.Option("--precision", help="auto (bf16-mixed on GPU), 32-true, bf16-mixed...")
+        str, typer.Option("--precision", help=field_help(PretrainConfig, "precision"))
     ] = PretrainConfig.precision,
     compile: Annotated[
         bool,
-        typer.Option(
-            "--compile", help="torch.compile the backbone (and the DINO and MoCo v1/v2 losses)."
-        ),
+        typer.Option("--compile", help=field_help(PretrainConfig, "compile")),
     ] = PretrainConfig.compile,
     checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", help="Epochs between checkpoints.")
+        int, typer.Option("--checkpoint-every", help=field_help(PretrainConfig, "checkpoint_every"))
     ] = PretrainConfig.checkpoint_every,
     knn_every: Annotated[
-        int, typer.Option("--knn-every", help="Epochs between online kNN checks on val (0: off).")
+        int, typer.Option("--knn-every", help=field_help(PretrainConfig, "knn_every"))
     ] = PretrainConfig.knn_every,
     loggers: Annotated[
         str,
         typer.Option(
             "--logger",
-            help="Loggers besides metrics.jsonl, comma-separated: csv, tensorboard, wandb "
-            "(Lightning's; under RUN/logs).",
+            help=field_help(PretrainConfig, "loggers", "Comma-separated; under RUN/logs."),
         ),
     ] = ",".join(PretrainConfig.loggers),
     data_root: DataRootOpt = PretrainConfig.data_root,
@@ -204,11 +212,14 @@ def embed(
     store: Annotated[Path, typer.Option("--store", help="The store to write (a *.zarr folder).")],
     dataset: DatasetOpt = EmbedConfig.dataset,
     size: SizeOpt = EmbedConfig.size,
-    run: Annotated[Path | None, typer.Option("--run", help="A pretraining run folder.")] = None,
+    run: Annotated[Path | None, typer.Option("--run", help=field_help(EmbedConfig, "run"))] = None,
     backbone: BackboneOpt = EmbedConfig.backbone,
     init: InitOpt = EmbedConfig.init,
     splits: Annotated[
-        str, typer.Option("--split", "--splits", help="Splits, comma-separated.")
+        str,
+        typer.Option(
+            "--split", "--splits", help=field_help(EmbedConfig, "splits", "Comma-separated.")
+        ),
     ] = listed(EmbedConfig.splits),
     batch_size: BatchOpt = EmbedConfig.batch_size,
     seed: SeedOpt = EmbedConfig.seed,
@@ -216,16 +227,16 @@ def embed(
     data_root: DataRootOpt = EmbedConfig.data_root,
     download: DownloadOpt = EmbedConfig.download,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing splits.")
+        bool, typer.Option("--overwrite", help=field_help(EmbedConfig, "overwrite"))
     ] = EmbedConfig.overwrite,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue splits an interrupted run left unfinished.")
+        bool, typer.Option("--resume", help=field_help(EmbedConfig, "resume"))
     ] = EmbedConfig.resume,
     dtype: Annotated[
-        str, typer.Option("--dtype", help="float32 or float16 on disk.")
+        str, typer.Option("--dtype", help=field_help(EmbedConfig, "dtype"))
     ] = EmbedConfig.dtype,
     with_head: Annotated[
-        bool, typer.Option("--with-head", help="Also store the run's projection-head output.")
+        bool, typer.Option("--with-head", help=field_help(EmbedConfig, "with_head"))
     ] = EmbedConfig.with_head,
     progress: ProgressOpt = True,
     config_file: ConfigOpt = None,

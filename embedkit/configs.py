@@ -118,7 +118,8 @@ class ProbeConfig:
     """Linear-probe protocol.
 
     Attributes:
-        datasets: datasets to probe; empty means every dataset in the store.
+        datasets: datasets to probe; none (``all`` on the command line) means every dataset in
+            the store.
         label_fractions: shares of the training labels, each in (0, 1].
         seeds: one subset per seed (fraction 1.0 uses the whole split, so one seed).
         protocol: ``lbfgs`` (full batch, default) or ``sgd`` (100 epochs of mini-batches).
@@ -143,7 +144,8 @@ class TransferConfig:
     """Transfer protocol.
 
     Attributes:
-        datasets: target datasets; empty means every dataset all stores share.
+        datasets: target datasets; none (``all`` on the command line) means every dataset all
+            stores share.
         probe: the linear-probe protocol applied to every (encoder, target) pair.
         metric: the metric the matrix shows (``accuracy``, ``auc`` or
             ``balanced_accuracy``); the table holds all three, and the report reads this
@@ -178,7 +180,8 @@ class KNNConfig(KNNVote):
     ``metric``; see ``embedkit.primitives.neighbors.KNNVote``) and the datasets to classify.
 
     Attributes:
-        datasets: datasets to classify; empty means every dataset in the store.
+        datasets: datasets to classify; none (``all`` on the command line) means every dataset
+            in the store.
     """
 
     datasets: tuple[str, ...] = ()
@@ -189,8 +192,10 @@ class OODConfig:
     """Which pairs and scorers to evaluate.
 
     Attributes:
-        id_datasets: in-distribution datasets; empty means every dataset in the store.
-        ood_datasets: OOD datasets; empty means every other dataset in the store.
+        id_datasets: in-distribution datasets; none (``all`` on the command line) means every
+            dataset in the store.
+        ood_datasets: OOD datasets; none (``all`` on the command line) means every other dataset
+            in the store.
         scorers: registry names, ``path/to/file.py:ClassName`` plug-ins, or scorer classes.
         scorer_params: keyword arguments per scorer name, e.g. ``{"knn": {"k": 50}}``.
         ood_splits: ``test`` (the test split of each OOD dataset) or ``all`` (every split).

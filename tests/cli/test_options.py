@@ -108,3 +108,26 @@ def test_a_runs_config_json_maps_onto_pretrain_without_renaming():
     path = Path("config.json")
     defaults = command_defaults(json.loads(json.dumps(record)), "pretrain", params, path)
     assert set(defaults) == set(record["pretrain"]) - {"patch_size"}  # 0: the backbone's
+
+
+# the options whose help is their field's documentation; the others (dataset, method, backbone,
+# scorer, ...) are shared by several commands and list the registries' names (cli/app.py)
+DOCUMENTED = {
+    "pretrain": ["batch_size", "lr", "warmup_fraction", "precision", "compile", "loggers"],
+    "embed": ["run", "splits", "overwrite", "resume", "dtype", "with_head"],
+    "probe": ["datasets", "label_fractions", "seeds", "protocol"],
+    "knn": ["datasets", "k", "temperature", "weighting", "metric"],
+    "ood": ["id_datasets", "ood_datasets", "ood_splits", "save_scores"],
+    "transfer": ["datasets", "metric"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(DOCUMENTED))
+def test_an_options_help_is_its_fields_documentation(command):
+    from embedkit.registry import documented_parameters
+
+    docs = documented_parameters(CONFIGS[command], "Attributes")
+    helps = {p.name: p.help for p in COMMANDS[command].params}
+    for name in DOCUMENTED[command]:
+        text = " ".join(docs[name].replace("``", "").split())
+        assert helps[name].lower().startswith(text.lower()), (name, helps[name])
