@@ -10,6 +10,18 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 FIGURES = {"01": 2, "02": 3, "03": 3, "04": 1, "05": 2, "06": 2}
+# the tables each notebook shows, on the demo family: summary and catalog (2 encoders x 3
+# datasets x 3 splits), catalog and kNN of one store, score rows and the 8 lowest AUROCs,
+# 36 OOD rows (2 encoders x 3 ID x 2 OOD x 3 scorers), probe summary and kNN of 2 encoders,
+# 3 runs
+SHAPES = {
+    "01": [(2, 9), (18, 10)],
+    "02": [(9, 10), (3, 13)],
+    "03": [(5, 8), (8, 5)],
+    "04": [(36, 6)],
+    "05": [(6, 6), (6, 4)],
+    "06": [(3, 11)],
+}
 
 
 def test_there_are_six_notebooks():
@@ -23,6 +35,45 @@ def _figures(notebook) -> int:
         if cell.cell_type == "code"
         for output in cell.outputs
     )
+
+
+def _tables(notebook) -> list[tuple[tuple[int, int], list[dict[str, str]]]]:
+    """The polars tables a notebook shows (their HTML form): shape, and each row shown as
+    column -> cell text (strings without their quotes; polars elides the middle rows of a
+    long table)."""
+    tables = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            html = output.get("data", {}).get("text/html", "")
+            match = re.search(r"<small>shape: \((\d+), (\d+)\)</small>", html)
+            if not match:
+                continue
+            head, body = html.split("<tbody>")
+            columns = re.findall(r"<th>(.*?)</th>", head)
+            rows = [
+                dict(zip(columns, [v.replace("&quot;", "") for v in cells], strict=True))
+                for cells in (re.findall(r"<td>(.*?)</td>", row) for row in body.split("</tr>"))
+                if cells and set(cells) != {"&hellip;"}  # the row polars elides a long table at
+            ]
+            tables.append(((int(match[1]), int(match[2])), rows))
+    return tables
+
+
+def _check_tables(notebook, key: str) -> None:
+    tables = _tables(notebook)
+    assert [shape for shape, _ in tables] == SHAPES[key]
+    if key == "03":  # the 8 lowest AUROCs, sorted: ascending, each in [0, 1]
+        auroc = [float(row["auroc"]) for row in tables[1][1]]
+        assert auroc == sorted(auroc) and all(0 <= a <= 1 for a in auroc)
+    if key == "01":  # SimCLR against random weights; demo-med's splits of 1,200/300/600
+        summary, catalog = tables[0][1], tables[1][1]
+        assert [row["encoder"] for row in summary] == ["simclr/resnet18", "random/resnet18"]
+        assert all(0 <= float(row[c]) <= 1 for row in summary for c in list(row)[1:])
+        sizes = {(r["dataset"], r["split"]): int(r["n"]) for r in catalog}
+        assert [sizes["demo-med", s] for s in ("train", "val", "test")] == [1200, 300, 600]
+    if key == "05":  # the probe summary: 3 label fractions per encoder, fewer labels first
+        fractions = [float(row["label_fraction"]) for row in tables[0][1]]
+        assert fractions == [0.01, 0.1, 1.0] * 2
 
 
 def _errors(notebook) -> list:
@@ -44,6 +95,7 @@ def test_notebook_is_committed_with_the_outputs_of_a_run(path):
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), path.name
     assert _errors(notebook) == []
     assert _figures(notebook) == FIGURES[path.name[:2]]
+    _check_tables(notebook, path.name[:2])
     notes = [c for c in notebook.cells if c.cell_type == "markdown"]
     assert sum(c.source.startswith("**Reading it.**") for c in notes) == FIGURES[path.name[:2]]
     text = nbformat.writes(notebook)
@@ -75,6 +127,7 @@ def test_quickstart_notebook(quickstart_folder):
     folder, notebook = quickstart_folder
     assert (folder / "simclr.zarr").is_dir() and (folder / "random.zarr").is_dir()
     assert _figures(notebook) == FIGURES["01"]  # probe curves and the OOD heatmap
+    _check_tables(notebook, "01")
 
 
 @pytest.mark.slow
@@ -85,3 +138,4 @@ def test_notebook_runs_on_the_quickstart_stores(quickstart_folder, path, monkeyp
     notebook = _run(path)
     assert _figures(notebook) == FIGURES[path.name[:2]]
     assert _errors(notebook) == []
+    _check_tables(notebook, path.name[:2])
