@@ -122,7 +122,8 @@ class ProbeConfig:
             the store.
         label_fractions: shares of the training labels, each in (0, 1].
         seeds: one subset per seed (fraction 1.0 uses the whole split, so one seed).
-        protocol: ``lbfgs`` (full batch, default) or ``sgd`` (100 epochs of mini-batches).
+        protocol: ``newton`` (full batch, exact; default), ``lbfgs`` (full batch, the same
+            optimum by L-BFGS) or ``sgd`` (the paper's 100 epochs of mini-batches).
         l2_grid: L2 strengths (weight decay for ``sgd``) tried on the validation split.
         lr_grid: learning rates tried with ``sgd``.
         epochs: epochs of the ``sgd`` protocol.
@@ -132,7 +133,7 @@ class ProbeConfig:
     datasets: tuple[str, ...] = ()
     label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    protocol: str = "lbfgs"
+    protocol: str = "newton"
     l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     lr_grid: tuple[float, ...] = (0.01, 0.1)
     epochs: int = 100

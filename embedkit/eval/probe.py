@@ -38,10 +38,10 @@ def fit_probe(
 ) -> tuple[LinearHead, dict[str, float]]:
     """Fit one head per setting of the grid; return the best on val and its setting.
 
-    The L2 values are visited from the strongest to the weakest penalty, and with ``lbfgs``
-    each fit starts from the previous solution (a warm-started regularisation path: the same
-    optima in fewer iterations). On equal validation accuracy the stronger penalty wins.
-    The setting records ``unconverged``: how many fits of the grid hit the iteration cap.
+    The L2 values are visited from the strongest to the weakest penalty, and with ``newton`` or
+    ``lbfgs`` each fit starts from the previous solution (a warm-started regularisation path: the
+    same optima in fewer iterations). On equal validation accuracy the stronger penalty wins. The
+    setting records ``unconverged``: how many fits of the grid hit the iteration cap.
     """
     multi_label = task == "multi-label"
     if not multi_label and len(np.unique(train_y)) < 2:
@@ -49,7 +49,7 @@ def fit_probe(
     l2_path = sorted(config.l2_grid, reverse=True)
     grid = (
         [{"l2": l2} for l2 in l2_path]
-        if config.protocol == "lbfgs"
+        if config.protocol != "sgd"
         else [{"l2": l2, "lr": lr} for l2, lr in itertools.product(l2_path, config.lr_grid)]
     )
     best, previous, unconverged = None, None, 0
@@ -63,7 +63,7 @@ def fit_probe(
             epochs=config.epochs,
             seed=seed,
             device=config.device,
-            init=previous if config.protocol == "lbfgs" else None,
+            init=previous if config.protocol != "sgd" else None,
             **setting,
         )
         previous = head
@@ -73,7 +73,7 @@ def fit_probe(
             best = (accuracy, head, setting)
     if unconverged:
         log.warning(
-            "%d of %d probe fits stopped at the L-BFGS iteration cap before converging",
+            "%d of %d probe fits stopped at the iteration cap before converging",
             unconverged,
             len(grid),
         )
@@ -98,7 +98,7 @@ def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> 
     Returns:
         Columns: the encoder columns, ``dataset, label_fraction, seed, n_train, protocol,
         l2, converged, unconverged_fits, accuracy, auc, balanced_accuracy``: ``converged``
-        is False when the chosen head stopped at the L-BFGS iteration cap, and
+        is False when the chosen head stopped at the Newton or L-BFGS iteration cap, and
         ``unconverged_fits`` counts such fits over the whole L2 grid.
     """
     check_probe_config(config)
@@ -166,9 +166,7 @@ def check_probe_config(config: ProbeConfig) -> None:
     if any(seed < 0 for seed in config.seeds):
         raise ConfigError(f"seeds must be 0 or more, not {list(config.seeds)}")
     if config.protocol not in PROTOCOLS:
-        raise ConfigError(
-            f"unknown probe protocol '{config.protocol}': use {' or '.join(PROTOCOLS)}"
-        )
+        raise ConfigError(f"unknown probe protocol '{config.protocol}': use {', '.join(PROTOCOLS)}")
     if any(not l2 >= 0 for l2 in config.l2_grid):
         raise ConfigError(f"L2 strengths must be 0 or more, not {list(config.l2_grid)}")
     if config.protocol == "sgd":

@@ -103,7 +103,7 @@ class EvaluationPlan:
     datasets: tuple[str, ...] = ()
     label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    protocol: str = "lbfgs"
+    protocol: str = "newton"
     l2_grid: tuple[float, ...] = ProbeConfig.l2_grid
     knn: bool = True
     knn_k: int = 20
@@ -334,7 +334,7 @@ def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> E
         origin, "evaluate.ood_splits", [values.get("ood_splits", "test")], ("test", "all"), "value"
     )
     _check_choice(
-        origin, "evaluate.protocol", [values.get("protocol", "lbfgs")], PROTOCOLS, "value"
+        origin, "evaluate.protocol", [values.get("protocol", "newton")], PROTOCOLS, "value"
     )
     _check_choice(origin, "evaluate.dtype", [values.get("dtype", "float32")], DTYPES, "dtype")
     return EvaluationPlan(**values)

@@ -27,7 +27,7 @@ def _fit_head(X: np.ndarray, y: np.ndarray, l2: float) -> LinearHead:
     head = fit_linear(X, y, n_outputs, multi_label, l2=l2)
     if not head.converged:
         log.warning(
-            "the linear head of the logit scorers (l2=%g) stopped at the L-BFGS iteration "
+            "the linear head of the logit scorers (l2=%g) stopped at the iteration "
             "cap (%d) before converging",
             l2,
             head.n_iter,

@@ -1,18 +1,22 @@
 """Linear heads on cached embeddings, in torch, on the GPU when there is one.
 
-Two protocols fit the same model, a linear layer on standardised embeddings with softmax
+Three protocols fit the same model, a linear layer on standardised embeddings with softmax
 cross-entropy (binary cross-entropy per label for multi-label datasets):
 
-- ``lbfgs`` (default): full-batch L-BFGS with an L2 penalty: the whole training subset is one
-  batch, so a probe takes a fraction of a second even on CPU. It runs until a tolerance stops
-  it (largest gradient entry below ``tolerance_grad``, or a change of the loss below
-  ``tolerance_change``), with ``max_iter`` only as a safety cap: a head that hit the cap says so
-  (``converged=False``). It works in float64: at small L2 the loss of a nearly separable
-  problem changes by less than float32 resolves long before the optimum (a gap of 1e-4 left
-  at L2 = 1e-5 on 512-d features), and each iteration is cheap next to the line search's
-  bookkeeping. The objective is ``mean cross-entropy + l2/2 * ||W||^2`` on
-  standardised embeddings, the intercept unpenalised: scikit-learn's ``LogisticRegression``
-  with ``C = 1 / (l2 * N)`` minimises the same function (tested to 1e-4).
+- ``newton`` (default): the exact optimum of ``mean cross-entropy + l2/2 * ||W||^2`` by
+  Newton's method (``embedkit.primitives.newton``): 5-10 steps of a dense solve instead of
+  hundreds of L-BFGS iterations, within 1e-10 of the minimum, where that pays
+  (``newton.newton_pays``: binary heads, and few classes or few samples); other heads, and
+  any fit on Apple's MPS (no float64), go to L-BFGS, which reaches the same optimum.
+- ``lbfgs``: full-batch L-BFGS with the same objective: the whole training subset is one batch. It
+  runs until a tolerance stops it (largest gradient entry below ``tolerance_grad``, or a change of
+  the loss below ``tolerance_change``), with ``max_iter`` only as a safety cap: a head that hit the
+  cap says so (``converged=False``). It works in float64: at small L2 the loss of a nearly separable
+  problem changes by less than float32 resolves long before the optimum (a gap of 1e-4 left at L2 =
+  1e-5 on 512-d features), and each iteration is cheap next to the line search's bookkeeping. The
+  objective is ``mean cross-entropy + l2/2 * ||W||^2`` on standardised embeddings, the intercept
+  unpenalised: scikit-learn's ``LogisticRegression`` with ``C = 1 / (l2 * N)`` minimises the same
+  function (both solvers tested to 1e-4).
 - ``sgd``: the benchmark paper's protocol, mini-batch SGD (momentum 0.9, cosine schedule) for
   100 epochs with weight decay.
 
@@ -30,17 +34,18 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..utils import resolve_device
+from .newton import fit_newton, newton_pays
 
-PROTOCOLS = ("lbfgs", "sgd")
+PROTOCOLS = ("newton", "lbfgs", "sgd")
 
 
 @dataclass(frozen=True)
 class LinearHead:
     """``logits = X @ weight.T + bias`` for raw (unstandardised) embeddings.
 
-    ``converged`` is False when L-BFGS stopped at its iteration cap rather than at a
-    tolerance (always True for the ``sgd`` protocol, which runs a fixed schedule);
-    ``n_iter`` counts the L-BFGS iterations (0 for ``sgd``).
+    ``converged`` is False when Newton or L-BFGS stopped at its iteration cap rather than at
+    a tolerance (always True for the ``sgd`` protocol, which runs a fixed schedule);
+    ``n_iter`` counts the Newton steps or L-BFGS iterations (0 for ``sgd``).
     """
 
     weight: np.ndarray
@@ -79,7 +84,7 @@ def fit_linear(
     n_outputs: int,
     multi_label: bool = False,
     l2: float = 1e-4,
-    protocol: str = "lbfgs",
+    protocol: str = "newton",
     epochs: int = 100,
     lr: float = 0.1,
     batch_size: int = 256,
@@ -97,9 +102,11 @@ def fit_linear(
         y: ``(N, 1)`` class indices, or ``(N, L)`` 0/1 labels when ``multi_label``.
         n_outputs: classes (or labels).
         l2: L2 penalty on the weights (``lbfgs``) or weight decay (``sgd``).
-        protocol: ``lbfgs`` (full batch) or ``sgd`` (mini-batches for ``epochs``).
+        protocol: ``newton`` or ``lbfgs`` (full batch, exact) or ``sgd`` (mini-batches for
+            ``epochs``).
         epochs, lr, batch_size: of the ``sgd`` protocol.
-        max_iter: cap on L-BFGS iterations (a fit that reaches it is marked unconverged).
+        max_iter: cap on L-BFGS iterations, and on Newton steps (a fit that reaches it is
+            marked unconverged; Newton takes at most 100).
         tolerance_grad, tolerance_change: L-BFGS stops when the largest gradient entry or the
             change of the loss falls below these (torch's ``LBFGS`` tolerances).
         seed: initialisation and batch order.
@@ -109,14 +116,24 @@ def fit_linear(
     """
     dev = resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
-    dtype = torch.float64 if protocol == "lbfgs" and dev.type != "mps" else torch.float32
+    if protocol == "newton" and (
+        dev.type == "mps" or not newton_pays(*np.shape(x), n_outputs, multi_label)
+    ):
+        protocol = "lbfgs"  # no float64 on MPS; a head L-BFGS solves faster
+    dtype = torch.float64 if protocol != "sgd" and dev.type != "mps" else torch.float32
     features = torch.as_tensor(np.asarray(x), dtype=dtype, device=dev)
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     features = (features - mean) / std
     targets = _targets(y, multi_label, dev, dtype)
     weight, bias = _initial(init, n_outputs, mean, std)
     converged, n_iter = True, 0
-    if protocol == "lbfgs":
+    if protocol == "newton":
+        with torch.no_grad():
+            solution = fit_newton(
+                features, targets, n_outputs, multi_label, l2, weight, bias, min(max_iter, 100)
+            )
+        weight, bias, n_iter, converged = solution
+    elif protocol == "lbfgs":
         optimizer = torch.optim.LBFGS(
             [weight, bias],
             lr=1,
@@ -156,7 +173,7 @@ def fit_linear(
                 optimizer.step()
                 scheduler.step()
     else:
-        raise ConfigError(f"unknown probe protocol '{protocol}': use {' or '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown probe protocol '{protocol}': use {', '.join(PROTOCOLS)}")
     with torch.no_grad():  # fold the standardisation into the head
         raw_weight = weight / std
         raw_bias = bias - raw_weight @ mean

@@ -1,7 +1,10 @@
-"""The L-BFGS probe reaches scikit-learn's optimum at every L2 of the default grid, says when
-it did not converge, and warm-starts along the L2 path without changing the optimum."""
+"""The L-BFGS probe (``protocol="lbfgs"``) reaches scikit-learn's optimum at every L2 of the
+default grid, says when it did not converge, and warm-starts along the L2 path without
+changing the optimum."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pytest
@@ -51,7 +54,7 @@ def test_warm_started_path_reaches_scikit_learn_optimum_at_every_l2(hard_problem
     x, y = hard_problem
     previous = None
     for l2 in sorted(GRID, reverse=True):  # the path fit_probe takes
-        head = fit_linear(x, y[:, None], 5, l2=l2, device="cpu", init=previous)
+        head = fit_linear(x, y[:, None], 5, l2=l2, protocol="lbfgs", device="cpu", init=previous)
         previous = head
         assert head.converged
         reference = _sklearn_objective(x, y, l2)
@@ -60,12 +63,13 @@ def test_warm_started_path_reaches_scikit_learn_optimum_at_every_l2(hard_problem
 
 def test_a_fit_stopped_by_its_cap_says_so(hard_problem):
     x, y = hard_problem
-    capped = fit_linear(x, y[:, None], 5, l2=1e-5, device="cpu", max_iter=50)
+    fit = partial(fit_linear, x, y[:, None], 5, protocol="lbfgs", device="cpu")
+    capped = fit(l2=1e-5, max_iter=50)
     assert not capped.converged and capped.n_iter == 50
-    cold = fit_linear(x, y[:, None], 5, l2=1e-3, device="cpu")
+    cold = fit(l2=1e-3)
     assert cold.converged and 50 < cold.n_iter < 5000
     # a warm start from the capped head converges to the same optimum as the cold start
-    warm = fit_linear(x, y[:, None], 5, l2=1e-3, device="cpu", init=capped)
+    warm = fit(l2=1e-3, init=capped)
     assert abs(_objective(x, y, warm, 1e-3) - _objective(x, y, cold, 1e-3)) < 1e-6
 
 

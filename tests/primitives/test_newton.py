@@ -1,0 +1,126 @@
+"""Newton's probe solver reaches scikit-learn's optimum (binary, softmax, multi-label, fewer
+samples than features), agrees with L-BFGS, and hands the heads it would solve slowly to
+L-BFGS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+
+from embedkit.eval import ProbeConfig, probe
+from embedkit.primitives.linear import fit_linear
+from embedkit.primitives.newton import newton_pays
+
+
+def _standardise(x):
+    mean, std = x.mean(0), np.clip(x.std(0, ddof=1), 1e-6, None)
+    return (x - mean) / std, mean, std
+
+
+def _objective(x, y, weight, bias, l2, multi_label=False):
+    """The probe's objective for a head in the standardised space."""
+    logits = torch.as_tensor(x @ weight.T + bias)
+    if multi_label:
+        loss = F.binary_cross_entropy_with_logits(logits, torch.as_tensor(y, dtype=torch.float64))
+    else:
+        loss = F.cross_entropy(logits, torch.as_tensor(y))
+    return loss.item() + 0.5 * l2 * float(np.square(weight).sum())
+
+
+def _ours(x, y, n_outputs, l2, multi_label=False, protocol="newton"):
+    xs, mean, std = _standardise(x)
+    labels = y if multi_label else y[:, None]
+    head = fit_linear(x, labels, n_outputs, multi_label, l2=l2, protocol=protocol, device="cpu")
+    weight, bias = head.weight * std, head.bias + head.weight @ mean
+    return head, _objective(xs, y, weight, bias, l2, multi_label)
+
+
+def _sklearn(x, y, n_outputs, l2, multi_label=False):
+    """scikit-learn's optimum of the same objective: softmax with C = 1/(l2 N); with two
+    classes one vector w, the softmax optimum (-w/2, w/2), hence C = 2/(l2 N); per label of a
+    multi-label head, C = 1/(L l2 N) (the loss is averaged over labels too)."""
+    xs, _, _ = _standardise(x)
+    n = len(x)
+    if multi_label:
+        fits = [
+            LogisticRegression(C=1 / (n_outputs * l2 * n), tol=1e-12, max_iter=100_000).fit(
+                xs, y[:, j]
+            )
+            for j in range(n_outputs)
+        ]
+        weight = np.concatenate([f.coef_ for f in fits])
+        bias = np.concatenate([f.intercept_ for f in fits])
+    elif n_outputs == 2:
+        clf = LogisticRegression(C=2 / (l2 * n), tol=1e-12, max_iter=100_000).fit(xs, y)
+        weight = np.concatenate([-clf.coef_, clf.coef_]) / 2
+        bias = np.array([-1.0, 1.0]) * clf.intercept_ / 2
+    else:
+        clf = LogisticRegression(C=1 / (l2 * n), tol=1e-12, max_iter=100_000).fit(xs, y)
+        weight, bias = clf.coef_, clf.intercept_
+    return _objective(xs, y, weight, bias, l2, multi_label)
+
+
+@pytest.fixture(scope="module")
+def embeddings(demo_store):
+    train = demo_store.get("demo-natural", "train")
+    pick = np.random.default_rng(0).permutation(len(train.labels))
+    return train.embeddings[pick].astype(np.float64), train.labels[pick].reshape(-1)
+
+
+@pytest.mark.parametrize("l2", [1e-1, 1e-3, 1e-5])
+@pytest.mark.parametrize("case", ["binary", "softmax", "multi-label", "few samples"])
+def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2):
+    x, y = embeddings
+    x = x[:, :64] if case != "few samples" else x[:40]  # 40 samples span 39 of 512 dims
+    y = y[: len(x)]
+    multi_label, n_outputs = False, int(y.max()) + 1
+    if case == "binary":
+        y = (y >= 2).astype(np.int64)
+        n_outputs = 2
+    elif case == "multi-label":
+        y = np.stack([y >= 2, y % 2 == 0, y == 4], 1).astype(np.int64)
+        multi_label, n_outputs = True, 3
+    assert newton_pays(*x.shape, n_outputs, multi_label)
+    head, ours = _ours(x, y, n_outputs, l2, multi_label)
+    assert head.converged and 1 <= head.n_iter <= 30
+    reference = _sklearn(x, y, n_outputs, l2, multi_label)
+    assert ours <= reference + 1e-8, (ours, reference)
+    # and L-BFGS on the same objective agrees (to its own tolerance)
+    _, lbfgs = _ours(x, y, n_outputs, l2, multi_label, protocol="lbfgs")
+    assert ours <= lbfgs + 1e-9 and lbfgs - ours < 1e-4
+
+
+def test_newton_warm_start_and_probe_table(embeddings, demo_store):
+    x, y = embeddings
+    x, y = x[:, :64], (y >= 2).astype(np.int64)[:, None]
+    cold = fit_linear(x, y, 2, l2=1e-4, device="cpu")
+    strong = fit_linear(x, y, 2, l2=1e-2, device="cpu")
+    warm = fit_linear(x, y, 2, l2=1e-4, device="cpu", init=strong)
+    assert warm.n_iter < cold.n_iter
+    xs, mean, std = _standardise(x)
+    warm_value, cold_value = (
+        _objective(xs, y[:, 0], h.weight * std, h.bias + h.weight @ mean, 1e-4)
+        for h in (warm, cold)
+    )
+    assert abs(warm_value - cold_value) < 1e-10
+    table = probe([demo_store], ProbeConfig(datasets=("demo-med",), seeds=(0, 1)))
+    assert table["protocol"].unique().to_list() == ["newton"]
+    assert table["converged"].all() and table["unconverged_fits"].sum() == 0
+
+
+def test_heads_newton_would_solve_slowly_go_to_lbfgs():
+    # a binary head on ResNet-50 features, and 3 classes on 256-d ones: Newton
+    assert newton_pays(100_000, 2048, 2, False)
+    assert newton_pays(4708, 256, 3, False) and not newton_pays(4708, 512, 3, False)
+    # a 5-class softmax on 1,080 x 512 (RetinaMNIST): L-BFGS; on 100 samples: Newton
+    assert not newton_pays(1080, 512, 5, False)
+    assert newton_pays(100, 512, 5, False)
+    # 14 labels on 512-d features: L-BFGS
+    assert not newton_pays(78_000, 512, 14, True)
+    x = np.random.default_rng(0).normal(size=(1080, 512))
+    y = np.arange(1080)[:, None] % 5
+    head = fit_linear(x, y, 5, l2=1e-1, device="cpu")
+    assert head.n_iter > 12  # L-BFGS iterations, where Newton takes fewer than 10
