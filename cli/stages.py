@@ -100,25 +100,32 @@ def pretrain(
     method: MethodOpt = PretrainConfig.method,
     backbone: BackboneOpt = PretrainConfig.backbone,
     init: InitOpt = PretrainConfig.init,
+    recipe: Annotated[
+        str, typer.Option("--recipe", help=field_help(PretrainConfig, "recipe"))
+    ] = PretrainConfig.recipe,
     epochs: EpochsOpt = PretrainConfig.epochs,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", help=field_help(PretrainConfig, "batch_size"))
+        int | None, typer.Option("--batch-size", help=field_help(PretrainConfig, "batch_size"))
     ] = PretrainConfig.batch_size,
     accumulate: Annotated[
         int, typer.Option("--accumulate", help=field_help(PretrainConfig, "accumulate"))
     ] = PretrainConfig.accumulate,
     lr: Annotated[
-        float, typer.Option("--lr", help=field_help(PretrainConfig, "lr"))
+        float | None, typer.Option("--lr", help=field_help(PretrainConfig, "lr"))
     ] = PretrainConfig.lr,
     weight_decay: Annotated[
         float, typer.Option("--weight-decay", help=field_help(PretrainConfig, "weight_decay"))
     ] = PretrainConfig.weight_decay,
     warmup_fraction: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--warmup-fraction", "--warmup", help=field_help(PretrainConfig, "warmup_fraction")
         ),
     ] = PretrainConfig.warmup_fraction,
+    warmup_steps: Annotated[
+        int | None,
+        typer.Option("--warmup-steps", help=field_help(PretrainConfig, "warmup_steps")),
+    ] = PretrainConfig.warmup_steps,
     patch_size: Annotated[
         int, typer.Option("--patch-size", help=field_help(PretrainConfig, "patch_size"))
     ] = PretrainConfig.patch_size,
@@ -180,12 +187,14 @@ def pretrain(
             backbone=backbone,
             init=init,
             patch_size=patch_size,
+            recipe=recipe,
             epochs=epochs,
             batch_size=batch_size,
             accumulate=accumulate,
             lr=lr,
             weight_decay=weight_decay,
             warmup_fraction=warmup_fraction,
+            warmup_steps=warmup_steps,
             seed=seed,
             device=device,
             devices=devices,

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones import BACKBONES
-from ..configs import PretrainConfig, ProbeConfig
+from ..configs import RECIPES, PretrainConfig, ProbeConfig
 from ..data import SIZES, components, parse_dataset_spec
 from ..errors import ConfigError, EmbedkitError
 from ..methods import METHODS, get_method, method_config
@@ -73,6 +73,7 @@ def _field_types(config_cls, leave_out=()) -> dict[str, type]:
         if f.name in leave_out:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = RECIPES["paper"].get(f.name, default)  # a recipe's option: its type
         kinds[f.name] = list if isinstance(default, tuple) else type(default)
     return kinds
 

@@ -9,6 +9,7 @@ import shutil
 import torch
 
 from ..backbones import get_backbone
+from ..configs import RECIPES
 from ..data import check_size
 from ..errors import ConfigError
 from .loggers import check_loggers
@@ -32,6 +33,10 @@ def check_config(config, n_train: int, min_batch: int) -> None:
             f"--warmup is a share of the steps, from 0 up to (not including) 1, not "
             f"{config.warmup_fraction}"
         )
+    if config.recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe '{config.recipe}': use {', '.join(RECIPES)}")
+    if config.warmup_steps < 0:
+        raise ConfigError(f"--warmup-steps must be 0 or more, not {config.warmup_steps}")
     if config.knn_every < 0:
         raise ConfigError("--knn-every must be 0 (off) or positive")
     if not 0 <= config.seed < 2**32:
@@ -106,7 +111,8 @@ def make_optimizer(parameters, lr: float, weight_decay: float, device: torch.dev
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
-def make_scheduler(optimizer, total: int, warmup_fraction: float):
-    """Warmup-then-cosine ``LambdaLR`` over ``total`` optimiser steps."""
-    warmup = int(warmup_fraction * total)
+def make_scheduler(optimizer, total: int, warmup_fraction: float, warmup_steps: int = 0):
+    """Warmup-then-cosine ``LambdaLR`` over ``total`` optimiser steps; the warmup lasts
+    ``warmup_fraction`` of them plus ``warmup_steps`` (at most all of them)."""
+    warmup = min(total, int(warmup_fraction * total) + warmup_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup))

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import create_encoder, patch_size_for
-from ..configs import PretrainConfig
+from ..configs import PretrainConfig, recipe_method_params
 from ..data import dataset_classes, dataset_task, load_split
 from ..methods import get_method, method_config
 from ..runs import (
@@ -74,10 +74,13 @@ def pretrain(
         log.info("%s is already complete", output)
         return output
     method_cls = get_method(config.method)
-    hyperparameters = method_config(method_cls, config.method_params)
+    method_config(method_cls, config.method_params)  # a bad --param fails before any loading
     patch_size = patch_size_for(config.backbone, config.size, config.patch_size)
     train = load_split(config.dataset, "train", config.size, config.data_root, config.download)
     check_config(config, len(train), method_cls.min_batch_size)
+    channels = train.images.shape[-1] if train.images.ndim == 4 else 1
+    params = recipe_method_params(config.recipe, config.method, config.method_params, channels)
+    hyperparameters = method_config(method_cls, params)
     val = None
     if config.knn_every:
         val = load_split(config.dataset, "val", config.size, config.data_root, config.download)
@@ -114,7 +117,9 @@ def pretrain(
         )
         updates_per_epoch = len(train) // config.batch_size // config.accumulate
         total_updates = updates_per_epoch * config.epochs
-        scheduler = make_scheduler(optimizer, total_updates, config.warmup_fraction)
+        scheduler = make_scheduler(
+            optimizer, total_updates, config.warmup_fraction, config.warmup_steps
+        )
         model, optimizer = fabric.setup(method, optimizer)
         model.mark_forward_method("training_step")  # through the strategy wrapper and autocast
         start_epoch = 0
