@@ -286,6 +286,9 @@ def quickstart(
     ),
     size: SizeOpt = QuickstartConfig.size,
     backbone: BackboneOpt = QuickstartConfig.backbone,
+    recipe: Annotated[
+        str, typer.Option("--recipe", help=field_help(QuickstartConfig, "recipe"))
+    ] = QuickstartConfig.recipe,
     epochs: EpochsOpt = QuickstartConfig.epochs,
     batch_size: BatchOpt = QuickstartConfig.batch_size,
     seed: SeedOpt = QuickstartConfig.seed,
@@ -302,6 +305,7 @@ def quickstart(
         config = QuickstartConfig(
             size=size,
             backbone=backbone,
+            recipe=recipe,
             epochs=epochs,
             batch_size=batch_size,
             seed=seed,

@@ -49,6 +49,7 @@ def quickstart(
         size=config.size,
         method="simclr",
         backbone=config.backbone,
+        recipe=config.recipe,
         epochs=config.epochs,
         batch_size=config.batch_size,
         seed=config.seed,
