@@ -46,14 +46,21 @@ def plan_command(
         ),
     ] = 0.0,
     all_cells: Annotated[bool, typer.Option("--all", help="List every cell.")] = False,
+    data_root: DataRootOpt = None,
     config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """The grid's cells, their count and cost (image-epochs, GPU-hours), without running."""
+    """The grid's cells, their count and cost (image-epochs, GPU-hours), without running;
+    with --data-root, datasets absent from it are listed and skipped, as `grid run` does."""
     from embedkit.grid import plan
+    from embedkit.grid.present import restrict_to_data
 
     def action():
-        spec = _spec(file, preset)
+        spec, absent = _spec(file, preset), []
+        if data_root:  # without one, the whole grid's cost (to plan before downloading)
+            spec, absent = restrict_to_data(spec, data_root)
+        if absent:
+            print(f"skipped, absent from the data root: {', '.join(absent)}")
         table, totals = plan(spec, output, throughput)
         shown = table if all_cells or table.height <= 40 else table.head(40)
         show_table(shown.drop("cell") if not all_cells else shown)
@@ -176,13 +183,22 @@ def status_command(
 
 @grid_app.command("collect")
 def collect_command(
-    output: OutputOpt, config_file: ConfigOpt = None, debug: DebugOpt = False
+    output: OutputOpt,
+    page: Annotated[
+        Path | None,
+        typer.Option(
+            "--page",
+            help="Also write a results page (markdown): the findings beside the paper's claims.",
+        ),
+    ] = None,
+    config_file: ConfigOpt = None,
+    debug: DebugOpt = False,
 ) -> None:
     """Long tables over all cells and the study's findings, in OUTPUT/results."""
     from embedkit.grid import collect
 
     def action():
-        collected = collect(output)
+        collected = collect(output, page=page)
         for finding in collected.findings:
             print(f"\n{finding.title}")
             for sentence in finding.sentences:
@@ -192,6 +208,8 @@ def collect_command(
             for label, state, _ in collected.missing:
                 print(f"  - {label}: {state}")
         print(f"\nwrote {collected.folder} (findings.md, long tables, study_*.parquet)")
+        if page is not None:
+            print(f"wrote the results page {page}")
 
     run_command(debug, action)
 

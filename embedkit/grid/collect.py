@@ -11,6 +11,7 @@ The findings themselves are computed in ``findings``.
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from ..data import components, get_info
 from ..eval.probe import summarise_probe
 from ..utils import stamp, write_json
 from .cells import Cell, cell_folder, cell_state
-from .findings import Finding, study_findings
+from .findings import Finding, markdown_table, study_findings
+from .paper import results_page
 from .runner import read_output
 
 PROVENANCE = ("encoder", "method", "backbone", "init", "pretrain_dataset")
@@ -99,19 +101,23 @@ def _summary(probe: pl.DataFrame) -> pl.DataFrame:
     return summarise_probe(probe, [c for c in probe.columns if c not in per_seed])
 
 
-def collect(output: str | os.PathLike, report: bool = True) -> Collected:
+def collect(
+    output: str | os.PathLike, report: bool = True, page: str | os.PathLike | None = None
+) -> Collected:
     """Write ``OUT/results``: long tables, study tables, ``findings.md`` and (``report``)
-    ``report/report.md`` with the heatmaps and curves of ``embedkit report``."""
+    ``report/report.md`` with the heatmaps and curves of ``embedkit report``; with ``page``,
+    also the results page beside the paper's claims (``embedkit.grid.paper``)."""
     output = Path(output)
     spec, cells = read_output(output)
     results = output / "results"
     results.mkdir(exist_ok=True)
     missing = []
-    done = []
+    done, records = [], []
     for cell in cells:
         record = cell_state(output, cell.id)
         if record.get("state") == "done":
             done.append(cell)
+            records.append(record)
         else:
             missing.append((cell.label, record.get("state", "pending"), record.get("error") or ""))
     tables = _long_tables(output, done)
@@ -124,7 +130,10 @@ def collect(output: str | os.PathLike, report: bool = True) -> Collected:
         findings = study_findings(summary, ood)
         for finding in findings:
             finding.table.write_parquet(results / f"study_{finding.name}.parquet")
-    _write_findings(results / "findings.md", spec.name, findings, missing, len(cells))
+    text = _write_findings(results / "findings.md", spec.name, findings, missing, len(cells))
+    if page is not None and "probe" in tables:
+        host = f"{os.cpu_count()} CPU cores ({platform.machine()}), {platform.platform(terse=True)}"
+        results_page(page, spec.name, tables["transfer"], findings, records, missing, text, host)
     if report and "probe" in tables:
         from ..report import ReportConfig, build_report
 
@@ -140,21 +149,7 @@ def collect(output: str | os.PathLike, report: bool = True) -> Collected:
     return Collected(tables, findings, missing, results)
 
 
-def _markdown(table: pl.DataFrame) -> str:
-    with pl.Config(
-        tbl_rows=-1,
-        tbl_cols=-1,
-        tbl_hide_dataframe_shape=True,
-        tbl_hide_column_data_types=True,
-        float_precision=3,
-        tbl_formatting="ASCII_MARKDOWN",
-        fmt_str_lengths=80,
-        tbl_width_chars=400,
-    ):
-        return str(table)
-
-
-def _write_findings(path: Path, name: str, findings, missing, n_cells: int) -> None:
+def _write_findings(path: Path, name: str, findings, missing, n_cells: int) -> str:
     lines = [f"# Findings of grid `{name}`", ""]
     lines.append(f"{n_cells - len(missing)} of {n_cells} cells done.")
     if missing:
@@ -167,5 +162,6 @@ def _write_findings(path: Path, name: str, findings, missing, n_cells: int) -> N
         lines += ["", f"## {i}. {finding.title}", ""]
         lines += [f"- {s}" for s in finding.sentences]
         if finding.table.height:
-            lines += ["", _markdown(finding.table)]
+            lines += ["", markdown_table(finding.table)]
     path.write_text("\n".join(lines) + "\n")
+    return path.read_text()

@@ -31,6 +31,21 @@ class Finding:
     sentences: list[str] = field(default_factory=list)
 
 
+def markdown_table(table: pl.DataFrame) -> str:
+    """``table`` as a markdown table, three decimals."""
+    with pl.Config(
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        float_precision=3,
+        tbl_formatting="ASCII_MARKDOWN",
+        fmt_str_lengths=80,
+        tbl_width_chars=400,
+    ):
+        return str(table)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -39,7 +54,8 @@ def _pct(fraction: float) -> str:
     return f"{fraction * 100:g} %"
 
 
-def _in_domain(summary: pl.DataFrame) -> pl.DataFrame:
+def in_domain(summary: pl.DataFrame) -> pl.DataFrame:
+    """The rows of single-domain pretrained encoders probed on their own dataset."""
     return summary.filter(
         pl.col("in_domain") & ~pl.col("multi_domain") & (pl.col("kind") != "baseline")
     )
@@ -47,7 +63,7 @@ def _in_domain(summary: pl.DataFrame) -> pl.DataFrame:
 
 def finding_in_domain(summary: pl.DataFrame) -> Finding:
     table = (
-        _in_domain(summary)
+        in_domain(summary)
         .select(
             "dataset",
             "method",
@@ -83,7 +99,7 @@ def _interval(half: float | None) -> str:
 
 
 def finding_ranking(summary: pl.DataFrame) -> Finding:
-    ssl = _in_domain(summary).filter(pl.col("kind") == "ssl")
+    ssl = in_domain(summary).filter(pl.col("kind") == "ssl")
     rows = []
     groups = ["backbone", "init", "size", "label_fraction"]
     for key, group in ssl.group_by(groups, maintain_order=True):
@@ -127,7 +143,7 @@ def finding_ranking(summary: pl.DataFrame) -> Finding:
 
 
 def finding_initialisation(summary: pl.DataFrame) -> Finding:
-    cells = _in_domain(summary)
+    cells = in_domain(summary)
     keys = ["method", "backbone", "size", "label_fraction"]
     inits = cells["init"].unique().sort().to_list() if cells.height else []
     finding = Finding(
@@ -210,7 +226,7 @@ def finding_backbone(summary: pl.DataFrame, ood: pl.DataFrame | None) -> Finding
         mine = cells.filter(pl.col("backbone") == backbone)
         row = {
             "backbone": backbone,
-            "in_domain_accuracy": _in_domain(mine)["accuracy"].mean(),
+            "in_domain_accuracy": in_domain(mine)["accuracy"].mean(),
             "ood_auroc": None,
             "cells": mine["cell"].n_unique(),
         }
@@ -242,7 +258,7 @@ def finding_backbone(summary: pl.DataFrame, ood: pl.DataFrame | None) -> Finding
 def finding_multi_domain(summary: pl.DataFrame, ood: pl.DataFrame | None) -> Finding:
     finding = Finding("multi_domain", "Multi-domain vs single-domain pretraining", pl.DataFrame())
     multi = summary.filter(pl.col("multi_domain") & pl.col("in_domain"))
-    single = _in_domain(summary)
+    single = in_domain(summary)
     if not multi.height:
         finding.sentences.append("Not compared: no multi-domain pretraining cell is done yet.")
         return finding
@@ -311,7 +327,7 @@ def finding_multi_domain(summary: pl.DataFrame, ood: pl.DataFrame | None) -> Fin
 
 def finding_ssl_vs_supervised(summary: pl.DataFrame) -> Finding:
     finding = Finding("ssl_vs_supervised", "SSL vs supervised training from random", pl.DataFrame())
-    cells = _in_domain(summary).filter(pl.col("init") == "random")
+    cells = in_domain(summary).filter(pl.col("init") == "random")
     supervised = cells.filter(pl.col("kind") == "supervised")
     ssl = cells.filter(pl.col("kind") == "ssl")
     if not supervised.height or not ssl.height:

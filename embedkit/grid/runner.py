@@ -34,6 +34,7 @@ from .cells import (
     write_record,
 )
 from .execute import Resources, run_cell
+from .present import restrict_to_data, without
 from .slurm import SlurmOptions, submit_slurm
 from .spec import GridSpec, parse_grid
 
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("local", "slurm")
 
 
-def prepare_output(spec: GridSpec, output: str | os.PathLike) -> Path:
-    """Create (or check) a grid's output folder and save the grid file in it."""
+def prepare_output(spec: GridSpec, output: str | os.PathLike, absent: list[str] = ()) -> Path:
+    """Create (or check) a grid's output folder and save the grid file in it, with the
+    datasets skipped as absent from the data root."""
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file: choose a folder")
@@ -62,7 +64,8 @@ def prepare_output(spec: GridSpec, output: str | os.PathLike) -> Path:
     if not marker.is_file():
         write_json(marker, {"name": spec.name, **stamp()})
     (output / "grid.toml").write_text(spec.text)
-    write_json(output / "grid.source.json", {"origin": spec.origin, "base": spec.base})
+    source = {"origin": spec.origin, "base": spec.base, "absent": list(absent)}
+    write_json(output / "grid.source.json", source)
     return output
 
 
@@ -73,6 +76,7 @@ def read_output(output: str | os.PathLike) -> tuple[GridSpec, list[Cell]]:
         raise ConfigError(f"{output} is not a grid folder (no grid.toml): run `embedkit grid run`")
     source = json.loads((output / "grid.source.json").read_text())
     spec = parse_grid((output / "grid.toml").read_text(), source["origin"], source["base"])
+    spec = without(spec, source.get("absent", []))
     return spec, expand(spec)
 
 
@@ -144,7 +148,8 @@ def run_grid(
         raise ConfigError(f"unknown executor '{executor}': use {' or '.join(EXECUTORS)}")
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
-    output = prepare_output(spec, output)
+    spec, absent = restrict_to_data(spec, resources.data_root)
+    output = prepare_output(spec, output, absent)
     cells = expand(spec)
     todo = _pending(output, cells)
     for cell in todo:  # every cell's configuration is on disk before anything runs

@@ -1,0 +1,211 @@
+"""A grid's results beside the paper's claims, as a page for the repository.
+
+``results_page`` turns what ``collect`` computed into one markdown page: the scale of the
+run (stated from the cells, never typed), SSL against random weights per dataset (the first
+question on a small budget), the claims of Bundele et al. 2024 (arXiv:2412.19124) point by
+point with this grid's answer and whether it agrees, then every finding. A claim the grid
+cannot test (a method it does not train, a kind of training set it lacks) says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+
+from .findings import Finding, in_domain, markdown_table
+
+PAPER = (
+    "Bundele et al. 2024, *Evaluating Self-Supervised Learning in Medical Imaging* "
+    "(arXiv:2412.19124)"
+)
+
+
+def finding_ssl_vs_random(summary: pl.DataFrame) -> Finding:
+    """Per dataset and label fraction: the best SSL encoder pretrained on the dataset (alone
+    or in a multi-domain set), against the same backbone's random weights (the baseline)."""
+    finding = Finding("ssl_vs_random", "SSL against random weights", pl.DataFrame())
+    ssl = summary.filter(pl.col("in_domain") & (pl.col("kind") == "ssl"))
+    random = summary.filter((pl.col("kind") == "baseline") & (pl.col("init") == "random"))
+    if not ssl.height or not random.height:
+        missing = "SSL" if not ssl.height else "random-weight baseline"
+        finding.sentences.append(f"Not compared: no {missing} cell is done.")
+        return finding
+    keys = ["dataset", "backbone", "size", "label_fraction"]
+    best = ssl.sort("auc", descending=True).group_by(keys, maintain_order=True).first()
+    table = (
+        best.select(
+            *keys,
+            pl.col("encoder").alias("best_ssl"),
+            pl.col("auc").alias("ssl_auc"),
+            pl.col("accuracy").alias("ssl_accuracy"),
+        )
+        .join(
+            random.select(
+                *keys,
+                pl.col("auc").alias("random_auc"),
+                pl.col("accuracy").alias("random_accuracy"),
+            ),
+            on=keys,
+        )
+        .with_columns(auc_gain=pl.col("ssl_auc") - pl.col("random_auc"))
+        .sort(keys)
+    )
+    finding.table = table
+    for (fraction,), group in table.group_by(["label_fraction"], maintain_order=True):
+        wins = int((group["auc_gain"] > 0).sum())
+        finding.sentences.append(
+            f"{fraction * 100:g} % of the labels: the best SSL encoder's probe AUC beats random "
+            f"weights' on {wins} of {group.height} datasets (mean gain "
+            f"{group['auc_gain'].mean():+.3f})."
+        )
+    return finding
+
+
+def _verdict(value: bool | None) -> str:
+    return "not tested" if value is None else ("agrees" if value else "does not agree")
+
+
+def paper_claims(findings: dict[str, Finding], summary: pl.DataFrame) -> pl.DataFrame:
+    """One row per claim of the paper: what it found, what this grid found, the verdict."""
+    rows = []
+    top = summary["label_fraction"].max() if summary.height else 1.0
+
+    ranking = findings["ranking"].table
+    methods = sorted(in_domain(summary).filter(pl.col("kind") == "ssl")["method"].unique())
+    here, verdict = "no SSL cell done", None
+    if ranking.height:
+        full = ranking.filter(pl.col("label_fraction") == top)
+        best = full.sort(["best_on", "within_interval_of_best_on"], descending=True).row(
+            0, named=True
+        )
+        here = f"{best['method']} best on {best['best_on']} of {best['datasets']} datasets"
+        if "mocov3" in methods:
+            verdict = best["method"] == "mocov3"
+        else:
+            here += f" (MoCo v3 not in this grid; methods: {', '.join(methods)})"
+    rows.append(
+        {
+            "claim": "MoCo v3 is the SSL method best on the most datasets",
+            "paper": "best on 5 of 11 datasets",
+            "here": here,
+            "verdict": _verdict(verdict),
+        }
+    )
+
+    versus = findings["ssl_vs_supervised"].table
+    here, verdict = "no SSL and supervised cells from random init to compare", None
+    if versus.height:
+        full = versus.filter(pl.col("label_fraction") == top)
+        wins = int(full["ssl_wins"].sum())
+        here = f"SSL beats supervised on {wins} of {full.height} datasets"
+        verdict = wins * 2 > full.height
+    rows.append(
+        {
+            "claim": "SSL from random init beats supervised training from random init",
+            "paper": "on 7 of 11 datasets",
+            "here": here,
+            "verdict": _verdict(verdict),
+        }
+    )
+
+    multi = findings["multi_domain"].table
+    for flag, claim, column, what in (
+        (
+            False,
+            "Multi-domain training within one modality helps in-domain accuracy",
+            "accuracy_gain",
+            "accuracy",
+        ),
+        (
+            True,
+            "Multi-domain training across modalities helps OOD detection",
+            "auroc_gain",
+            "OOD AUROC",
+        ),
+    ):
+        here, verdict = "no such training set in this grid", None
+        part = multi.filter(pl.col("multi_modality") == flag) if multi.height else multi
+        gains = part[column].drop_nulls() if part.height else pl.Series([], dtype=pl.Float64)
+        if len(gains):
+            here = (
+                f"mean {what} change {gains.mean():+.3f} over {len(gains)} (training set, "
+                f"dataset) pairs ({', '.join(sorted(part['pretrain_dataset'].unique()))})"
+            )
+            verdict = gains.mean() > 0
+        rows.append(
+            {
+                "claim": claim,
+                "paper": "yes (the paper's multi-domain experiments)",
+                "here": here,
+                "verdict": _verdict(verdict),
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def _hours(records: list[dict]) -> float:
+    seconds = 0.0
+    for record in records:
+        if record.get("started") and record.get("finished"):
+            start = dt.datetime.fromisoformat(record["started"])
+            seconds += (dt.datetime.fromisoformat(record["finished"]) - start).total_seconds()
+    return seconds / 3600
+
+
+def results_page(
+    path: str | Path,
+    grid: str,
+    summary: pl.DataFrame,
+    findings: list[Finding],
+    records: list[dict],
+    missing: list[tuple[str, str, str]],
+    findings_markdown: str,
+    host: str,
+) -> Path:
+    """Write the page (see the module docstring); ``records`` are the done cells'."""
+    path = Path(path)
+    by_name = {f.name: f for f in findings}
+    versus_random = finding_ssl_vs_random(summary)
+    claims = paper_claims(by_name, summary)
+    datasets = sorted(summary["dataset"].unique()) if summary.height else []
+    methods = sorted(summary.filter(pl.col("kind") != "baseline")["method"].unique())
+    sizes = sorted(summary["size"].unique()) if summary.height else []
+    backbones = sorted(summary["backbone"].unique()) if summary.height else []
+    lines = [
+        f"# Results of the `{grid}` grid on real MedMNIST",
+        "",
+        f"Generated by `embedkit grid collect --page` from {len(records)} done cells "
+        f"({len(missing)} not done); not edited by hand. Run on {host}.",
+        "",
+        "**Scale.** "
+        + ", ".join(
+            [
+                f"{len(datasets)} datasets ({', '.join(datasets)})",
+                f"{'/'.join(str(s) for s in sizes)} px",
+                f"backbone {', '.join(backbones)}",
+                f"methods {', '.join(methods)}",
+                f"{_hours(records) * 60:.0f} minutes of cell time in all",
+            ]
+        )
+        + ". The paper trained for hundreds of GPU epochs on 11 datasets at 64 px; these are "
+        "CPU minutes per encoder, so agreement or disagreement is a hint, not a replication.",
+        "",
+        "## SSL against random weights",
+        "",
+        *[f"- {s}" for s in versus_random.sentences],
+    ]
+    if versus_random.table.height:
+        lines += ["", markdown_table(versus_random.table)]
+    lines += [
+        "",
+        f"## The paper's claims, point by point ({PAPER})",
+        "",
+        markdown_table(claims),
+        "",
+        findings_markdown.replace("\n## ", "\n### ").replace("# Findings", "## Findings", 1),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
