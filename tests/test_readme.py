@@ -59,7 +59,7 @@ def test_readme_quickstart_table_matches_a_fresh_quickstart():
     another machine moves: 0.03, or for a probe's mean over seeds the 95 % interval the
     probe reports for it, where that is wider. The 1 % probe fits 12 labelled images per
     seed: SimCLR's mean read 0.764 (interval +-0.42) where the table was rendered and 0.718
-    (+-0.57, one seed at 0.45) on an AVX2-only CPU, whose kernels round 30 epochs of
+    (+-0.57, one seed at 0.45) on an AVX2-only CPU, whose kernels round the epochs of
     training differently; its 10 % and 100 % columns, at +-0.002, stay within 0.03."""
     import json
 

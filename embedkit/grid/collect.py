@@ -133,7 +133,11 @@ def collect(
     text = _write_findings(results / "findings.md", spec.name, findings, missing, len(cells))
     if page is not None and "probe" in tables:
         host = f"{os.cpu_count()} CPU cores ({platform.machine()}), {platform.platform(terse=True)}"
-        results_page(page, spec.name, tables["transfer"], findings, records, missing, text, host)
+        options = {k: spec.pretrain[k][0] for k in ("epochs", "recipe") if k in spec.pretrain}
+        settings = ", ".join(f"{k} {v}" for k, v in options.items())
+        results_page(
+            page, spec.name, tables["transfer"], findings, records, missing, text, host, settings
+        )
     if report and "probe" in tables:
         from ..report import ReportConfig, build_report
 

@@ -40,7 +40,7 @@ def markdown_table(table: pl.DataFrame) -> str:
         tbl_hide_column_data_types=True,
         float_precision=3,
         tbl_formatting="ASCII_MARKDOWN",
-        fmt_str_lengths=80,
+        fmt_str_lengths=200,
         tbl_width_chars=400,
     ):
         return str(table)

@@ -63,8 +63,16 @@ def finding_ssl_vs_random(summary: pl.DataFrame) -> Finding:
     return finding
 
 
+# a mean change smaller than this is reported as no clear effect, either way
+CLEAR = 0.01
+
+
 def _verdict(value: bool | None) -> str:
     return "not tested" if value is None else ("agrees" if value else "does not agree")
+
+
+def _gain_verdict(gain: float) -> str:
+    return f"no clear effect (within ±{CLEAR:g})" if abs(gain) < CLEAR else _verdict(gain > 0)
 
 
 def paper_claims(findings: dict[str, Finding], summary: pl.DataFrame) -> pl.DataFrame:
@@ -125,7 +133,8 @@ def paper_claims(findings: dict[str, Finding], summary: pl.DataFrame) -> pl.Data
             "OOD AUROC",
         ),
     ):
-        here, verdict = "no such training set in this grid", None
+        kind = "multi-modality" if flag else "single-modality multi-domain"
+        here, verdict = f"not tested: no {kind} training set in this grid", None
         part = multi.filter(pl.col("multi_modality") == flag) if multi.height else multi
         gains = part[column].drop_nulls() if part.height else pl.Series([], dtype=pl.Float64)
         if len(gains):
@@ -133,13 +142,12 @@ def paper_claims(findings: dict[str, Finding], summary: pl.DataFrame) -> pl.Data
                 f"mean {what} change {gains.mean():+.3f} over {len(gains)} (training set, "
                 f"dataset) pairs ({', '.join(sorted(part['pretrain_dataset'].unique()))})"
             )
-            verdict = gains.mean() > 0
         rows.append(
             {
                 "claim": claim,
                 "paper": "yes (the paper's multi-domain experiments)",
                 "here": here,
-                "verdict": _verdict(verdict),
+                "verdict": _gain_verdict(gains.mean()) if len(gains) else _verdict(None),
             }
         )
     return pl.DataFrame(rows)
@@ -163,6 +171,7 @@ def results_page(
     missing: list[tuple[str, str, str]],
     findings_markdown: str,
     host: str,
+    settings: str = "",
 ) -> Path:
     """Write the page (see the module docstring); ``records`` are the done cells'."""
     path = Path(path)
@@ -186,6 +195,7 @@ def results_page(
                 f"{'/'.join(str(s) for s in sizes)} px",
                 f"backbone {', '.join(backbones)}",
                 f"methods {', '.join(methods)}",
+                *([settings] if settings else []),
                 f"{_hours(records) * 60:.0f} minutes of cell time in all",
             ]
         )
@@ -200,7 +210,9 @@ def results_page(
         lines += ["", markdown_table(versus_random.table)]
     lines += [
         "",
-        f"## The paper's claims, point by point ({PAPER})",
+        "## The paper's claims, point by point",
+        "",
+        f"The paper: {PAPER}.",
         "",
         markdown_table(claims),
         "",

@@ -301,7 +301,10 @@ def test_demo_grid_end_to_end_then_nothing_to_redo_then_only_the_changed_cell(
     assert claims[1]["verdict"] == ("agrees" if wins * 2 > 1 else "does not agree")
     assert claims[2]["verdict"] == "not tested"  # no single-modality multi-domain set
     gain = collected.findings[4].table["auroc_gain"].drop_nulls().mean()
-    assert claims[3]["verdict"] == ("agrees" if gain > 0 else "does not agree")
+    expected = "agrees" if gain > 0 else "does not agree"
+    assert claims[3]["verdict"] == (
+        expected if abs(gain) >= 0.01 else "no clear effect (within ±0.01)"
+    )
     assert f"mean OOD AUROC change {gain:+.3f}" in claims[3]["here"]
     for claim in claims:
         assert claim["claim"] in text and claim["verdict"] in text
