@@ -325,6 +325,14 @@ def finding_multi_domain(summary: pl.DataFrame, ood: pl.DataFrame | None) -> Fin
     return finding
 
 
+COMPARED_PER = ["dataset", "backbone", "size", "label_fraction"]
+
+
+def best_per_dataset(rows: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """The row with the highest ``metric`` per dataset, backbone, size and label fraction."""
+    return rows.sort(metric, descending=True).group_by(COMPARED_PER, maintain_order=True).first()
+
+
 def finding_ssl_vs_supervised(summary: pl.DataFrame) -> Finding:
     finding = Finding("ssl_vs_supervised", "SSL vs supervised training from random", pl.DataFrame())
     cells = in_domain(summary).filter(pl.col("init") == "random")
@@ -334,12 +342,10 @@ def finding_ssl_vs_supervised(summary: pl.DataFrame) -> Finding:
         missing = "supervised" if not supervised.height else "SSL"
         finding.sentences.append(f"Not compared: no {missing} cell from random init is done.")
         return finding
-    keys = ["dataset", "backbone", "size", "label_fraction"]
-    best = ssl.sort("accuracy", descending=True).group_by(keys, maintain_order=True).first()
+    keys = COMPARED_PER
     table = (
-        best.select(
-            *keys, pl.col("method").alias("best_ssl"), pl.col("accuracy").alias("ssl_accuracy")
-        )
+        best_per_dataset(ssl, "accuracy")
+        .select(*keys, pl.col("method").alias("best_ssl"), pl.col("accuracy").alias("ssl_accuracy"))
         .join(supervised.select(*keys, pl.col("accuracy").alias("supervised_accuracy")), on=keys)
         .with_columns(ssl_wins=pl.col("ssl_accuracy") > pl.col("supervised_accuracy"))
         .sort(keys)

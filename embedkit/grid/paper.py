@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .findings import Finding, in_domain, markdown_table
+from .findings import COMPARED_PER, Finding, best_per_dataset, in_domain, markdown_table
 
 PAPER = (
     "Bundele et al. 2024, *Evaluating Self-Supervised Learning in Medical Imaging* "
@@ -32,10 +32,10 @@ def finding_ssl_vs_random(summary: pl.DataFrame) -> Finding:
         missing = "SSL" if not ssl.height else "random-weight baseline"
         finding.sentences.append(f"Not compared: no {missing} cell is done.")
         return finding
-    keys = ["dataset", "backbone", "size", "label_fraction"]
-    best = ssl.sort("auc", descending=True).group_by(keys, maintain_order=True).first()
+    keys = COMPARED_PER
     table = (
-        best.select(
+        best_per_dataset(ssl, "auc")
+        .select(
             *keys,
             pl.col("encoder").alias("best_ssl"),
             pl.col("auc").alias("ssl_auc"),
