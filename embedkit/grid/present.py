@@ -59,6 +59,7 @@ def restrict_to_data(
     """``spec`` on the datasets present in the data root, and the absent ones (logged);
     with ``download`` nothing is skipped (the files are fetched)."""
     absent = [] if download else absent_datasets(spec, root)
+    kept = without(spec, absent)  # a grid left with nothing is refused in one line
     if absent:
         log.warning("skipping the datasets absent from %s: %s", data_root(root), ", ".join(absent))
-    return without(spec, absent), absent
+    return kept, absent

@@ -126,8 +126,7 @@ class _Logistic:
         n = features.shape[0]
         self.x = torch.cat([features, features.new_ones(n, 1)], 1)
         self.labels = labels  # (P, N)
-        self.penalty = torch.full((self.x.shape[1],), penalty, dtype=features.dtype)
-        self.penalty = self.penalty.to(features.device)
+        self.penalty = features.new_full((self.x.shape[1],), penalty)
         self.penalty[-1] = 0.0
 
     def value(self, theta: torch.Tensor) -> torch.Tensor:
