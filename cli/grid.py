@@ -61,7 +61,7 @@ def plan_command(
             spec, absent = restrict_to_data(spec, data_root)
         if absent:
             print(f"skipped, absent from the data root: {', '.join(absent)}")
-        table, totals = plan(spec, output, throughput)
+        table, totals = plan(spec, output, throughput, data_root)
         shown = table if all_cells or table.height <= 40 else table.head(40)
         show_table(shown.drop("cell") if not all_cells else shown)
         if shown.height < table.height:

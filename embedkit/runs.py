@@ -200,7 +200,7 @@ def load_head(run: Path, encoder: Encoder) -> nn.Module:
         )
     method_cls = get_method(pretrain["method"])
     config = method_config(method_cls, pretrain.get("method_params", {}))
-    n_classes = len(dataset_classes(pretrain["dataset"]))
+    n_classes = len(dataset_classes(pretrain["dataset"], pretrain.get("data_root")))
     head = method_cls(encoder, config, pretrain["size"], n_classes).output_head()
     head.load_state_dict(load_state_dict(run / HEAD_FILE))
     return head.eval()

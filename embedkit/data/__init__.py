@@ -1,7 +1,9 @@
-"""Datasets: the registry, loading of MedMNIST-format files, the demo family, label fractions."""
+"""Datasets: the registry, loading of MedMNIST-format files, the demo family, the user's own
+datasets (folders, manifests, npz files), label fractions."""
 
 from . import demo as _demo  # noqa: F401  (registers the demo family)
-from .loading import DataFile, SplitData, data_root, dataset_classes, dataset_task, load_split
+from .loading import DataFile, SplitData, load_split
+from .names import dataset_classes, dataset_task, find_dataset, get_info, parse_dataset_spec
 from .registry import (
     DATASETS,
     GROUPS,
@@ -11,9 +13,8 @@ from .registry import (
     DatasetInfo,
     check_size,
     components,
-    get_info,
-    parse_dataset_spec,
 )
+from .root import data_root
 from .sampler import label_fraction_indices
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "data_root",
     "dataset_classes",
     "dataset_task",
+    "find_dataset",
     "get_info",
     "label_fraction_indices",
     "load_split",

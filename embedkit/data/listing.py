@@ -1,4 +1,4 @@
-"""A table of the registered datasets and the files a data root holds."""
+"""A table of the registered datasets, the user's own and the files a data root holds."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import os
 import polars as pl
 
 from ..catalog import SIZES
-from ..errors import ConfigError
+from ..errors import ConfigError, EmbedkitError
+from .custom import user_dataset_names
 from .loading import candidate_files, data_root, find_file
-from .registry import DATASETS, GROUPS, get_info
+from .names import find_dataset, get_info
+from .registry import DATASETS, GROUPS
 
 
 def dataset_table(root: str | os.PathLike | None = None) -> pl.DataFrame:
-    """One row per registered dataset: task, channels, classes, split sizes, sizes on disk."""
+    """One row per registered dataset and per dataset of the user's in the data root: task,
+    channels, classes, split sizes, sizes on disk and, for the user's, where it is. A user's
+    dataset that cannot be read is listed with the reason in ``to_get``."""
     folder = data_root(root)
     rows = []
     for info in DATASETS.values():
@@ -38,9 +42,39 @@ def dataset_table(root: str | os.PathLike | None = None) -> pl.DataFrame:
                 if info.family == "demo" or len(present) == len(SIZES)
                 else f"embedkit download --dataset {info.name} --size "
                 + ",".join(str(s) for s in SIZES if str(s) not in present),
+                "source": "",
             }
         )
+    for name in user_dataset_names(folder):
+        rows.append(_user_row(name, folder))
     return pl.DataFrame(rows)
+
+
+def _user_row(name: str, folder) -> dict:
+    try:
+        user = find_dataset(name, folder)
+    except EmbedkitError as exc:
+        row = dict.fromkeys(("task", "channels", "classes", "train", "val", "test"))
+        return {
+            "dataset": name,
+            "family": "user",
+            **row,
+            "on_disk": "unreadable",
+            "to_get": str(exc),
+            "source": str(folder / name),
+        }
+    info = user.info
+    return {
+        "dataset": name,
+        "family": "user",
+        "task": info.task,
+        "channels": info.n_channels,
+        "classes": info.n_classes,
+        **{s: info.n_samples.get(s) for s in ("train", "val", "test")},
+        "on_disk": f"{user.kind}, any size",
+        "to_get": "",
+        "source": info.source,
+    }
 
 
 def download(

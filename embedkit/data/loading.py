@@ -6,6 +6,7 @@ Files that differ from MedMNIST's official release load with a ``NonOfficialData
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -17,11 +18,13 @@ import numpy as np
 
 from ..errors import DataNotFoundError, InvalidDataError, NonOfficialDataWarning
 from . import npz
-from .registry import SPLITS, DatasetInfo, check_size, components, get_info
+from .custom import UserDataset
+from .images import cache_key, cached, content_digest, decode_files, resize_array
+from .names import find_dataset, get_info
+from .registry import SPLITS, DatasetInfo, check_size, components
+from .root import ENV_DATA_ROOT, candidate_files, data_root
 
 log = logging.getLogger(__name__)
-
-ENV_DATA_ROOT = "EMBEDKIT_DATA"
 
 
 @dataclass(frozen=True)
@@ -29,15 +32,19 @@ class DataFile:
     """Where a split came from, for provenance.
 
     Attributes:
-        path: the npz file read.
-        md5: its checksum.
-        origin: ``official`` (MedMNIST's checksum), ``non-official`` (another copy) or
-            ``generated`` (embedkit's demo family).
+        path: the npz file read (a user's folder or manifest).
+        md5: its checksum (for a user's folder or manifest, a SHA-256 of the names and
+            bytes of all its images, every split).
+        origin: ``official`` (MedMNIST's checksum), ``non-official`` (another copy),
+            ``generated`` (embedkit's demo family) or ``user`` (the user's own dataset).
+        skipped: images that could not be decoded and were skipped (the dataset's sidecar
+            says ``skip_unreadable = true``), relative to ``path``.
     """
 
     path: str
     md5: str
     origin: str
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,20 +73,6 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: ``root`` if given, else ``$EMBEDKIT_DATA``, else ``~/.medmnist``."""
-    if root is not None:
-        return Path(root).expanduser()
-    if os.environ.get(ENV_DATA_ROOT):
-        return Path(os.environ[ENV_DATA_ROOT]).expanduser()
-    return Path.home() / ".medmnist"
-
-
-def candidate_files(name: str, size: int) -> list[str]:
-    """File names tried for a dataset at a size (MedMNIST names the 28 px file without suffix)."""
-    return [f"{name}.npz", f"{name}_28.npz"] if size == 28 else [f"{name}_{size}.npz"]
 
 
 def find_file(info: DatasetInfo, size: int, root: Path, download: bool = False) -> Path:
@@ -243,28 +236,110 @@ def load_split(
     """
     if split not in SPLITS:
         raise InvalidDataError(f"unknown split '{split}': choose one of {', '.join(SPLITS)}")
+    check_size(size)
     root_path = data_root(root)
     parts = []
     for name in components(dataset):
+        user = find_dataset(name, root_path)
+        if user is not None:
+            parts.append(_user_split(user, split, size))
+            continue
         info = get_info(name)
         path = find_file(info, size, root_path, download)
         data_file = describe_file(info, size, path)
         images, labels = _read_split(info, split, size, path, data_file.origin)
-        parts.append((info, data_file, images, labels))
+        parts.append((info, data_file, images, labels, np.arange(len(images))))
     if len(parts) == 1:
-        info, data_file, images, labels = parts[0]
-        n = len(images)
+        info, data_file, images, labels, indices = parts[0]
         return SplitData(
             dataset,
             split,
             images,
             labels,
-            np.arange(n),
-            np.zeros(n, np.int64),
+            indices,
+            np.zeros(len(images), np.int64),
             (info.name,),
             (data_file,),
         )
     return _concatenate(dataset, split, parts)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _digest(files: tuple[Path, ...], base: Path) -> str:
+    """``content_digest`` of a split, remembered for the process while no file changes."""
+    key = (str(base),) + tuple((str(f), *_stat(f)) for f in files)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = content_digest(files, base)
+    return _DIGESTS[key]
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _user_split(user: UserDataset, split: str, size: int):
+    """``(info, data_file, images, labels, indices)`` of one split of a user's dataset."""
+    info, path = user.info, user.path
+    if split not in info.splits:
+        raise DataNotFoundError(
+            f"{path} holds no {split} split (it holds {', '.join(info.splits)}): add one, or "
+            f"use {info.name} where its splits suffice (a test split: as an OOD set)"
+        )
+    channels = info.n_channels
+    if user.kind == "npz":
+        md5 = npz.file_md5(path)
+        try:
+            images = npz.read_member(path, f"{split}_images")
+            labels = npz.read_member(path, f"{split}_labels")
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise InvalidDataError(f"{path} is damaged: {_reason(exc)}") from None
+        labels = _check_labels(np.asarray(labels), info, split, path)
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.shape[1:] != (size, size, channels):
+            key = cache_key(
+                digest=md5, split=split, size=size, channels=channels, resize=user.resize
+            )
+            images, _ = cached(key, lambda: (resize_array(images, size, channels, user.resize), []))
+        data_file = DataFile(str(path), md5, "user")
+        return info, data_file, images, labels, np.arange(len(images))
+    base = path if user.kind == "folder" else path.parent
+    files = user.files[split]
+    digests = [_digest(user.files[s], base) for s in info.splits]
+    dataset_digest = hashlib.sha256("".join(digests).encode()).hexdigest()
+    split_digest = digests[info.splits.index(split)]
+    key = cache_key(
+        digest=split_digest,
+        size=size,
+        channels=channels,
+        resize=user.resize,
+        skip_unreadable=user.skip_unreadable,
+    )
+    hint = (
+        ""
+        if user.skip_unreadable
+        else (f", or set skip_unreadable = true in {path.parent / (info.name + '.toml')}")
+    )
+    images, skipped = cached(
+        key,
+        lambda: decode_files(
+            files, size, channels, user.resize, user.skip_unreadable, f"{info.name}/{split}", hint
+        ),
+    )
+    kept = np.setdiff1d(np.arange(len(files)), np.asarray(skipped, np.int64))
+    names = tuple(_relative(files[i], base) for i in skipped)
+    data_file = DataFile(str(path), dataset_digest, "user", names)
+    return info, data_file, images, user.labels[split][kept], kept
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _concatenate(dataset: str, split: str, parts: list) -> SplitData:
@@ -275,14 +350,14 @@ def _concatenate(dataset: str, split: str, parts: list) -> SplitData:
     shared_labels = len({info.class_names for info in infos}) == 1
     offsets = np.cumsum([0] + [info.n_classes for info in infos[:-1]])
     images, labels, indices, domains = [], [], [], []
-    for domain, ((_, _, part_images, part_labels), offset) in enumerate(
+    for domain, ((_, _, part_images, part_labels, part_indices), offset) in enumerate(
         zip(parts, offsets, strict=True)
     ):
         if part_images.shape[-1] != channels:
             part_images = np.repeat(part_images, channels, axis=-1)
         images.append(np.asarray(part_images))
         labels.append(part_labels + (0 if shared_labels else offset))
-        indices.append(np.arange(len(part_images)))
+        indices.append(part_indices)
         domains.append(np.full(len(part_images), domain))
     return SplitData(
         dataset,
@@ -294,19 +369,3 @@ def _concatenate(dataset: str, split: str, parts: list) -> SplitData:
         tuple(info.name for info in infos),
         tuple(p[1] for p in parts),
     )
-
-
-def dataset_classes(dataset: str) -> tuple[str, ...]:
-    """Class names of an entry; ``domain/class`` where a multi-domain entry offsets labels."""
-    infos = [get_info(name) for name in components(dataset)]
-    if len({info.class_names for info in infos}) == 1:
-        return infos[0].class_names
-    return tuple(f"{info.name}/{c}" for info in infos for c in info.class_names)
-
-
-def dataset_task(dataset: str) -> str:
-    """The task of an entry; a multi-domain entry with offset labels is multi-class."""
-    infos = [get_info(name) for name in components(dataset)]
-    if len({info.class_names for info in infos}) > 1:
-        return "multi-class"
-    return infos[0].task

@@ -15,10 +15,10 @@ from typing import Literal
 from medmnist import INFO
 
 from ..catalog import SIZES
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError
 
 Task = Literal["multi-class", "binary", "multi-label", "ordinal"]
-Family = Literal["medmnist", "demo"]
+Family = Literal["medmnist", "demo", "user"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -70,12 +70,14 @@ class DatasetInfo:
         task: ``multi-class``, ``binary``, ``multi-label`` or ``ordinal``.
         n_channels: 1 (grayscale) or 3 (RGB).
         class_names: one name per class, or per label for multi-label datasets.
-        n_samples: official number of images per split.
-        family: ``medmnist`` or ``demo``.
+        n_samples: images per split; a user's dataset lists only the splits it holds.
+        family: ``medmnist``, ``demo`` or ``user`` (a folder, manifest or npz of the user's
+            in the data root, ``embedkit.data.custom``).
         urls: download address per image size (empty for the demo family).
         md5: official file checksum per image size (empty for the demo family).
         modality: the imaging modality (MedMNIST v2, Yang et al. 2023, Table 1), which the
             benchmark grid uses to tell multi-modality from single-modality training sets.
+        source: where a user's dataset was found (its folder, manifest or npz).
     """
 
     name: str
@@ -88,6 +90,12 @@ class DatasetInfo:
     md5: Mapping[int, str] = field(default_factory=dict)
     description: str = ""
     modality: str = ""
+    source: str = ""
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits the dataset holds (all three, except for some of the user's)."""
+        return tuple(s for s in SPLITS if s in self.n_samples)
 
     @property
     def n_classes(self) -> int:
@@ -130,12 +138,9 @@ def register_dataset(info: DatasetInfo) -> DatasetInfo:
     return info
 
 
-def get_info(name: str) -> DatasetInfo:
-    """Look up one registered dataset, suggesting close names when it is unknown."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise UnknownNameError("dataset", name, list(DATASETS) + list(GROUPS)) from None
+def registered(name: str) -> DatasetInfo | None:
+    """The registered dataset ``name`` (MedMNIST or demo), or None."""
+    return DATASETS.get(name)
 
 
 def check_size(size: int) -> int:
@@ -145,34 +150,6 @@ def check_size(size: int) -> int:
             f"unsupported image size {size}: choose one of {', '.join(map(str, SIZES))}"
         )
     return size
-
-
-def parse_dataset_spec(spec: str) -> list[str]:
-    """Expand a ``--dataset`` value into dataset entries.
-
-    ``spec`` is one name, a comma-separated list, a group (``all``, ``demo``) or a
-    multi-domain spec ``a+b+c``, which stays one entry whose parts are concatenated when
-    loaded. Every part is checked against the registry.
-
-    Returns:
-        The entries in order, without duplicates.
-    """
-    entries: list[str] = []
-    if spec.strip() and not all(part.strip() for part in spec.split(",")):
-        raise ConfigError(f"--dataset '{spec}' has an empty name: give names separated by commas")
-    for item in (part.strip() for part in spec.split(",")):
-        if not item:
-            continue
-        if item in GROUPS:
-            expanded = list(GROUPS[item])
-        else:
-            for part in item.split("+"):
-                get_info(part)
-            expanded = [item]
-        entries.extend(e for e in expanded if e not in entries)
-    if not entries:
-        raise ConfigError("no dataset given: pass --dataset NAME (see `embedkit datasets`)")
-    return entries
 
 
 def components(entry: str) -> list[str]:

@@ -104,7 +104,7 @@ def _producer(encoder: Encoder, data: SplitData, config: EmbedConfig, device, pr
 
 def _dataset_names(config: EmbedConfig) -> list[str]:
     """The datasets to embed; ``all`` means every MedMNIST dataset present in the data root."""
-    entries = parse_dataset_spec(config.dataset)
+    entries = parse_dataset_spec(config.dataset, config.data_root)
     names = list(dict.fromkeys(name for entry in entries for name in components(entry)))
     if config.dataset.strip() != "all" or config.download:
         return names
@@ -127,6 +127,24 @@ def _dataset_names(config: EmbedConfig) -> list[str]:
             ", ".join(missing),
         )
     return present
+
+
+def _splits_of(names: list[str], config: EmbedConfig) -> list[tuple[str, list[str]]]:
+    """The requested splits of each dataset; a user's dataset with only some splits (a
+    test-only external set) gives those it has, and one with none of them is refused."""
+    pairs = []
+    for name in names:
+        info = get_info(name, config.data_root)
+        held = [s for s in config.splits if s in info.splits]
+        if not held:
+            raise DataNotFoundError(
+                f"{info.source or name} holds no {' or '.join(config.splits)} split (it "
+                f"holds {', '.join(info.splits)}): ask for --splits {','.join(info.splits)}"
+            )
+        if len(held) < len(config.splits):
+            log.info("%s holds only the %s split(s): embedding those", name, ", ".join(held))
+        pairs.append((name, held))
+    return pairs
 
 
 def _splits_to_write(
@@ -174,11 +192,10 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
         raise ConfigError(f"--batch-size must be at least 1, not {config.batch_size}")
     path = Path(store)
     check_store_path(path)
-    names = _dataset_names(config)
     splits = [
         load_split(name, split, config.size, config.data_root, config.download)
-        for name in names
-        for split in config.splits
+        for name, name_splits in _splits_of(_dataset_names(config), config)
+        for split in name_splits
     ]
     shard, device = Shard.from_environment(device)
     progress = progress and shard.is_main
@@ -197,7 +214,7 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
                 if not config.overwrite and done:
                     log.info("%s/%s already in %s: skipped", data.dataset, data.split, path)
                     continue
-                info = get_info(data.dataset)
+                info = get_info(data.dataset, config.data_root)
                 writer.write_split(
                     data.dataset,
                     data.split,
@@ -216,6 +233,7 @@ def embed(config: EmbedConfig, store: str | Path, progress: bool = True) -> Embe
                         "class_names": list(info.class_names),
                         "n_channels": info.n_channels,
                         "family": info.family,
+                        "modality": info.modality,
                     },
                     dtype=config.dtype,
                     resume=config.resume,

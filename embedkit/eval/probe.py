@@ -88,7 +88,8 @@ def _require_splits(store: EmbeddingStore, dataset: str) -> None:
             f"store {store.path} lacks the {', '.join(missing)} split of {dataset}, which the "
             f"probe needs (train fits, val chooses L2, test scores): embed it with `embedkit "
             f"embed --dataset {dataset} --splits train,val,test --store {store.path}` and the "
-            f"same encoder"
+            f"same encoder (a dataset without them, such as a test-only external set, can be "
+            f"scored as OOD but not probed)"
         )
 
 

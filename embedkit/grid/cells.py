@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import components, get_info
-from ..errors import ConfigError
+from ..errors import ConfigError, EmbedkitError
 from ..lock import is_held
 from ..utils import to_jsonable, write_json
 from .spec import AXES, GridSpec, encoder_axes, identity_hash, resolve_init
@@ -104,6 +104,8 @@ def _pretrain_config(spec: GridSpec, axes: dict[str, Any]) -> dict[str, Any]:
 def expand(spec: GridSpec) -> list[Cell]:
     """The grid's cells: pretraining cells in grid order, then the baselines."""
     evaluate = to_jsonable(dataclasses.asdict(spec.evaluate))
+    if not evaluate["ood_datasets"]:  # keeps the identity of cells made before the option
+        del evaluate["ood_datasets"]
     varied = [n for n, v in spec.pretrain.items() if len(v) > 1 and n not in AXES.values()]
     multi_size = len(spec.pretrain["size"]) > 1
     cells = []
@@ -141,14 +143,23 @@ def expand(spec: GridSpec) -> list[Cell]:
     return cells
 
 
-def cost(cell: Cell) -> dict[str, float]:
-    """Images the cell processes: pretraining image-epochs and extracted images."""
-    datasets = cell.evaluate["datasets"]
-    embed_images = sum(sum(get_info(d).n_samples.values()) for d in datasets)
+def _samples(dataset: str, root: str | None) -> dict[str, int]:
+    """Images per split; a user's dataset that the root does not hold counts none."""
+    try:
+        return dict(get_info(dataset, root).n_samples)
+    except EmbedkitError:
+        return {}
+
+
+def cost(cell: Cell, root: str | None = None) -> dict[str, float]:
+    """Images the cell processes: pretraining image-epochs and extracted images (the user's
+    datasets are counted in the data root ``root``)."""
+    datasets = [*cell.evaluate["datasets"], *cell.evaluate.get("ood_datasets", ())]
+    embed_images = sum(sum(_samples(d, root).values()) for d in datasets)
     if cell.kind == "baseline":
         return {"image_epochs": 0.0, "embed_images": float(embed_images)}
     pretrain = cell.encoder["pretrain"]
-    n_train = sum(get_info(d).n_samples["train"] for d in cell.pretrain_datasets)
+    n_train = sum(_samples(d, root).get("train", 0) for d in cell.pretrain_datasets)
     return {
         "image_epochs": float(n_train * pretrain["epochs"]),
         "embed_images": float(embed_images),

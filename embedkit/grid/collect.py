@@ -23,7 +23,7 @@ from ..utils import stamp, write_json
 from .cells import Cell, cell_folder, cell_state
 from .findings import Finding, markdown_table, study_findings
 from .paper import results_page
-from .runner import read_output
+from .runner import read_output, recorded_modalities
 
 PROVENANCE = ("encoder", "method", "backbone", "init", "pretrain_dataset")
 
@@ -36,10 +36,16 @@ class Collected:
     folder: Path
 
 
-def _axis_columns(cell: Cell, varied: list[str]) -> dict[str, object]:
+def _modality(name: str, recorded: dict[str, str]) -> str:
+    """A dataset's modality as ``grid run`` recorded it (the user's datasets need the data
+    root), else the registry's."""
+    return recorded[name] if name in recorded else get_info(name).modality
+
+
+def _axis_columns(cell: Cell, varied: list[str], recorded: dict[str, str]) -> dict[str, object]:
     dataset = cell.axes["dataset"]
     parts = [] if cell.kind == "baseline" else components(dataset)
-    modalities = {get_info(p).modality for p in parts}
+    modalities = {_modality(p, recorded) for p in parts}
     method = cell.axes["method"]
     kind = (
         "baseline"
@@ -67,8 +73,9 @@ def _long_tables(output: Path, cells: list[Cell]) -> dict[str, pl.DataFrame]:
     standard = {"method", "dataset", "backbone", "init", "size"}
     varied = sorted({k for c in cells for k in c.axes if k not in standard})
     parts: dict[str, list[pl.DataFrame]] = {"probe": [], "knn": [], "ood": []}
+    recorded = recorded_modalities(output)
     for cell in cells:
-        columns = _axis_columns(cell, varied)
+        columns = _axis_columns(cell, varied, recorded)
         for name in parts:
             file = cell_folder(output, cell.id) / f"{name}.parquet"
             if not file.is_file():

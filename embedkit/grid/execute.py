@@ -119,7 +119,7 @@ def _embed(output: Path, cell: Cell, resources: Resources):
         source["seed"] = encoder["seed"] or 0
         size = encoder["size"]
     config = EmbedConfig(
-        dataset=",".join(plan["datasets"]),
+        dataset=",".join([*plan["datasets"], *plan.get("ood_datasets", ())]),
         size=size,
         batch_size=plan["batch_size"],
         dtype=plan["dtype"],
@@ -165,7 +165,8 @@ def _evaluate(folder: Path, cell: Cell, store, resources: Resources) -> None:
     if plan["knn"]:
         steps.append(("knn", lambda: KNNConfig(datasets=datasets, k=plan["knn_k"]), knn_classify))
     id_datasets = own if plan["ood_id"] == "in-domain" and own else datasets
-    if plan["scorers"] and len(datasets) > 1:
+    external = tuple(plan.get("ood_datasets", ()))
+    if plan["scorers"] and len(datasets) + len(external) > 1:
 
         def ood(stores, config: OODConfig):
             import polars as pl
@@ -173,6 +174,7 @@ def _evaluate(folder: Path, cell: Cell, store, resources: Resources) -> None:
             tables = []
             for id_dataset in config.id_datasets:  # OOD: every dataset outside the training set
                 others = tuple(d for d in datasets if d != id_dataset and d not in own)
+                others += external
                 if others:
                     pair = dataclasses.replace(
                         config, id_datasets=(id_dataset,), ood_datasets=others

@@ -31,12 +31,18 @@ def forward_flops(backbone: str, size: int, patch_size: int = 0) -> float:
     return float(counter.get_total_flops())
 
 
-def plan(spec: GridSpec, output: str | os.PathLike | None = None, throughput: float = 0.0):
+def plan(
+    spec: GridSpec,
+    output: str | os.PathLike | None = None,
+    throughput: float = 0.0,
+    data_root: str | None = None,
+):
     """The cells, what each costs, and the state of those an output folder already has.
 
     Args:
         throughput: pretraining images per second on one GPU; 0 uses a default derived
             from a measured H100 figure and each backbone's counted FLOPs.
+        data_root: where the user's datasets are counted.
 
     Returns:
         One row per cell (``cell, kind, label, method, dataset, backbone, init, size,
@@ -53,7 +59,7 @@ def plan(spec: GridSpec, output: str | os.PathLike | None = None, throughput: fl
             rates[key] = H100_RESNET50_28PX_FORWARD * reference / flops
         forward_rate = rates[key]
         train_rate = throughput or forward_rate / TRAIN_COST_IN_FORWARDS
-        images = cost(cell)
+        images = cost(cell, data_root)
         hours = images["image_epochs"] / train_rate / 3600
         hours += images["embed_images"] / forward_rate / 3600
         state = cell_state(Path(output), cell.id)["state"] if output else "pending"

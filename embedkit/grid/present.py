@@ -4,7 +4,8 @@ A user with some of MedMNIST's twelve files (or the three a small machine holds)
 preset as it is: pretraining entries that need an absent dataset (a multi-domain entry when
 any of its parts is absent) and absent evaluation datasets are dropped before the cells are
 made, and the skipped names are recorded in the output folder so that ``grid status`` and
-``grid collect`` see the same cells. The demo family is always present (it is generated).
+``grid collect`` see the same cells. The demo family is always present (it is generated);
+a user's dataset is present when the root holds its folder, manifest or npz.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import dataclasses
 import logging
 import os
 
-from ..data import components, data_root, get_info
-from ..data.loading import candidate_files
+from ..data import components, data_root, find_dataset, get_info
+from ..data.registry import registered
+from ..data.root import candidate_files
 from ..errors import DataNotFoundError
 from .spec import GridSpec
 
@@ -24,17 +26,28 @@ log = logging.getLogger(__name__)
 def absent_datasets(spec: GridSpec, root: str | os.PathLike | None) -> list[str]:
     """The datasets ``spec`` names that have no file in the data root at one of its sizes."""
     folder = data_root(root)
+    return sorted(name for name in _names(spec) if not _present(name, folder, spec))
+
+
+def _names(spec: GridSpec) -> set[str]:
     names = {n for entry in spec.pretrain["dataset"] for n in components(entry)}
-    names |= set(spec.evaluate.datasets)
-    return sorted(
-        name
-        for name in names
-        if get_info(name).family != "demo"
-        and not all(
-            any((folder / f).is_file() for f in candidate_files(name, size))
-            for size in spec.pretrain["size"]
-        )
+    return names | set(spec.evaluate.datasets) | set(spec.evaluate.ood_datasets)
+
+
+def _present(name: str, folder, spec: GridSpec) -> bool:
+    info = registered(name)
+    if info is None:  # the user's: its folder, manifest or npz (a broken one is an error)
+        return find_dataset(name, folder) is not None
+    return info.family == "demo" or all(
+        any((folder / f).is_file() for f in candidate_files(name, size))
+        for size in spec.pretrain["size"]
     )
+
+
+def modalities(spec: GridSpec, root: str | os.PathLike | None) -> dict[str, str]:
+    """The modality of every dataset ``spec`` names (those present in the root), recorded
+    with the grid's output so that ``grid collect`` tells multi-modality sets without it."""
+    return {name: get_info(name, root).modality for name in sorted(_names(spec))}
 
 
 def without(spec: GridSpec, absent: list[str] | tuple[str, ...]) -> GridSpec:
@@ -48,7 +61,9 @@ def without(spec: GridSpec, absent: list[str] | tuple[str, ...]) -> GridSpec:
             f"(absent: {', '.join(absent)}); download them or point --data-root at them"
         )
     evaluate = dataclasses.replace(
-        spec.evaluate, datasets=tuple(d for d in spec.evaluate.datasets if d not in absent)
+        spec.evaluate,
+        datasets=tuple(d for d in spec.evaluate.datasets if d not in absent),
+        ood_datasets=tuple(d for d in spec.evaluate.ood_datasets if d not in absent),
     )
     return dataclasses.replace(spec, pretrain={**spec.pretrain, "dataset": kept}, evaluate=evaluate)
 

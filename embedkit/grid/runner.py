@@ -34,7 +34,7 @@ from .cells import (
     write_record,
 )
 from .execute import Resources, run_cell
-from .present import restrict_to_data, without
+from .present import modalities, restrict_to_data, without
 from .slurm import SlurmOptions, submit_slurm
 from .spec import GridSpec, parse_grid
 
@@ -44,9 +44,14 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("local", "slurm")
 
 
-def prepare_output(spec: GridSpec, output: str | os.PathLike, absent: list[str] = ()) -> Path:
+def prepare_output(
+    spec: GridSpec,
+    output: str | os.PathLike,
+    absent: list[str] = (),
+    modalities: dict[str, str] | None = None,
+) -> Path:
     """Create (or check) a grid's output folder and save the grid file in it, with the
-    datasets skipped as absent from the data root."""
+    datasets skipped as absent from the data root and the modality of each dataset."""
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file: choose a folder")
@@ -65,6 +70,7 @@ def prepare_output(spec: GridSpec, output: str | os.PathLike, absent: list[str] 
         write_json(marker, {"name": spec.name, **stamp()})
     (output / "grid.toml").write_text(spec.text)
     source = {"origin": spec.origin, "base": spec.base, "absent": list(absent)}
+    source["modalities"] = modalities or {}
     write_json(output / "grid.source.json", source)
     return output
 
@@ -78,6 +84,15 @@ def read_output(output: str | os.PathLike) -> tuple[GridSpec, list[Cell]]:
     spec = parse_grid((output / "grid.toml").read_text(), source["origin"], source["base"])
     spec = without(spec, source.get("absent", []))
     return spec, expand(spec)
+
+
+def recorded_modalities(output: str | os.PathLike) -> dict[str, str]:
+    """The modality of each dataset, as the latest ``grid run`` recorded it."""
+    try:
+        source = json.loads((Path(output) / "grid.source.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return source.get("modalities", {})
 
 
 def _progress(output: Path, cell: Cell, record: dict[str, Any]) -> str:
@@ -149,7 +164,7 @@ def run_grid(
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
     spec, absent = restrict_to_data(spec, resources.data_root)
-    output = prepare_output(spec, output, absent)
+    output = prepare_output(spec, output, absent, modalities(spec, resources.data_root))
     cells = expand(spec)
     todo = _pending(output, cells)
     for cell in todo:  # every cell's configuration is on disk before anything runs

@@ -41,8 +41,10 @@ from typing import Any
 
 from ..backbones import BACKBONES
 from ..configs import RECIPES, PretrainConfig, ProbeConfig
-from ..data import SIZES, components, parse_dataset_spec
-from ..errors import ConfigError, EmbedkitError
+from ..data import DATASETS, GROUPS, SIZES, components
+from ..data.custom import USER_NAME
+from ..data.registry import registered
+from ..errors import ConfigError, UnknownNameError
 from ..methods import METHODS, get_method, method_config
 from ..utils import stable_hash
 
@@ -99,6 +101,8 @@ class EvaluationPlan:
         ood_splits: ``test`` or ``all`` splits of the OOD datasets.
         transfer: probe every encoder on every dataset (else only on its own).
         batch_size, dtype: extraction settings.
+        ood_datasets: external sets scored only as OOD, against every ID dataset (never
+            probed: a test-only dataset of the user's, ``embedkit.data.custom``).
     """
 
     datasets: tuple[str, ...] = ()
@@ -115,6 +119,7 @@ class EvaluationPlan:
     transfer: bool = True
     batch_size: int = 256
     dtype: str = "float32"
+    ood_datasets: tuple[str, ...] = ()
 
 
 EVALUATE_OPTIONS = _field_types(EvaluationPlan)
@@ -195,11 +200,17 @@ def _check_choice(origin: str, key: str, values: list[Any], choices, kind: str) 
 
 
 def _check_datasets(origin: str, key: str, values: list[str]) -> None:
+    """Registered names are checked here; other names may be the user's datasets, found in
+    the data root when the grid runs (absent ones are skipped then), unless they look like
+    a misspelt registered name."""
     for value in values:
-        try:
-            parse_dataset_spec(value)
-        except EmbedkitError as exc:
-            raise _error(origin, key, f"'{value}': {exc}") from None
+        for part in value.split("+"):
+            if registered(part) is not None or part in GROUPS:
+                continue
+            close = difflib.get_close_matches(part, list(DATASETS), n=1, cutoff=0.85)
+            if close or not USER_NAME.match(part):
+                error = UnknownNameError("dataset", part, list(DATASETS) + list(GROUPS))
+                raise _error(origin, key, f"'{value}': {error}")
 
 
 def parse_grid(text: str, origin: str = "<text>", base: str | Path = ".") -> GridSpec:
@@ -310,6 +321,17 @@ def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> E
             raise _error(origin, "evaluate.datasets", f"'{dataset}': evaluate single datasets")
     _check_datasets(origin, "evaluate.datasets", datasets)
     values["datasets"] = tuple(datasets)
+    external = list(values.get("ood_datasets", ()))
+    _check_type(origin, "evaluate.ood_datasets", external, str)
+    _check_datasets(origin, "evaluate.ood_datasets", external)
+    both = sorted(set(external) & set(datasets))
+    if both or any("+" in d for d in external):
+        raise _error(
+            origin,
+            "evaluate.ood_datasets",
+            f"'{(both or external)[0]}': external OOD sets are single datasets, not also in "
+            f"evaluate.datasets",
+        )
     fractions = list(values.get("label_fractions", EvaluationPlan.label_fractions))
     _check_type(origin, "evaluate.label_fractions", fractions, float)
     if any(not 0 < f <= 1 for f in fractions):

@@ -90,12 +90,19 @@ def split_images(
     back from the data file the store's provenance names."""
     from ..data.npz import read_member
 
-    path = Path(store.split_attrs(dataset, split)["data_file"]["path"])
-    if not path.is_file():
+    attrs = store.split_attrs(dataset, split)
+    path = Path(attrs["data_file"]["path"])
+    if not path.exists():
         raise ConfigError(
             f"the data file of {dataset}/{split}, {path}, is gone: the store holds "
             f"embeddings only; put the file back to see its images"
         )
+    if attrs["data_file"].get("origin") == "user" and path.suffix != ".npz":
+        from ..data import load_split  # a folder or manifest: its decoded (cached) images
+
+        name = path.stem if path.suffix == ".csv" else path.name
+        data = load_split(name, split, attrs["size"], path.parent)
+        return np.asarray(data.images)[np.searchsorted(data.indices, indices)]
     return read_member(path, f"{split}_images")[indices]
 
 

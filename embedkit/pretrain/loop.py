@@ -88,7 +88,7 @@ def pretrain(
     fabric = make_fabric(config, device)
     torch.manual_seed(config.seed)
     encoder = create_encoder(config.backbone, config.init, config.size, patch_size)
-    classes = dataset_classes(config.dataset)
+    classes = dataset_classes(config.dataset, config.data_root)
     method = method_cls(encoder, hyperparameters, config.size, len(classes))
     config_json = {
         "pretrain": {**to_jsonable(config), "patch_size": patch_size},
@@ -144,7 +144,9 @@ def pretrain(
             loggers.log_hyperparams(to_jsonable(config_json))
         monitor = None
         if val is not None:
-            monitor = KNNMonitor(train, val, dataset_task(config.dataset), len(classes))
+            monitor = KNNMonitor(
+                train, val, dataset_task(config.dataset, config.data_root), len(classes)
+            )
 
         loop = EpochLoop(
             config, fabric, model, method, optimizer, scheduler, train, updates_per_epoch, loggers

@@ -472,7 +472,7 @@ def test_datasets_absent_from_the_data_root_are_listed_and_skipped(tmp_path, dat
     (root / "pneumoniamnist.npz").write_bytes(b"")  # presence is all that is checked here
     (root / "retinamnist_28.npz").write_bytes(b"")
     kept, absent = restrict_to_data(spec, root)
-    assert absent == ["breastmnist"]
+    assert absent == ["breastmnist", "pathmnist_test_subset"]  # the external set too
     assert kept.pretrain["dataset"] == [
         "pneumoniamnist",
         "retinamnist",
@@ -481,10 +481,58 @@ def test_datasets_absent_from_the_data_root_are_listed_and_skipped(tmp_path, dat
     assert kept.evaluate.datasets == ("pneumoniamnist", "retinamnist")
     assert len(expand(kept)) == 3 * 3 + 2 + 1  # 3 SSL x 3 sets, supervised x 2, random
     code, output = _cli("grid", "plan", "--preset", "laptop", "--data-root", root)
-    assert code == 0 and "skipped, absent from the data root: breastmnist" in output
+    assert code == 0 and "absent from the data root: breastmnist, pathmnist_test_subset" in output
     assert "12 cells" in output
     code, output = _cli("grid", "plan", "--preset", "laptop")  # no root: the whole grid
     assert code == 0 and "19 cells" in output and "skipped" not in output
     # grid status and collect read the cells grid run made (the skipped list is recorded)
     prepare_output(kept, tmp_path / "out", absent)
     assert len(read_output(tmp_path / "out")[1]) == 12
+
+
+@pytest.mark.slow
+def test_external_ood_sets_are_embedded_and_scored_never_probed(tmp_path, data_root):
+    """A test-only dataset of the user's (``evaluate.ood_datasets``) is OOD for every ID
+    dataset; absent, it is skipped like any dataset; unused, cells keep their identity."""
+    import shutil
+
+    import numpy as np
+
+    from embedkit.grid.cells import cell_folder
+    from embedkit.grid.execute import run_cell
+    from embedkit.grid.present import restrict_to_data
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for f in data_root.glob("demo-*.npz"):
+        shutil.copy(f, root / f.name)
+    with np.load(next(data_root.glob("demo-natural*.npz"))) as natural:
+        np.savez(
+            root / "ext.npz",
+            test_images=natural["test_images"][:100],
+            test_labels=natural["test_labels"][:100],
+        )
+    text = MINI.replace("knn = false", 'knn = false\nood_datasets = ["ext"]')
+    text += '[baselines]\ninits = ["random"]\n'
+    spec = parse_grid(text)
+    assert spec.evaluate.ood_datasets == ("ext",)
+    assert "ood_datasets" not in expand(parse_grid(MINI))[0].evaluate  # identities kept
+    _, absent = restrict_to_data(spec, tmp_path)  # a root without it: skipped
+    assert "ext" in absent
+    kept, absent = restrict_to_data(spec, root)
+    assert absent == []
+    (baseline,) = [c for c in expand(kept) if c.kind == "baseline"]
+    record = run_cell(tmp_path / "out", baseline, Resources(device="cpu", data_root=str(root)))
+    assert record["state"] == "done", record.get("error")
+    folder = cell_folder(tmp_path / "out", baseline.id)
+    ood = pl.read_parquet(folder / "ood.parquet")
+    assert set(ood["ood_dataset"]) == {"demo-natural", "demo-texture", "ext"}
+    assert set(ood.filter(pl.col("ood_dataset") == "ext")["id_dataset"]) == {
+        "demo-texture",
+        "demo-natural",
+    }
+    assert "ext" not in set(pl.read_parquet(folder / "probe.parquet")["dataset"])
+    with pytest.raises(ConfigError, match="external OOD sets are single datasets"):
+        parse_grid(text.replace('["ext"]', '["demo-natural"]'))
+    with pytest.raises(ConfigError, match="did you mean demo-natural"):
+        parse_grid(text.replace('["ext"]', '["demo-naturel"]'))
