@@ -40,7 +40,8 @@ def datasets(
     config_file: ConfigOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """List the registered datasets and which of them the data root holds at each size."""
+    """List the registered datasets, which of them the data root holds at each size, and
+    the datasets of your own there (folders, manifests, npz files) with their source."""
     from embedkit.data.listing import dataset_table
 
     run_command(debug, lambda: show_table(dataset_table(data_root)))
