@@ -3,7 +3,9 @@
 Images of any size and format Pillow reads are made square (stretched, or a centre square
 cropped), resized with Pillow's antialiased bicubic filter (MedMNIST's own resampling) and
 converted to grey or RGB. 16-bit and floating-point images (DICOM exports, microscopy TIFFs)
-are scaled from their own minimum and maximum to 0-255 first.
+are scaled from their own minimum and maximum to 0-255 first. A JPEG at least four times
+the target size is decoded at a reduced scale first (``prepare``): its pixels then differ
+from a full decode's by a few levels (``bench/decode_speed.py`` measures it).
 
 Decoded splits are cached under ``$XDG_CACHE_HOME/embedkit/images`` (``~/.cache`` by
 default), keyed by the bytes of the files (and the size, channels and resize mode), so
@@ -59,8 +61,9 @@ def prepare(image, size: int, channels: int, resize: str = "stretch") -> np.ndar
     """A Pillow image as a ``(size, size, channels)`` uint8 array."""
     from PIL import Image
 
-    if image.format == "JPEG":  # decode at a reduced scale that still covers the target
-        image.draft("L" if channels == 1 else "RGB", (size, size))
+    if image.format == "JPEG":  # a large JPEG is decoded at a reduced scale (libjpeg's
+        # DCT scaling, by 2, 4 or 8) that keeps at least twice the target for the resize
+        image.draft("L" if channels == 1 else "RGB", (2 * size, 2 * size))
     if image.mode in _HIGH_DEPTH:
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
@@ -94,13 +97,16 @@ def decode_files(
     skip_unreadable: bool = False,
     desc: str = "",
     hint: str = "",
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[int]]:
-    """Decode ``files`` in parallel into ``(N, size, size, channels)`` uint8.
+    """Decode ``files`` in parallel into ``(N, size, size, channels)`` uint8, written into
+    ``out`` when given (a memory-mapped cache file: a large dataset never sits in memory).
 
     Returns:
         ``(images, skipped)``: the positions in ``files`` of the images that could not be
         decoded (only with ``skip_unreadable``; otherwise the first one raises
-        ``InvalidDataError`` naming the file, and ``hint`` says how to skip it).
+        ``InvalidDataError`` naming the file, and ``hint`` says how to skip it). Their rows
+        of ``images`` are left as they were; ``without`` drops them.
     """
     from PIL import Image
     from tqdm.auto import tqdm
@@ -111,7 +117,7 @@ def decode_files(
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
             return exc
 
-    images = np.empty((len(files), size, size, channels), np.uint8)
+    images = np.zeros((len(files), size, size, channels), np.uint8) if out is None else out
     skipped: list[int] = []
     with ThreadPoolExecutor(_workers()) as pool:
         results = pool.map(one, files)
@@ -133,34 +139,29 @@ def decode_files(
             len(skipped),
             files[skipped[0]],
         )
-        images = np.delete(images, skipped, axis=0)
     return images, skipped
 
 
-def resize_array(images: np.ndarray, size: int, channels: int, resize: str) -> np.ndarray:
+def resize_array(
+    images: np.ndarray, size: int, channels: int, resize: str, out: np.ndarray | None = None
+) -> np.ndarray:
     """``(N, H, W[, C])`` uint8 resized and converted to ``(N, size, size, channels)``."""
     from PIL import Image
 
     if images.ndim == 3:
         images = images[..., None]
-    if images.shape[1:] == (size, size, channels):
-        return np.asarray(images)
+    if out is None:
+        out = np.empty((len(images), size, size, channels), np.uint8)
 
     def one(image: np.ndarray) -> np.ndarray:
-        mode = "L" if image.shape[-1] == 1 else "RGB"
-        return prepare(
-            Image.fromarray(np.ascontiguousarray(image[..., 0] if mode == "L" else image), mode),
-            size,
-            channels,
-            resize,
-        )
+        grey = image.shape[-1] == 1
+        pixels = np.ascontiguousarray(image[..., 0] if grey else image)
+        return prepare(Image.fromarray(pixels, "L" if grey else "RGB"), size, channels, resize)
 
     with ThreadPoolExecutor(_workers()) as pool:
-        return (
-            np.stack(list(pool.map(one, images)))
-            if len(images)
-            else np.empty((0, size, size, channels), np.uint8)
-        )
+        for index, result in enumerate(pool.map(one, images)):
+            out[index] = result
+    return out
 
 
 def cache_folder() -> Path:
@@ -174,10 +175,14 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def cached(key: str, make: Callable[[], tuple[np.ndarray, list[int]]]):
-    """``(images, skipped)`` from the cache, or made by ``make`` and cached (atomically: a
-    cache entry is whole or absent). A cache that cannot be written costs a decode next
-    time, nothing else."""
+def cached(
+    key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], list[int]]
+) -> tuple[np.ndarray, list[int]]:
+    """``(images, skipped)`` of a decoded split: from the cache, or filled by ``fill`` into a
+    memory-mapped ``shape`` uint8 array (``fill`` returns the rows it could not fill, which
+    are dropped) and cached. An entry is written under a temporary name and renamed, so it
+    is whole or absent; a cache that cannot be written costs a decode next time (in memory
+    meanwhile), nothing else."""
     folder = cache_folder()
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     if array_path.is_file() and meta_path.is_file():
@@ -186,17 +191,36 @@ def cached(key: str, make: Callable[[], tuple[np.ndarray, list[int]]]):
             return np.load(array_path, mmap_mode="r"), skipped
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry is made again
-    images, skipped = make()
+    tmp = folder / f".{key}.{os.getpid()}.npy"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.npy"
-        np.save(tmp, images)
-        tmp.replace(array_path)
-        tmp_meta = folder / f".{key}.{os.getpid()}.json"
-        tmp_meta.write_text(json.dumps({"skipped": skipped}))
-        tmp_meta.replace(meta_path)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     except OSError as exc:
-        log.warning(
-            "cannot cache decoded images in %s (%s): they are decoded again next time", folder, exc
-        )
-    return images, skipped
+        log.warning("cannot cache decoded images in %s (%s): decoding in memory", folder, exc)
+        out = np.empty(shape, np.uint8)
+        skipped = fill(out)
+        return np.delete(out, skipped, axis=0), skipped
+    try:
+        skipped = fill(out)
+        if skipped:
+            kept = np.setdiff1d(np.arange(shape[0]), skipped)
+            compact_tmp = folder / f".{key}.{os.getpid()}.kept.npy"
+            compact = np.lib.format.open_memmap(
+                compact_tmp, mode="w+", dtype=np.uint8, shape=(len(kept), *shape[1:])
+            )
+            for start in range(0, len(kept), 4096):
+                compact[start : start + 4096] = out[kept[start : start + 4096]]
+            compact.flush()
+            del out, compact
+            compact_tmp.replace(tmp)
+        else:
+            out.flush()
+            del out
+        tmp.replace(array_path)
+        meta_tmp = folder / f".{key}.{os.getpid()}.json"
+        meta_tmp.write_text(json.dumps({"skipped": skipped}))
+        meta_tmp.replace(meta_path)
+    finally:
+        for leftover in folder.glob(f".{key}.{os.getpid()}*"):
+            leftover.unlink(missing_ok=True)
+    return np.load(array_path, mmap_mode="r"), skipped

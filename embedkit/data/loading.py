@@ -303,7 +303,13 @@ def _user_split(user: UserDataset, split: str, size: int):
             key = cache_key(
                 digest=md5, split=split, size=size, channels=channels, resize=user.resize
             )
-            images, _ = cached(key, lambda: (resize_array(images, size, channels, user.resize), []))
+            source = images
+
+            def fill(out: np.ndarray) -> list[int]:
+                resize_array(source, size, channels, user.resize, out)
+                return []
+
+            images, _ = cached(key, (len(source), size, size, channels), fill)
         data_file = DataFile(str(path), md5, "user")
         return info, data_file, images, labels, np.arange(len(images))
     base = path if user.kind == "folder" else path.parent
@@ -325,9 +331,17 @@ def _user_split(user: UserDataset, split: str, size: int):
     )
     images, skipped = cached(
         key,
-        lambda: decode_files(
-            files, size, channels, user.resize, user.skip_unreadable, f"{info.name}/{split}", hint
-        ),
+        (len(files), size, size, channels),
+        lambda out: decode_files(
+            files,
+            size,
+            channels,
+            user.resize,
+            user.skip_unreadable,
+            f"{info.name}/{split}",
+            hint,
+            out,
+        )[1],
     )
     kept = np.setdiff1d(np.arange(len(files)), np.asarray(skipped, np.int64))
     names = tuple(_relative(files[i], base) for i in skipped)

@@ -354,3 +354,17 @@ def test_the_cache_entry_is_whole_or_absent(tmp_path, monkeypatch):
     entries = list(images.cache_folder().glob("*.json"))
     assert entries and all(json.loads(e.read_text()) == {"skipped": []} for e in entries)
     assert not list(images.cache_folder().glob(".*"))  # no temporary file left
+
+
+def test_a_cache_that_cannot_be_written_only_costs_a_decode(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    _generated_folder(tmp_path, "corrupt")
+    (tmp_path / "corrupt/test/grey/1.png").write_bytes(b"not a png")
+    (tmp_path / "corrupt.toml").write_text("skip_unreadable = true\n")
+    data = load_split("corrupt", "test", 28, tmp_path)
+    assert data.images.shape == (3, 28, 28, 3) and data.indices.tolist() == [0, 2, 3]
+    expected = Image.open(tmp_path / "corrupt/test/rgb/0.jpg").convert("RGB")
+    expected = expected.resize((28, 28), Image.Resampling.BICUBIC)
+    assert np.array_equal(data.images[1], np.asarray(expected))
