@@ -143,7 +143,16 @@ def collect(
         options = {k: spec.pretrain[k][0] for k in ("epochs", "recipe") if k in spec.pretrain}
         settings = ", ".join(f"{k} {v}" for k, v in options.items())
         results_page(
-            page, spec.name, tables["transfer"], findings, records, missing, text, host, settings
+            page,
+            spec.name,
+            tables["transfer"],
+            tables.get("ood"),
+            findings,
+            records,
+            missing,
+            text,
+            host,
+            settings,
         )
     if report and "probe" in tables:
         from ..report import ReportConfig, build_report

@@ -2,7 +2,8 @@
 
 ``results_page`` turns what ``collect`` computed into one markdown page: the scale of the
 run (stated from the cells, never typed), SSL against random weights per dataset (the first
-question on a small budget), the claims of Bundele et al. 2024 (arXiv:2412.19124) point by
+question on a small budget), OOD detection per pair of datasets (external test-only sets
+included), the claims of Bundele et al. 2024 (arXiv:2412.19124) point by
 point with this grid's answer and whether it agrees, then every finding. A claim the grid
 cannot test (a method it does not train, a kind of training set it lacks) says so.
 """
@@ -59,6 +60,61 @@ def finding_ssl_vs_random(summary: pl.DataFrame) -> Finding:
             f"{fraction * 100:g} % of the labels: the best SSL encoder's probe AUC beats random "
             f"weights' on {wins} of {group.height} datasets (mean gain "
             f"{group['auc_gain'].mean():+.3f})."
+        )
+    return finding
+
+
+def finding_ood_pairs(ood: pl.DataFrame | None, probed: list[str]) -> Finding:
+    """Per (ID, OOD) pair and scorer: the mean AUROC of the SSL encoders pretrained on the ID
+    dataset alone, of the supervised ones and of random weights. OOD datasets never probed
+    (``probed``) are external sets (test-only, never trained on)."""
+    finding = Finding("ood_pairs", "OOD detection per pair of datasets", pl.DataFrame())
+    if ood is None or not ood.height:
+        finding.sentences.append("Not computed: no OOD table.")
+        return finding
+    own = ood.filter(~pl.col("multi_domain") & (pl.col("pretrain_dataset") == pl.col("id_dataset")))
+    random = ood.filter((pl.col("kind") == "baseline") & (pl.col("init") == "random"))
+    keys = ["id_dataset", "ood_dataset", "scorer"]
+    parts = [
+        own.filter(pl.col("kind") == kind).group_by(keys).agg(pl.col("auroc").mean().alias(kind))
+        for kind in ("ssl", "supervised")
+    ]
+    parts.append(random.group_by(keys).agg(pl.col("auroc").mean().alias("random")))
+    table = parts[0]
+    for part in parts[1:]:
+        table = table.join(part, on=keys, how="full", coalesce=True)
+    if not table.height or "ssl" not in table.columns:
+        finding.sentences.append("Not computed: no SSL encoder pretrained on an ID dataset.")
+        return finding
+    table = table.with_columns(external=~pl.col("ood_dataset").is_in(probed)).sort(
+        "external", *keys
+    )
+    finding.table = table.select(*keys, "external", "ssl", "supervised", "random")
+    for (scorer,), group in table.group_by(["scorer"], maintain_order=True):
+        both = group.drop_nulls(["ssl", "random"])
+        wins = int((both["ssl"] > both["random"]).sum())
+        finding.sentences.append(
+            f"{scorer}: SSL encoders (mean over methods, pretrained on the ID dataset) detect "
+            f"OOD better than random weights on {wins} of {both.height} (ID, OOD) pairs "
+            f"(mean AUROC {both['ssl'].mean():.3f} against {both['random'].mean():.3f})."
+        )
+    external = table.filter(pl.col("external")).drop_nulls(["ssl", "random"])
+    for (name,), group in external.group_by(["ood_dataset"], maintain_order=True):
+        means = group.group_by("scorer", maintain_order=True).agg(
+            pl.col("ssl").mean(), pl.col("random").mean()
+        )
+        scores = ", ".join(
+            f"{r['scorer']} {r['ssl']:.3f} (random weights {r['random']:.3f})"
+            for r in means.iter_rows(named=True)
+        )
+        finding.sentences.append(
+            f"Against the external set {name} (test-only, never trained on), mean SSL AUROC "
+            f"over the ID datasets: {scores}."
+        )
+    if table.drop_nulls(["ssl"]).filter(pl.col("ssl") < 0.5).height:
+        finding.sentences.append(
+            "An AUROC below 0.5 means the scorer ranks the OOD images as more "
+            "in-distribution than the ID test images."
         )
     return finding
 
@@ -166,6 +222,7 @@ def results_page(
     path: str | Path,
     grid: str,
     summary: pl.DataFrame,
+    ood: pl.DataFrame | None,
     findings: list[Finding],
     records: list[dict],
     missing: list[tuple[str, str, str]],
@@ -196,7 +253,8 @@ def results_page(
                 f"backbone {', '.join(backbones)}",
                 f"methods {', '.join(methods)}",
                 *([settings] if settings else []),
-                f"{_hours(records) * 60:.0f} minutes of cell time in all",
+                f"{_hours(records) * 60:.0f} minutes of cell time in the cells' latest "
+                "attempts (pretraining that an earlier attempt finished is not counted)",
             ]
         )
         + ". The paper trained for hundreds of GPU epochs on 11 datasets at 64 px; these are "
@@ -208,6 +266,10 @@ def results_page(
     ]
     if versus_random.table.height:
         lines += ["", markdown_table(versus_random.table)]
+    pairs = finding_ood_pairs(ood, datasets)
+    lines += ["", f"## {pairs.title}", "", *[f"- {s}" for s in pairs.sentences]]
+    if pairs.table.height:
+        lines += ["", markdown_table(pairs.table)]
     lines += [
         "",
         "## The paper's claims, point by point",
