@@ -8,7 +8,6 @@ the best validation accuracy is scored on the test split.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
 
@@ -18,8 +17,8 @@ import polars as pl
 from ..configs import ProbeConfig
 from ..data.sampler import check_fraction, label_fraction_indices
 from ..errors import ConfigError, StoreError
-from ..primitives.linear import PROTOCOLS, LinearHead, fit_linear
-from ..primitives.metrics import classification_metrics
+from ..primitives.linear import PROTOCOLS, LinearHead, fit_linear_path
+from ..primitives.metrics import accuracy, classification_metrics
 from ..store import EmbeddingStore
 from .results import check_stores, encoder_columns, mean_ci, store_datasets
 
@@ -47,35 +46,37 @@ def fit_probe(
     if not multi_label and len(np.unique(train_y)) < 2:
         raise ConfigError("the label subset holds a single class: raise the label fraction")
     l2_path = sorted(config.l2_grid, reverse=True)
-    grid = (
-        [{"l2": l2} for l2 in l2_path]
-        if config.protocol != "sgd"
-        else [{"l2": l2, "lr": lr} for l2, lr in itertools.product(l2_path, config.lr_grid)]
-    )
-    best, previous, unconverged = None, None, 0
-    for setting in grid:
-        head = fit_linear(
+    fitted = []  # (setting, head) in the order of the grid: L2 strongest first (then lr)
+    for lr in config.lr_grid if config.protocol == "sgd" else (None,):
+        heads = fit_linear_path(
             train_x,
             train_y,
             n_classes,
+            tuple(l2_path),
             multi_label,
             protocol=config.protocol,
+            device=config.device,
             epochs=config.epochs,
             seed=seed,
-            device=config.device,
-            init=previous if config.protocol != "sgd" else None,
-            **setting,
+            **({} if lr is None else {"lr": lr}),
         )
-        previous = head
+        fitted += [
+            ({"l2": l2} if lr is None else {"l2": l2, "lr": lr}, head)
+            for l2, head in zip(l2_path, heads, strict=True)
+        ]
+    if config.protocol == "sgd":  # the grid's order: each L2 with every lr
+        fitted.sort(key=lambda item: (-item[0]["l2"], config.lr_grid.index(item[0]["lr"])))
+    best, unconverged = None, 0
+    for setting, head in fitted:
         unconverged += not head.converged
-        accuracy = classification_metrics(val_y, head.probabilities(val_x), task)["accuracy"]
-        if best is None or accuracy > best[0]:
-            best = (accuracy, head, setting)
+        score = accuracy(val_y, head.probabilities(val_x), task)
+        if best is None or score > best[0]:
+            best = (score, head, setting)
     if unconverged:
         log.warning(
             "%d of %d probe fits stopped at the iteration cap before converging",
             unconverged,
-            len(grid),
+            len(fitted),
         )
     return best[1], {**best[2], "unconverged": unconverged}
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..utils import resolve_device
-from .newton import fit_newton, newton_pays
+from .newton import fit_newton, newton_pays, samples_span
 
 PROTOCOLS = ("newton", "lbfgs", "sgd")
 
@@ -70,6 +70,20 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> tor
     if multi_label:
         return F.binary_cross_entropy_with_logits(logits, targets)
     return F.cross_entropy(logits, targets)
+
+
+def _loss_and_residual(logits: torch.Tensor, targets: torch.Tensor):
+    """``_loss`` and its gradient with respect to the logits: softmax cross-entropy for
+    class indices, binary cross-entropy per label for 0/1 targets (averaged over samples
+    and labels, as ``F.binary_cross_entropy_with_logits``)."""
+    if targets.dtype == torch.long:
+        log_p = torch.log_softmax(logits, 1)
+        loss = -log_p.gather(1, targets[:, None]).mean()
+        residual = log_p.exp()
+        residual[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+        return loss, residual / len(targets)
+    loss = (F.softplus(logits) - targets * logits).mean()
+    return loss, (torch.sigmoid(logits) - targets) / targets.numel()
 
 
 def _targets(y: np.ndarray, multi_label: bool, device, dtype: torch.dtype) -> torch.Tensor:
@@ -114,76 +128,136 @@ def fit_linear(
         init: a head fitted on the same ``x`` (e.g. at the previous L2 of a path) to start
             from instead of zeros: warm-starting from the stronger penalty saves iterations.
     """
-    dev = resolve_device(device)
-    generator = torch.Generator().manual_seed(seed)
-    if protocol == "newton" and (
-        dev.type == "mps" or not newton_pays(*np.shape(x), n_outputs, multi_label)
-    ):
-        protocol = "lbfgs"  # no float64 on MPS; a head L-BFGS solves faster
-    dtype = torch.float64 if protocol != "sgd" and dev.type != "mps" else torch.float32
-    features = torch.as_tensor(np.asarray(x), dtype=dtype, device=dev)
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-    features = (features - mean) / std
-    targets = _targets(y, multi_label, dev, dtype)
-    weight, bias = _initial(init, n_outputs, mean, std)
-    converged, n_iter = True, 0
-    if protocol == "newton":
-        with torch.no_grad():
-            solution = fit_newton(
-                features, targets, n_outputs, multi_label, l2, weight, bias, min(max_iter, 100)
+    problem = _Problem(x, y, n_outputs, multi_label, protocol, device)
+    options = dict(epochs=epochs, lr=lr, batch_size=batch_size, max_iter=max_iter, seed=seed)
+    options.update(tolerance_grad=tolerance_grad, tolerance_change=tolerance_change)
+    return problem.fit(l2, init, **options)
+
+
+def fit_linear_path(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_outputs: int,
+    l2_path: tuple[float, ...],
+    multi_label: bool = False,
+    protocol: str = "newton",
+    device: str = "auto",
+    **options,
+) -> list[LinearHead]:
+    """One head per L2 strength of ``l2_path``, in its order, on the same embeddings.
+
+    With ``newton`` or ``lbfgs`` each fit starts from the previous one (a warm-started
+    regularisation path: visit the strongest penalty first), and the standardisation (and
+    Newton's span of the samples) is computed once for the whole path; ``sgd`` fits each
+    from zeros. ``options`` are ``fit_linear``'s (``lr``, ``epochs``, ``seed``, ...).
+    """
+    problem = _Problem(x, y, n_outputs, multi_label, protocol, device)
+    heads: list[LinearHead] = []
+    for l2 in l2_path:
+        warm = heads[-1] if heads and protocol != "sgd" else None
+        heads.append(problem.fit(l2, warm, **options))
+    return heads
+
+
+class _Problem:
+    """The embeddings standardised on the device, ready for fits at any L2."""
+
+    def __init__(self, x, y, n_outputs: int, multi_label: bool, protocol: str, device: str):
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown probe protocol '{protocol}': use {', '.join(PROTOCOLS)}")
+        dev = resolve_device(device)
+        if protocol == "newton" and (
+            dev.type == "mps" or not newton_pays(*np.shape(x), n_outputs, multi_label)
+        ):
+            protocol = "lbfgs"  # no float64 on MPS; a head L-BFGS solves faster
+        dtype = torch.float64 if protocol != "sgd" and dev.type != "mps" else torch.float32
+        features = torch.as_tensor(np.asarray(x), dtype=dtype, device=dev)
+        self.mean, self.std = features.mean(0), features.std(0).clamp_min(1e-6)
+        self.features = (features - self.mean) / self.std
+        self.targets = _targets(y, multi_label, dev, dtype)
+        self.n_outputs, self.multi_label, self.protocol = n_outputs, multi_label, protocol
+        self.span = samples_span(self.features) if protocol == "newton" else None
+
+    def fit(
+        self,
+        l2: float,
+        init: LinearHead | None = None,
+        epochs: int = 100,
+        lr: float = 0.1,
+        batch_size: int = 256,
+        max_iter: int = 5000,
+        tolerance_grad: float = 1e-6,
+        tolerance_change: float = 1e-9,
+        seed: int = 0,
+    ) -> LinearHead:
+        features, targets, multi_label = self.features, self.targets, self.multi_label
+        weight, bias = _initial(init, self.n_outputs, self.mean, self.std)
+        converged, n_iter = True, 0
+        if self.protocol == "newton":
+            with torch.no_grad():
+                solution = fit_newton(
+                    features,
+                    targets,
+                    self.n_outputs,
+                    multi_label,
+                    l2,
+                    weight,
+                    bias,
+                    min(max_iter, 100),
+                    span=self.span,
+                )
+            weight, bias, n_iter, converged = solution
+        elif self.protocol == "lbfgs":
+            optimizer = torch.optim.LBFGS(
+                [weight, bias],
+                lr=1,
+                max_iter=max_iter,
+                tolerance_grad=tolerance_grad,
+                tolerance_change=tolerance_change,
+                history_size=50,  # halves the iterations of an ill-conditioned fit vs 20
+                line_search_fn="strong_wolfe",
             )
-        weight, bias, n_iter, converged = solution
-    elif protocol == "lbfgs":
-        optimizer = torch.optim.LBFGS(
-            [weight, bias],
-            lr=1,
-            max_iter=max_iter,
-            tolerance_grad=tolerance_grad,
-            tolerance_change=tolerance_change,
-            history_size=50,  # halves the iterations of an ill-conditioned fit vs 20
-            line_search_fn="strong_wolfe",
-        )
 
-        def closure():
-            optimizer.zero_grad()
-            loss = _loss(features @ weight.T + bias, targets, multi_label)
-            loss = loss + 0.5 * l2 * weight.square().sum()
-            loss.backward()
-            return loss
+            def closure():  # the loss and its gradient in closed form: no autograd graph
+                with torch.no_grad():
+                    loss, residual = _loss_and_residual(features @ weight.T + bias, targets)
+                    weight.grad = residual.T @ features + l2 * weight
+                    bias.grad = residual.sum(0)
+                    return loss + 0.5 * l2 * weight.square().sum()
 
-        optimizer.step(closure)
-        state = optimizer.state[weight]
-        n_iter = int(state["n_iter"])
-        # torch stops at a tolerance, or at max_iter iterations / 1.25 * max_iter evaluations
-        converged = n_iter < max_iter and state["func_evals"] < max_iter * 5 // 4
-    elif protocol == "sgd":
-        optimizer = torch.optim.SGD(  # the penalty falls on the weights only, as with lbfgs
-            [{"params": [weight], "weight_decay": l2}, {"params": [bias], "weight_decay": 0.0}],
-            lr=lr,
-            momentum=0.9,
+            optimizer.step(closure)
+            state = optimizer.state[weight]
+            n_iter = int(state["n_iter"])
+            # torch stops at a tolerance, or at max_iter iterations / 1.25 * max_iter evaluations
+            converged = n_iter < max_iter and state["func_evals"] < max_iter * 5 // 4
+        else:  # sgd: the penalty falls on the weights only, as with lbfgs
+            generator = torch.Generator().manual_seed(seed)
+            optimizer = torch.optim.SGD(
+                [{"params": [weight], "weight_decay": l2}, {"params": [bias], "weight_decay": 0.0}],
+                lr=lr,
+                momentum=0.9,
+            )
+            steps = epochs * max(1, -(-len(features) // batch_size))
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+            for _ in range(epochs):
+                order = torch.randperm(len(features), generator=generator).to(features.device)
+                for start in range(0, len(features), batch_size):
+                    batch = order[start : start + batch_size]
+                    optimizer.zero_grad()
+                    logits = features[batch] @ weight.T + bias
+                    _loss(logits, targets[batch], multi_label).backward()
+                    optimizer.step()
+                    scheduler.step()
+        with torch.no_grad():  # fold the standardisation into the head
+            raw_weight = weight / self.std
+            raw_bias = bias - raw_weight @ self.mean
+        return LinearHead(
+            raw_weight.double().cpu().numpy(),
+            raw_bias.double().cpu().numpy(),
+            multi_label,
+            converged=converged,
+            n_iter=n_iter,
         )
-        steps = epochs * max(1, -(-len(features) // batch_size))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        for _ in range(epochs):
-            order = torch.randperm(len(features), generator=generator).to(dev)
-            for start in range(0, len(features), batch_size):
-                batch = order[start : start + batch_size]
-                optimizer.zero_grad()
-                _loss(features[batch] @ weight.T + bias, targets[batch], multi_label).backward()
-                optimizer.step()
-                scheduler.step()
-    else:
-        raise ConfigError(f"unknown probe protocol '{protocol}': use {', '.join(PROTOCOLS)}")
-    with torch.no_grad():  # fold the standardisation into the head
-        raw_weight = weight / std
-        raw_bias = bias - raw_weight @ mean
-    return LinearHead(
-        raw_weight.double().cpu().numpy(),
-        raw_bias.double().cpu().numpy(),
-        multi_label,
-        converged=converged,
-        n_iter=n_iter,
-    )
 
 
 def _initial(

@@ -77,6 +77,13 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95
     }
 
 
+def accuracy(labels: np.ndarray, probabilities: np.ndarray, task: str) -> float:
+    """The accuracy of ``classification_metrics`` alone (what the probe's L2 is chosen by)."""
+    if task == "multi-label":
+        return float(((probabilities > 0.5) == labels.astype(bool)).mean())
+    return float((probabilities.argmax(axis=1) == labels.reshape(-1)).mean())
+
+
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, task: str) -> dict:
     """Accuracy, AUC and balanced accuracy as MedMNIST reports them.
 
@@ -88,7 +95,6 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, task: 
     """
     if task == "multi-label":
         predicted = probabilities > 0.5
-        accuracy = float((predicted == labels.astype(bool)).mean())
         aucs = [
             roc_auc_score(labels[:, j], probabilities[:, j])
             for j in range(labels.shape[1])
@@ -103,7 +109,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, task: 
             )
         )
         return {
-            "accuracy": accuracy,
+            "accuracy": accuracy(labels, probabilities, task),
             "auc": float(np.mean(aucs)) if aucs else float("nan"),
             "balanced_accuracy": balanced,
         }
@@ -119,7 +125,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, task: 
         p = probabilities[:, present] / probabilities[:, present].sum(axis=1, keepdims=True)
         auc = roc_auc_score(y, p, multi_class="ovr", average="macro", labels=present)
     return {
-        "accuracy": float((predicted == y).mean()),
+        "accuracy": accuracy(labels, probabilities, task),
         "auc": float(auc),
         "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
     }
