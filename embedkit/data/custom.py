@@ -47,7 +47,7 @@ import numpy as np
 
 from ..errors import InvalidDataError
 from . import npz
-from .registry import DATASETS, MEDMNIST_2D, SPLITS, DatasetInfo
+from .registry import DATASETS, SIZES, SPLITS, DatasetInfo
 from .root import candidate_files
 
 if sys.version_info >= (3, 11):
@@ -97,12 +97,11 @@ class UserDataset:
     sidecar: Path | None = None
 
 
-def is_medmnist_file(stem: str) -> bool:
-    """Whether an npz stem is one of MedMNIST's file names (``pathmnist``, ``pathmnist_64``)."""
+def is_registered_file(stem: str) -> bool:
+    """Whether an npz stem is a registered dataset's file name (``pathmnist``,
+    ``pathmnist_64``, ``demo-med_28``): those are MedMNIST's or the demo family's."""
     return any(
-        f"{stem}.npz" in candidate_files(name, size)
-        for name in MEDMNIST_2D
-        for size in (28, 64, 128, 224)
+        f"{stem}.npz" in candidate_files(name, size) for name in DATASETS for size in SIZES
     )
 
 
@@ -112,7 +111,7 @@ def _sources(root: Path, name: str) -> list[tuple[str, Path]]:
         found.append(("folder", root / name))
     if (root / f"{name}.csv").is_file():
         found.append(("manifest", root / f"{name}.csv"))
-    if (root / f"{name}.npz").is_file() and not is_medmnist_file(name):
+    if (root / f"{name}.npz").is_file() and not is_registered_file(name):
         found.append(("npz", root / f"{name}.npz"))
     return found
 
@@ -129,7 +128,7 @@ def user_dataset_names(root: Path) -> list[str]:
         if entry.is_dir():
             names.add(entry.name)
         elif entry.suffix == ".csv" or (
-            entry.suffix == ".npz" and not is_medmnist_file(entry.stem)
+            entry.suffix == ".npz" and not is_registered_file(entry.stem)
         ):
             names.add(entry.stem)
     return sorted(n for n in names if n not in DATASETS)

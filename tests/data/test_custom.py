@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from conftest import SHARED_DATA
 from PIL import Image
@@ -223,6 +224,8 @@ def test_user_datasets_combine_with_registered_ones(data_root, tmp_path):
     assert parse_dataset_spec("demo-med+gen", tmp_path) == ["demo-med+gen"]
     mixed = load_split("demo-med+gen", "test", 28, tmp_path)
     assert mixed.sources == ("demo-med", "gen")
+    users = dataset_table(tmp_path).filter(pl.col("family") == "user")["dataset"].to_list()
+    assert users == ["gen"]  # the demo family's files are not the user's
     assert mixed.images.shape[-1] == 3  # grey demo images repeated to RGB
     assert set(np.unique(mixed.labels[mixed.domains == 1])) == {3, 4}  # offset past demo-med
 
