@@ -118,6 +118,8 @@ def test_heads_newton_would_solve_slowly_go_to_lbfgs():
     # a 5-class softmax on 1,080 x 512 (RetinaMNIST): L-BFGS; on 100 samples: Newton
     assert not newton_pays(1080, 512, 5, False)
     assert newton_pays(100, 512, 5, False)
+    # within the samples' span the limit is higher: 5 classes on 250 samples, not on 350
+    assert newton_pays(250, 512, 5, False) and not newton_pays(350, 512, 5, False)
     # 14 labels on 512-d features: L-BFGS
     assert not newton_pays(78_000, 512, 14, True)
     x = np.random.default_rng(0).normal(size=(1080, 512))
