@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from embedkit.catalog import SCORER_NAMES
-from embedkit.configs import KNNConfig, OODConfig, ProbeConfig, TransferConfig
+from embedkit.configs import ExploreConfig, KNNConfig, OODConfig, ProbeConfig, TransferConfig
 
 from .app import (
     ConfigOpt,
@@ -355,5 +355,57 @@ def report(
             read_metrics(folder)
         path = build_report(output, **tables, config=config, runs=run)
         print(f"wrote {path}")
+
+    run_command(debug, action)
+
+
+@app.command()
+def explore(
+    store: StoresOpt,
+    output: Annotated[
+        Path, typer.Option("--output", help="The page to write (one .html file, opens offline).")
+    ] = Path("explore.html"),
+    datasets: Annotated[
+        str,
+        typer.Option("--dataset", help=field_help(ExploreConfig, "datasets", "Comma-separated.")),
+    ] = listed(ExploreConfig.datasets),
+    splits: Annotated[
+        str, typer.Option("--split", help=field_help(ExploreConfig, "splits", "Comma-separated."))
+    ] = listed(ExploreConfig.splits),
+    scores: Annotated[
+        Path | None, typer.Option("--scores", help=field_help(ExploreConfig, "scores"))
+    ] = None,
+    max_points: Annotated[
+        int, typer.Option("--max-points", help=field_help(ExploreConfig, "max_points"))
+    ] = ExploreConfig.max_points,
+    k: Annotated[int, typer.Option("--k", help=field_help(ExploreConfig, "k"))] = ExploreConfig.k,
+    projection: Annotated[
+        str, typer.Option("--projection", help=field_help(ExploreConfig, "projection"))
+    ] = ExploreConfig.projection,
+    thumbnail: Annotated[
+        int, typer.Option("--thumbnail", help=field_help(ExploreConfig, "thumbnail"))
+    ] = ExploreConfig.thumbnail,
+    seed: Annotated[int, typer.Option("--seed", help=field_help(ExploreConfig, "seed"))] = 0,
+    config_file: ConfigOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """An interactive map of one store (or two side by side) in one HTML file: hover for
+    images, click for nearest neighbours, colour and filter by OOD scores, select to CSV."""
+    from embedkit.explore import write_explorer
+    from embedkit.store import open_stores
+
+    def action():
+        config = ExploreConfig(
+            datasets=dataset_option(datasets),
+            splits=split_names(splits),
+            scores=None if scores is None else str(scores),
+            max_points=max_points,
+            k=k,
+            projection=projection,
+            thumbnail=thumbnail,
+            seed=seed,
+        )
+        path = write_explorer(open_stores(store), output, config)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): open it in a browser")
 
     run_command(debug, action)

@@ -263,6 +263,33 @@ class OODConfig:
 
 
 @dataclass(frozen=True)
+class ExploreConfig:
+    """What an explorer page shows (``embedkit.explore``).
+
+    Attributes:
+        datasets: datasets to show; none means every dataset of the (first) store.
+        splits: splits to show (those a dataset lacks are skipped).
+        scores: a folder of per-sample OOD scores (``ood --save-scores``) to colour and
+            filter by, or None.
+        max_points: at most this many points (a seeded subsample beyond it).
+        k: nearest neighbours shown for a clicked point.
+        projection: ``auto`` (UMAP when umap-learn is installed, else PCA), ``pca`` or
+            ``umap``.
+        thumbnail: thumbnail side in pixels (images are resized to it).
+        seed: seeds the subsample and the projection.
+    """
+
+    datasets: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ("train", "val", "test")
+    scores: str | None = None
+    max_points: int = 20_000
+    k: int = 8
+    projection: str = "auto"
+    thumbnail: int = 28
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class QuickstartConfig:
     """The quickstart's settings; defaults finish in about 2 minutes on 2 CPU cores.
 
