@@ -129,9 +129,8 @@ def fit_linear(
             from instead of zeros: warm-starting from the stronger penalty saves iterations.
     """
     problem = _Problem(x, y, n_outputs, multi_label, protocol, device)
-    options = dict(epochs=epochs, lr=lr, batch_size=batch_size, max_iter=max_iter, seed=seed)
-    options.update(tolerance_grad=tolerance_grad, tolerance_change=tolerance_change)
-    return problem.fit(l2, init, **options)
+    options = _Options(epochs, lr, batch_size, max_iter, tolerance_grad, tolerance_change, seed)
+    return problem.fit(l2, init, options)
 
 
 def fit_linear_path(
@@ -155,8 +154,21 @@ def fit_linear_path(
     heads: list[LinearHead] = []
     for l2 in l2_path:
         warm = heads[-1] if heads and protocol != "sgd" else None
-        heads.append(problem.fit(l2, warm, **options))
+        heads.append(problem.fit(l2, warm, _Options(**options)))
     return heads
+
+
+@dataclass(frozen=True)
+class _Options:
+    """``fit_linear``'s solver options (its defaults)."""
+
+    epochs: int = 100
+    lr: float = 0.1
+    batch_size: int = 256
+    max_iter: int = 5000
+    tolerance_grad: float = 1e-6
+    tolerance_change: float = 1e-9
+    seed: int = 0
 
 
 class _Problem:
@@ -178,18 +190,7 @@ class _Problem:
         self.n_outputs, self.multi_label, self.protocol = n_outputs, multi_label, protocol
         self.span = samples_span(self.features) if protocol == "newton" else None
 
-    def fit(
-        self,
-        l2: float,
-        init: LinearHead | None = None,
-        epochs: int = 100,
-        lr: float = 0.1,
-        batch_size: int = 256,
-        max_iter: int = 5000,
-        tolerance_grad: float = 1e-6,
-        tolerance_change: float = 1e-9,
-        seed: int = 0,
-    ) -> LinearHead:
+    def fit(self, l2: float, init: LinearHead | None, options: _Options) -> LinearHead:
         features, targets, multi_label = self.features, self.targets, self.multi_label
         weight, bias = _initial(init, self.n_outputs, self.mean, self.std)
         converged, n_iter = True, 0
@@ -203,7 +204,7 @@ class _Problem:
                     l2,
                     weight,
                     bias,
-                    min(max_iter, 100),
+                    min(options.max_iter, 100),
                     span=self.span,
                 )
             weight, bias, n_iter, converged = solution
@@ -211,9 +212,9 @@ class _Problem:
             optimizer = torch.optim.LBFGS(
                 [weight, bias],
                 lr=1,
-                max_iter=max_iter,
-                tolerance_grad=tolerance_grad,
-                tolerance_change=tolerance_change,
+                max_iter=options.max_iter,
+                tolerance_grad=options.tolerance_grad,
+                tolerance_change=options.tolerance_change,
                 history_size=50,  # halves the iterations of an ill-conditioned fit vs 20
                 line_search_fn="strong_wolfe",
             )
@@ -229,20 +230,22 @@ class _Problem:
             state = optimizer.state[weight]
             n_iter = int(state["n_iter"])
             # torch stops at a tolerance, or at max_iter iterations / 1.25 * max_iter evaluations
-            converged = n_iter < max_iter and state["func_evals"] < max_iter * 5 // 4
+            converged = (
+                n_iter < options.max_iter and state["func_evals"] < options.max_iter * 5 // 4
+            )
         else:  # sgd: the penalty falls on the weights only, as with lbfgs
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(options.seed)
             optimizer = torch.optim.SGD(
                 [{"params": [weight], "weight_decay": l2}, {"params": [bias], "weight_decay": 0.0}],
-                lr=lr,
+                lr=options.lr,
                 momentum=0.9,
             )
-            steps = epochs * max(1, -(-len(features) // batch_size))
+            steps = options.epochs * max(1, -(-len(features) // options.batch_size))
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-            for _ in range(epochs):
+            for _ in range(options.epochs):
                 order = torch.randperm(len(features), generator=generator).to(features.device)
-                for start in range(0, len(features), batch_size):
-                    batch = order[start : start + batch_size]
+                for start in range(0, len(features), options.batch_size):
+                    batch = order[start : start + options.batch_size]
                     optimizer.zero_grad()
                     logits = features[batch] @ weight.T + bias
                     _loss(logits, targets[batch], multi_label).backward()
