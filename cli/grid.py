@@ -161,6 +161,7 @@ def run_command_(
         print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
         if counts["failed"]:
             print(f"failed cells keep their traceback in {output}/cells/ID/error.txt")
+            raise typer.Exit(1)  # a script running the grid must see that it did not finish
 
     run_command(debug, action)
 

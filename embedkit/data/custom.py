@@ -100,9 +100,7 @@ class UserDataset:
 def is_registered_file(stem: str) -> bool:
     """Whether an npz stem is a registered dataset's file name (``pathmnist``,
     ``pathmnist_64``, ``demo-med_28``): those are MedMNIST's or the demo family's."""
-    return any(
-        f"{stem}.npz" in candidate_files(name, size) for name in DATASETS for size in SIZES
-    )
+    return any(f"{stem}.npz" in candidate_files(name, size) for name in DATASETS for size in SIZES)
 
 
 def _sources(root: Path, name: str) -> list[tuple[str, Path]]:

@@ -83,7 +83,9 @@ class Cell:
 
 
 def _pretrain_config(spec: GridSpec, axes: dict[str, Any]) -> dict[str, Any]:
+    from ..methods import get_method
     from ..pretrain import PretrainConfig
+    from ..pretrain.engine import check_options
 
     options = {name: values[0] for name, values in spec.pretrain.items()}
     options.update({k: v for k, v in axes.items() if "." not in k})
@@ -95,6 +97,11 @@ def _pretrain_config(spec: GridSpec, axes: dict[str, Any]) -> dict[str, Any]:
         init=resolve_init(spec, axes["init"], axes["backbone"]),
         method_params=params,
     )
+    try:  # every option's range, at `grid plan`: not after a cell's costly stages
+        check_options(config, get_method(method).min_batch_size)
+    except ConfigError as exc:
+        where = ", ".join(f"{k} {v}" for k, v in axes.items())
+        raise ConfigError(f"grid {spec.origin}: the cell ({where}): {exc}") from None
     record = to_jsonable(config)
     for resource in ("device", "devices", "num_nodes", "data_root", "download", "loggers"):
         record.pop(resource)

@@ -49,8 +49,12 @@ def run_cell(output: Path, cell: Cell, resources: Resources = Resources()) -> di
             _pretrain(output, cell, resources)
         return {}
     lock = FolderLock(folder, "grid cell", RunError).acquire()
+    record = read_record(output, cell.id)  # read under the lock: another process may have
+    if record.get("state") == "done":  # finished it since this one listed what to run
+        lock.release()
+        log.info("cell %s (%s) was finished meanwhile: not redone", cell.id, cell.label)
+        return record
     start = time.time()
-    record = read_record(output, cell.id)
     write_record(
         output,
         cell,

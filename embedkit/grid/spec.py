@@ -280,7 +280,8 @@ def parse_grid(text: str, origin: str = "<text>", base: str | Path = ".") -> Gri
 
     baselines_table = data.get("baselines", {})
     _unknown_keys(origin, baselines_table, ("inits",), "baselines.")
-    baselines = tuple(baselines_table.get("inits", []))
+    raw_baselines = baselines_table.get("inits", [])  # a string is one init, not letters
+    baselines = tuple(raw_baselines if isinstance(raw_baselines, list) else [raw_baselines])
     _check_type(origin, "baselines.inits", list(baselines), str)
 
     evaluate = _parse_evaluate(origin, data.get("evaluate", {}), pretrain["dataset"])
@@ -360,6 +361,16 @@ def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> E
         origin, "evaluate.protocol", [values.get("protocol", "newton")], PROTOCOLS, "value"
     )
     _check_choice(origin, "evaluate.dtype", [values.get("dtype", "float32")], DTYPES, "dtype")
+    for key in ("knn_k", "batch_size"):
+        if values.get(key, 1) < 1:
+            raise _error(origin, f"evaluate.{key}", f"must be at least 1, not {values[key]}")
+    seeds = list(values.get("seeds", [0]))
+    if any(seed < 0 for seed in seeds):
+        raise _error(origin, "evaluate.seeds", "seeds are 0 or more")
+    for key, listed in (("datasets", datasets), ("seeds", seeds), ("label_fractions", fractions)):
+        repeated = sorted({str(v) for v in listed if listed.count(v) > 1})
+        if repeated:
+            raise _error(origin, f"evaluate.{key}", f"{', '.join(repeated)} given twice")
     return EvaluationPlan(**values)
 
 

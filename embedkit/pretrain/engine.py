@@ -19,6 +19,17 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 def check_config(config, n_train: int, min_batch: int) -> None:
     """Refuse options that cannot work, before anything is written."""
+    check_options(config, min_batch)
+    if config.batch_size * config.accumulate > n_train:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} x --accumulate {config.accumulate} exceeds the "
+            f"{n_train} training images of {config.dataset}: use a smaller batch"
+        )
+
+
+def check_options(config, min_batch: int) -> None:
+    """The checks of ``check_config`` that need no data (a grid file runs them on every
+    cell at ``grid plan``, before any cell runs)."""
     check_size(config.size)
     get_backbone(config.backbone)
     for name in ("epochs", "accumulate", "devices", "num_nodes", "checkpoint_every"):
@@ -59,11 +70,6 @@ def check_config(config, n_train: int, min_batch: int) -> None:
         raise ConfigError(
             f"--batch-size {config.batch_size} is too small for {config.method}: "
             f"use at least {min_batch} per process"
-        )
-    if config.batch_size * config.accumulate > n_train:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} x --accumulate {config.accumulate} exceeds the "
-            f"{n_train} training images of {config.dataset}: use a smaller batch"
         )
 
 

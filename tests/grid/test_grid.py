@@ -179,6 +179,17 @@ def test_a_changed_parameter_changes_only_its_cells():
             ("", "", "\n[pretrain.params.simclr]\naugment = { minscale = 0.2 }\n"),
             "augment has no setting minscale",
         ),
+        # ranges, at plan time rather than after a cell's costly stages (issue 31)
+        (("epochs = 2", "epochs = -1"), "--epochs must be at least 1"),
+        (("epochs = 2", "epochs = 2\nlr = -5"), "--lr must be positive, not -5"),
+        (("batch_size = 64", "batch_size = 0"), "--batch-size 0 is too small for simclr"),
+        (("knn = false", "knn = false\nknn_k = 0"), "evaluate.knn_k: must be at least 1"),
+        (("knn = false", "knn = false\nbatch_size = 0"), "evaluate.batch_size: must be"),
+        (("seeds = [0]", "seeds = [0, 0]"), "evaluate.seeds: 0 given twice"),
+        (
+            ('"demo-texture", "demo-natural"]', '"demo-natural", "demo-natural"]'),
+            "evaluate.datasets: demo-natural given twice",
+        ),
     ],
 )
 def test_bad_grid_files_are_one_line(tmp_path, edit, message):
@@ -189,6 +200,11 @@ def test_bad_grid_files_are_one_line(tmp_path, edit, message):
     assert code == 2, output
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: grid ") and message in lines[0]
+
+
+def test_a_string_where_a_list_is_expected_is_one_value(tmp_path):
+    spec = parse_grid(MINI + '[baselines]\ninits = "random"\n')
+    assert spec.baselines == ("random",)  # not six baselines named r, a, n, d, o, m
 
 
 def test_a_method_parameter_is_checked_against_the_method(tmp_path):
@@ -435,7 +451,7 @@ def test_failing_cells_are_recorded_and_the_others_go_on_in_parallel(tmp_path, d
         "--data-root",
         data_root,
     )
-    assert code == 0, output
+    assert code == 1, output  # a grid with failed cells did not finish: not exit 0
     table = status(out)
     states = dict(zip(table["label"], table["state"], strict=True))
     assert states == {
@@ -536,3 +552,18 @@ def test_external_ood_sets_are_embedded_and_scored_never_probed(tmp_path, data_r
         parse_grid(text.replace('["ext"]', '["demo-natural"]'))
     with pytest.raises(ConfigError, match="did you mean demo-natural"):
         parse_grid(text.replace('["ext"]', '["demo-naturel"]'))
+
+
+def test_a_cell_finished_by_another_process_is_not_redone(tmp_path, monkeypatch):
+    """Two `grid run`s list the same pending cell; the second takes the lock after the first
+    finished it: it reads the state again under the lock and leaves the cell alone."""
+    import embedkit.grid.execute as execute
+    from embedkit.grid.cells import write_record
+
+    (cell,) = expand(parse_grid(MINI))
+    out = tmp_path / "out"
+    write_record(out, cell, state="done", attempts=1, finished="earlier")
+    monkeypatch.setattr(execute, "_pretrain", lambda *a: pytest.fail("redone"))
+    record = execute.run_cell(out, cell, Resources(device="cpu"))
+    assert record["state"] == "done" and record["attempts"] == 1
+    assert read_record(out, cell.id)["finished"] == "earlier"
