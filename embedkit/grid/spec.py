@@ -285,7 +285,7 @@ def parse_grid(text: str, origin: str = "<text>", base: str | Path = ".") -> Gri
     _check_type(origin, "baselines.inits", list(baselines), str)
 
     evaluate = _parse_evaluate(origin, data.get("evaluate", {}), pretrain["dataset"])
-    return GridSpec(
+    spec = GridSpec(
         name=name.strip(),
         description=str(data.get("description", "")),
         pretrain=pretrain,
@@ -298,6 +298,18 @@ def parse_grid(text: str, origin: str = "<text>", base: str | Path = ".") -> Gri
         origin=origin,
         base=str(Path(base).resolve()),
     )
+    _check_exclusions(spec)
+    return spec
+
+
+def _check_exclusions(spec: GridSpec) -> None:
+    """Every exclude rule drops some cell, and some pretraining cell is left."""
+    every = list(_all_axes(spec))
+    for rule in spec.exclude:
+        if not any(_matches(rule, axes) for axes in every):
+            raise _error(spec.origin, "pretrain.exclude", f"{rule!r} matches no cell")
+    if not encoder_axes(spec):
+        raise _error(spec.origin, "pretrain.exclude", "the rules exclude every pretraining cell")
 
 
 def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> EvaluationPlan:
@@ -406,22 +418,22 @@ def resolve_init(spec: GridSpec, init: str, backbone: str) -> str:
     return str((Path(spec.base) / init).resolve())
 
 
-def _is_excluded(spec: GridSpec, axes: dict[str, Any]) -> bool:
-    for rule in spec.exclude:
-        if all(
-            (len(components(axes["dataset"])) > 1) == value
-            if key == "multi_domain"
-            else axes.get(key) == value
-            for key, value in rule.items()
-        ):
-            return True
-    return False
+def _matches(rule: dict[str, Any], axes: dict[str, Any]) -> bool:
+    return all(
+        (len(components(axes["dataset"])) > 1) == value
+        if key == "multi_domain"
+        else axes.get(key) == value
+        for key, value in rule.items()
+    )
 
 
 def encoder_axes(spec: GridSpec) -> list[dict[str, Any]]:
     """Every pretraining cell's axis values (exclusions dropped), in grid order."""
+    return [axes for axes in _all_axes(spec) if not any(_matches(r, axes) for r in spec.exclude)]
+
+
+def _all_axes(spec: GridSpec):
     names = list(spec.pretrain)
-    cells = []
     for combo in itertools.product(*(spec.pretrain[n] for n in names)):
         axes = {
             n: v
@@ -432,9 +444,7 @@ def encoder_axes(spec: GridSpec) -> list[dict[str, Any]]:
         for values in itertools.product(*varied.values()):
             cell = dict(axes)
             cell.update({f"{axes['method']}.{k}": v for k, v in zip(varied, values, strict=True)})
-            if not _is_excluded(spec, cell):
-                cells.append(cell)
-    return cells
+            yield cell
 
 
 def identity_hash(value: Any) -> str:

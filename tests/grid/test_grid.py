@@ -190,6 +190,14 @@ def test_a_changed_parameter_changes_only_its_cells():
             ('"demo-texture", "demo-natural"]', '"demo-natural", "demo-natural"]'),
             "evaluate.datasets: demo-natural given twice",
         ),
+        (
+            ("epochs = 2", 'epochs = 2\nexclude = [{ method = "simclr", multi_domain = true }]'),
+            "pretrain.exclude: {'method': 'simclr', 'multi_domain': True} matches no cell",
+        ),
+        (
+            ("epochs = 2", 'epochs = 2\nexclude = [{ method = "simclr" }]'),
+            "the rules exclude every pretraining cell",
+        ),
     ],
 )
 def test_bad_grid_files_are_one_line(tmp_path, edit, message):
