@@ -22,7 +22,12 @@ def read_config(path: Path) -> dict[str, Any]:
     """The mapping a TOML, YAML or JSON file holds (one line for anything else)."""
     if not path.is_file():
         raise ConfigError(f"--config {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
     try:
         if path.suffix == ".toml":
             try:

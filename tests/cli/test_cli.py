@@ -282,11 +282,14 @@ def test_a_runs_config_json_replays_it_exactly(tmp_path, tiny_run, data_root):
         ("c.txt", "epochs: 3\n", "use a .toml, .yaml or .json file"),
         ("c.json", '{"pretrain": {}, "method_config": {}}', None),
         ("missing.toml", None, "does not exist"),
+        ("latin1.toml", b"epochs = 3 # caf\xe9\n", "is not UTF-8 text (byte 16)"),
     ],
 )
 def test_bad_config_files_are_one_line(tmp_path, name, text, message):
     path = tmp_path / name
-    if text is not None:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
         path.write_text(text)
     command = "knn" if message is None else "pretrain"
     result = runner.invoke(app, [command, "--config", str(path), "--out" if command == "knn"
