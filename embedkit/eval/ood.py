@@ -229,7 +229,7 @@ def _scorer_step(name: str, step: str):
         yield
     except EmbedkitError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plug-in's sys.exit() must not end the run as 0
         raise ConfigError(f"scorer {name} failed in {step}: {type(exc).__name__}: {exc}") from exc
 
 

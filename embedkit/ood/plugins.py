@@ -42,7 +42,7 @@ def load_plugin(spec: str) -> type:
     sys.modules[module_name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import too
         del sys.modules[module_name]
         raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, class_name):

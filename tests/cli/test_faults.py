@@ -568,6 +568,22 @@ def test_a_plugin_scorer_that_fails_is_one_line(tmp_path, demo_store):
     assert isinstance(result.exception.__cause__, RuntimeError)  # --debug keeps the cause
 
 
+@pytest.mark.parametrize("where", ["import", "fit"])
+def test_a_plugin_calling_sys_exit_is_one_line_not_exit_0(tmp_path, demo_store, where):
+    plugin = tmp_path / "quits.py"
+    body = "        raise SystemExit(0)\n" if where == "fit" else "        return self\n"
+    plugin.write_text(
+        ("raise SystemExit(0)\n" if where == "import" else "")
+        + "class Quits:\n    def fit(self, X, y=None):\n"
+        + body
+        + "    def score_samples(self, X):\n        return X[:, 0]\n"
+    )
+    args = _ood_args(demo_store, tmp_path / "o.parquet", f"{plugin}:Quits")
+    message = "failed: SystemExit" if where == "import" else "Quits failed in fit on demo-med"
+    _one_line_error(args, message)
+    assert not (tmp_path / "o.parquet").exists()
+
+
 # --- damaged data files ------------------------------------------------------------------
 
 
