@@ -308,6 +308,10 @@ def build_report(
         raise ConfigError(f"unknown report format '{config.format}': use markdown or html")
     if all(t is None for t in (probe, knn, ood, transfer, scores)) and not runs:
         raise ConfigError("nothing to report: pass at least one result table (--probe, --ood, ...)")
+    tables = {"probe": probe, "knn": knn, "ood": ood, "transfer": transfer, "scores": scores}
+    empty = [name for name, table in tables.items() if table is not None and table.height == 0]
+    if empty:  # before the folder is made: nothing half-written
+        raise ConfigError(f"the {empty[0]} table holds no rows: there is nothing to report")
     folder = check_output_folder(output)
     folder.mkdir(parents=True, exist_ok=True)
     doc = _Document(folder)

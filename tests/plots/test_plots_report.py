@@ -170,6 +170,9 @@ def test_report_input_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         read_table(tmp_path / "none.parquet", "ood")
     assert read_table(tmp_path / "ood.parquet", "ood").height == 2 * 2 * 9
+    with pytest.raises(ConfigError, match="the ood table holds no rows"):
+        build_report(tmp_path / "empty", ood=_ood_table().head(0))
+    assert not (tmp_path / "empty").exists()  # refused before the folder is made
 
 
 def test_embedding_map_has_one_point_per_sampled_row_and_one_group_per_colour(demo_store):
