@@ -13,7 +13,7 @@ import zarr
 from ..errors import StoreError
 from ..lock import LOCK
 from .chunks import chunk_digest, read_chunk
-from .reader import EmbeddingStore, child_groups
+from .reader import EmbeddingStore, child_groups, dataset_attr_problems
 
 
 def find_stores(paths: list[str | os.PathLike]) -> list[EmbeddingStore]:
@@ -69,7 +69,8 @@ def list_stores(paths: list[str | os.PathLike]) -> pl.DataFrame:
 
 def _check_labels(labels: np.ndarray, dataset_attrs: dict) -> list[str]:
     """Labels against the recorded task and classes (width, range)."""
-    task, n_classes = dataset_attrs.get("task"), len(dataset_attrs.get("class_names", ()))
+    names = dataset_attrs.get("class_names")
+    task, n_classes = dataset_attrs.get("task"), len(names) if isinstance(names, list) else 0
     if not n_classes or labels.ndim != 2 or not labels.size:
         return [] if labels.ndim == 2 else [f"labels have shape {labels.shape}, expected (N, L)"]
     width = n_classes if task == "multi-label" else 1
@@ -174,6 +175,8 @@ def verify_store(path: str | os.PathLike) -> pl.DataFrame:
         except Exception as exc:  # zarr raises several kinds for a damaged zarr.json
             dataset_attrs = {}
             rows.append(_problem_row(dataset, "*", f"dataset zarr.json unreadable ({exc})"))
+        else:
+            rows += [_problem_row(dataset, "*", p) for p in dataset_attr_problems(dataset_attrs)]
         for folder in sorted((store.path / dataset).iterdir()):
             if not folder.is_dir() or folder.name.startswith("."):
                 continue

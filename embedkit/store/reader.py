@@ -68,9 +68,23 @@ class EmbeddingStore:
             raise StoreError(f"store {self.path} does not exist: create it with `embedkit embed`")
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"{self.path} is not an embedding store (no zarr.json)")
-        self._root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
-        if "encoder" not in self._root.attrs:
+        try:
+            self._root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+            attrs = dict(self._root.attrs)
+        except Exception as exc:  # zarr raises several kinds for a damaged zarr.json
+            raise StoreError(
+                f"{self.path}/zarr.json is damaged ({type(exc).__name__}): the store cannot be "
+                f"read; embed it again into a new --store"
+            ) from None
+        if "encoder" not in attrs:
             raise StoreError(f"{self.path} is a zarr group but not an embedkit store")
+        encoder = attrs["encoder"]
+        if not isinstance(encoder, dict) or not isinstance(encoder.get("name"), str):
+            shown = _printable(repr(encoder))[:80]
+            raise StoreError(
+                f"{self.path}: the store's encoder record is damaged ({shown}): embed it "
+                f"again into a new --store"
+            )
 
     def __repr__(self) -> str:
         return f"EmbeddingStore({str(self.path)!r}, encoder={self.encoder_name!r})"
@@ -86,7 +100,8 @@ class EmbeddingStore:
 
     @property
     def encoder_name(self) -> str:
-        return self.encoder["name"]
+        """The encoder's name, control characters escaped (it reaches terminals and pages)."""
+        return _printable(self.encoder["name"])
 
     def datasets(self) -> list[str]:
         """Datasets with at least one complete split, sorted."""
@@ -107,9 +122,17 @@ class EmbeddingStore:
         return not head or bool(self.split_attrs(dataset, split).get("head_dim"))
 
     def dataset_attrs(self, dataset: str) -> dict[str, Any]:
-        """Task, class names and channels of a stored dataset."""
+        """Task, class names and channels of a stored dataset (checked: see
+        ``dataset_attr_problems``)."""
         self._require(dataset)
-        return dict(self._root[dataset].attrs)
+        attrs = dict(self._root[dataset].attrs)
+        problems = dataset_attr_problems(attrs)
+        if problems:
+            raise StoreError(
+                f"{dataset} in store {self.path} has damaged attributes ({problems[0]}): see "
+                f"`embedkit store verify --store {self.path}` and embed it again"
+            )
+        return attrs
 
     def split_attrs(self, dataset: str, split: str) -> dict[str, Any]:
         """Provenance of one split (n, dim, size, data file, ...) without reading arrays."""
@@ -275,6 +298,26 @@ def child_groups(path: Path) -> list[str]:
         for p in path.iterdir()
         if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file()
     ]
+
+
+TASKS = ("multi-class", "binary", "multi-label", "ordinal")
+
+
+def dataset_attr_problems(attrs: dict[str, Any]) -> list[str]:
+    """What is wrong with a dataset's recorded task and class names (empty when sound)."""
+    task, names = attrs.get("task"), attrs.get("class_names")
+    if task not in TASKS:
+        return [f"task {_printable(repr(task))} is none of {', '.join(TASKS)}"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return [f"class_names {_printable(repr(names))[:60]} is not a list of names"]
+    if task == "binary" and len(names) != 2:
+        return [f"a binary task with {len(names)} class names"]
+    return []
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped as Python would write them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _is_complete(path: Path) -> bool:

@@ -767,6 +767,89 @@ def test_a_damaged_store_is_found_by_verify_and_refused_by_every_evaluator(
         assert not out.exists()
 
 
+def _dataset_attr(key, value):
+    def damage(store: Path) -> None:
+        _edit_json(
+            store / "demo-med" / "zarr.json", lambda m: m["attributes"].__setitem__(key, value)
+        )
+
+    return damage
+
+
+def _root(edit):
+    def damage(store: Path) -> None:
+        path = store / "zarr.json"
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps(edit(meta)))
+
+    return damage
+
+
+ATTRIBUTE_DAMAGE = {
+    "class_names claim more classes": (
+        _dataset_attr("class_names", ["a", "b", "c", "d", "e"]),
+        "demo-med in store",  # the message names the dataset, its problem and verify
+    ),
+    "class_names not a list": (_dataset_attr("class_names", 3), "is not a list of names"),
+    "unknown task": (_dataset_attr("task", "regression"), "task 'regression' is none of"),
+}
+
+
+@pytest.mark.parametrize("kind", list(ATTRIBUTE_DAMAGE))
+def test_damaged_dataset_attributes_are_found_by_verify_and_refused(tmp_path, demo_store, kind):
+    damage, message = ATTRIBUTE_DAMAGE[kind]
+    store = tmp_path / "s.zarr"
+    shutil.copytree(demo_store.path, store)
+    damage(store)
+    if kind == "class_names claim more classes":  # a 3-class task claiming 5 is possible:
+        _dataset_attr("task", "binary")(store)  # make it inconsistent (binary, 5 names)
+        message = "a binary task with 5 class names"
+    table = verify_store(store)
+    bad = table.filter(table["status"] == "bad")
+    assert set(bad["dataset"]) == {"demo-med"} and message in bad["problems"][0]
+    out = tmp_path / "result.parquet"
+    for command in (
+        ["probe", "--dataset", "demo-med", "--label-fraction", "1.0", "--seeds", "0"],
+        ["knn", "--dataset", "demo-med"],
+    ):
+        last = _one_line_error([*command, "--store", store, "--out", out], message)
+        assert "has damaged attributes" in last and "embedkit store verify" in last
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: [m], "zarr.json is damaged"),
+        (lambda m: {**m, "attributes": {**m["attributes"], "encoder": None}}, "encoder record"),
+    ],
+    ids=["a list", "encoder null"],
+)
+def test_a_damaged_store_record_is_one_line_everywhere(tmp_path, demo_store, edit, message):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(demo_store.path, store)
+    _root(edit)(store)
+    for command in (["store", "ls", store], ["knn", "--store", store, "--out", tmp_path / "k.parquet"]):
+        _one_line_error(command, message)
+
+
+def test_control_characters_in_an_encoder_name_are_escaped(tmp_path, demo_store):
+    from embedkit.store import EmbeddingStore
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(demo_store.path, store)
+    _root(
+        lambda m: {
+            **m,
+            "attributes": {
+                **m["attributes"],
+                "encoder": {**m["attributes"]["encoder"], "name": "evil\x1b[31mred\x07"},
+            },
+        }
+    )(store)
+    assert EmbeddingStore(store).encoder_name == "evil\\x1b[31mred\\x07"
+
+
 @pytest.mark.parametrize(
     ("param", "message"),
     [

@@ -98,7 +98,8 @@ def test_chunks_are_written_without_comparing_them_to_the_fill_value(tmp_path, m
     with StoreWriter(tmp_path / "s.zarr", {"name": "t", "weights_sha256": "0" * 64}) as writer:
         writer.write_split(
             "d", "test", (rows[i : i + 64] for i in range(0, n, 64)), n, dim,
-            np.zeros((n, 1), np.int64), np.arange(n), {}, {}, head_dim=head,
+            np.zeros((n, 1), np.int64), np.arange(n), {},
+            {"task": "multi-class", "class_names": ["a"]}, head_dim=head,
         )  # fmt: skip
     assert compared == []
     chunk = chunk_rows(dim)  # the projections share the embeddings' rows per chunk
