@@ -82,7 +82,7 @@ def test_the_page_data_neighbours_images_and_scores(demo_store, scores):
 
 
 def test_the_subsample_is_seeded_and_the_map_cached(demo_store, monkeypatch):
-    import embedkit.explore as module
+    import embedkit.explore.points as module
 
     config = ExploreConfig(splits=("val",), max_points=120, k=3, seed=4)
     first = _source(explore([demo_store], config)).data
