@@ -14,6 +14,9 @@ from pathlib import Path
 
 SIZES: tuple[int, ...] = (28, 64, 128, 224)
 
+# a dataset's task, as the registry, the user's sidecars and every store record it
+TASKS: tuple[str, ...] = ("multi-class", "binary", "multi-label", "ordinal")
+
 _PACKAGE = Path(__file__).resolve().parent
 _NOT_ENTRIES = {"__init__", "base", "cache", "plugins"}
 

@@ -176,6 +176,12 @@ def check_output_folder(path: str | os.PathLike, option: str = "--output") -> Pa
     return path
 
 
+def cache_folder(name: str) -> Path:
+    """``$XDG_CACHE_HOME/embedkit/NAME`` (``~/.cache`` by default): where embedkit keeps
+    what it can compute again (checksums, decoded images, explorer maps)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "embedkit" / name
+
+
 def stable_hash(value: Any) -> str:
     """SHA-256 of a JSON-able value's canonical JSON (sorted keys): a content address."""
     import hashlib

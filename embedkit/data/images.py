@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import utils
 from ..errors import InvalidDataError
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,7 @@ def resize_array(
 
 
 def cache_folder() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "embedkit" / "images"
+    return utils.cache_folder("images")
 
 
 def cache_key(**parts) -> str:

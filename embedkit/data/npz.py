@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils import cache_folder
+
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 
 
@@ -52,8 +54,7 @@ def read_member(path: Path, key: str) -> np.ndarray:
 
 
 def _cache_file() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "embedkit" / "md5.json"
+    return cache_folder("md5.json")
 
 
 def file_md5(path: Path) -> str:

@@ -23,6 +23,7 @@ from ..eval.results import store_datasets
 from ..plots.maps import PROJECTIONS, _project, split_images
 from ..primitives.neighbors import NeighborIndex, l2_normalise
 from ..store import EmbeddingStore
+from ..utils import cache_folder
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,7 @@ def _cache_path(store: EmbeddingStore, table: pl.DataFrame, projection: str, see
     digest.update(json.dumps([store.encoder.get("weights_sha256"), projection, seed]).encode())
     for column in KEYS:
         digest.update(table[column].cast(pl.Utf8).str.join("\0").item().encode())
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "embedkit" / "explore" / f"{digest.hexdigest()[:32]}.npy"
+    return cache_folder("explore") / f"{digest.hexdigest()[:32]}.npy"
 
 
 def _map(store, table, column, projection, seed) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 import zarr
 
+from ..catalog import TASKS
 from ..errors import StoreError
 from .chunks import chunk_digest
 
@@ -298,9 +299,6 @@ def child_groups(path: Path) -> list[str]:
         for p in path.iterdir()
         if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file()
     ]
-
-
-TASKS = ("multi-class", "binary", "multi-label", "ordinal")
 
 
 def dataset_attr_problems(attrs: dict[str, Any]) -> list[str]:
