@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..catalog import TASKS
 from ..errors import InvalidDataError
 from . import npz
 from .listings import divide, folder_listing, manifest_listing
@@ -58,17 +59,28 @@ else:  # pragma: no cover
 
 KINDS = ("folder", "manifest", "npz")
 RESIZE_MODES = ("stretch", "crop")
-TASKS = ("multi-class", "binary", "multi-label", "ordinal")
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-_SIDECAR_KEYS = {
-    "task",
-    "class_names",
-    "modality",
-    "channels",
-    "resize",
-    "skip_unreadable",
-    "description",
-    "split",
+
+
+def _distinct_names(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(c, str) for c in value)
+        and len(set(value)) == len(value)
+    )
+
+
+# each sidecar key: (the check of its value, what the error says is expected)
+_SIDECAR = {
+    "task": (lambda v: v in TASKS, " or ".join(TASKS)),
+    "class_names": (_distinct_names, "a list of distinct names"),
+    "modality": (lambda v: isinstance(v, str), "a string"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "channels": (lambda v: v in (1, 3), "1 or 3"),
+    "resize": (lambda v: v in RESIZE_MODES, " or ".join(RESIZE_MODES)),
+    "skip_unreadable": (lambda v: isinstance(v, bool), "true or false"),
+    "split": (lambda v: isinstance(v, dict), "a table (val, test, seed or only)"),
 }
 
 
@@ -199,39 +211,15 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         options = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InvalidDataError(f"{path} is not a readable TOML file: {exc}") from None
-    unknown = sorted(set(options) - _SIDECAR_KEYS)
+    unknown = sorted(set(options) - set(_SIDECAR))
     if unknown:
         raise InvalidDataError(
-            f"{path}: unknown key {', '.join(unknown)}; known: {', '.join(sorted(_SIDECAR_KEYS))}"
+            f"{path}: unknown key {', '.join(unknown)}; known: {', '.join(sorted(_SIDECAR))}"
         )
-    checks = {
-        "task": lambda v: v in TASKS,
-        "class_names": lambda v: (
-            isinstance(v, list)
-            and len(v) > 0
-            and all(isinstance(c, str) for c in v)
-            and len(set(v)) == len(v)
-        ),
-        "modality": lambda v: isinstance(v, str),
-        "description": lambda v: isinstance(v, str),
-        "channels": lambda v: v in (1, 3),
-        "resize": lambda v: v in RESIZE_MODES,
-        "skip_unreadable": lambda v: isinstance(v, bool),
-        "split": lambda v: isinstance(v, dict),
-    }
-    expected = {
-        "task": " or ".join(TASKS),
-        "class_names": "a list of distinct names",
-        "modality": "a string",
-        "description": "a string",
-        "channels": "1 or 3",
-        "resize": " or ".join(RESIZE_MODES),
-        "skip_unreadable": "true or false",
-        "split": "a table (val, test, seed or only)",
-    }
     for key, value in options.items():
-        if not checks[key](value):
-            raise InvalidDataError(f"{path}: {key} = {value!r}; expected {expected[key]}")
+        check, expected = _SIDECAR[key]
+        if not check(value):
+            raise InvalidDataError(f"{path}: {key} = {value!r}; expected {expected}")
     split = options.get("split", {})
     unknown = sorted(set(split) - {"val", "test", "seed", "only"})
     if unknown:
