@@ -6,6 +6,7 @@ Files that differ from MedMNIST's official release load with a ``NonOfficialData
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -264,20 +265,17 @@ def load_split(
     return _concatenate(dataset, split, parts)
 
 
-_DIGESTS: dict[tuple, str] = {}
-
-
 def _digest(files: tuple[Path, ...], base: Path) -> str:
-    """``content_digest`` of a split, remembered for the process while no file changes."""
-    key = (str(base),) + tuple((str(f), *_stat(f)) for f in files)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = content_digest(files, base)
-    return _DIGESTS[key]
+    """``content_digest`` of a split, remembered while no file changes (a split's load
+    digests every split of its dataset, for the dataset's provenance)."""
+    stats = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _remembered_digest(files, base, stats)
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
+@functools.lru_cache(maxsize=32)
+def _remembered_digest(files: tuple[Path, ...], base: Path, stats: tuple) -> str:
+    del stats  # part of the cache key only
+    return content_digest(files, base)
 
 
 def _user_split(user: UserDataset, split: str, size: int):

@@ -46,9 +46,9 @@ def fit_probe(
     if not multi_label and len(np.unique(train_y)) < 2:
         raise ConfigError("the label subset holds a single class: raise the label fraction")
     l2_path = sorted(config.l2_grid, reverse=True)
-    fitted = []  # (setting, head) in the order of the grid: L2 strongest first (then lr)
-    for lr in config.lr_grid if config.protocol == "sgd" else (None,):
-        heads = fit_linear_path(
+    rates = config.lr_grid if config.protocol == "sgd" else (None,)  # one path per lr
+    paths = {
+        lr: fit_linear_path(
             train_x,
             train_y,
             n_classes,
@@ -60,12 +60,13 @@ def fit_probe(
             seed=seed,
             **({} if lr is None else {"lr": lr}),
         )
-        fitted += [
-            ({"l2": l2} if lr is None else {"l2": l2, "lr": lr}, head)
-            for l2, head in zip(l2_path, heads, strict=True)
-        ]
-    if config.protocol == "sgd":  # the grid's order: each L2 with every lr
-        fitted.sort(key=lambda item: (-item[0]["l2"], config.lr_grid.index(item[0]["lr"])))
+        for lr in rates
+    }
+    fitted = [  # the grid's order: L2 strongest first, each with every lr
+        ({"l2": l2} if lr is None else {"l2": l2, "lr": lr}, paths[lr][i])
+        for i, l2 in enumerate(l2_path)
+        for lr in rates
+    ]
     best, unconverged = None, 0
     for setting, head in fitted:
         unconverged += not head.converged
