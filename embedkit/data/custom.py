@@ -48,7 +48,7 @@ import numpy as np
 from ..catalog import TASKS
 from ..errors import InvalidDataError
 from . import npz
-from .listings import divide, folder_listing, manifest_listing
+from .listings import IMAGE_SUFFIXES, divide, folder_listing, manifest_listing
 from .registry import DATASETS, SIZES, SPLITS, DatasetInfo
 from .root import candidate_files
 
@@ -127,8 +127,9 @@ def _sources(root: Path, name: str) -> list[tuple[str, Path]]:
 
 
 def user_dataset_names(root: Path) -> list[str]:
-    """The names of the user's datasets in ``root`` (folders, manifests, npz files that are
-    not MedMNIST's; a sidecar alone is not a dataset)."""
+    """The names of the user's datasets in ``root`` (folders holding images, manifests, npz
+    files that are not MedMNIST's; a sidecar alone is not a dataset, nor is a folder without
+    a single image, such as another data root)."""
     if not root.is_dir():
         return []
     names = set()
@@ -136,7 +137,8 @@ def user_dataset_names(root: Path) -> list[str]:
         if entry.name.startswith((".", "_")):
             continue
         if entry.is_dir():
-            names.add(entry.name)
+            if any(p.suffix.lower() in IMAGE_SUFFIXES for p in entry.rglob("*")):
+                names.add(entry.name)
         elif entry.suffix == ".csv" or (
             entry.suffix == ".npz" and not is_registered_file(entry.stem)
         ):

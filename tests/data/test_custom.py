@@ -235,7 +235,10 @@ def test_datasets_lists_the_users_with_their_source_and_splits(tmp_path):
     if PATH_SUBSET.is_file():
         shutil.copy(PATH_SUBSET, tmp_path / "ext.npz")
     (tmp_path / "broken.csv").write_text("file,label\nx.png,0\n")
+    (tmp_path / "medmnist").mkdir()  # a folder of npz files (another data root): not listed
+    np.savez(tmp_path / "medmnist" / "breastmnist.npz", x=np.zeros(1))
     table = dataset_table(tmp_path)
+    assert "medmnist" not in table["dataset"].to_list()
     gen = table.filter(table["dataset"] == "gen").row(0, named=True)
     assert (gen["family"], gen["train"], gen["val"], gen["test"]) == ("user", 8, None, 4)
     assert gen["source"] == str(tmp_path / "gen")
