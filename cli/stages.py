@@ -143,6 +143,9 @@ def pretrain(
         ),
     ] = None,
     seed: SeedOpt = PretrainConfig.seed,
+    data_fraction: Annotated[
+        float, typer.Option("--data-fraction", help=field_help(PretrainConfig, "data_fraction"))
+    ] = PretrainConfig.data_fraction,
     device: DeviceOpt = PretrainConfig.device,
     devices: Annotated[
         int, typer.Option("--devices", help=field_help(PretrainConfig, "devices"))
@@ -197,6 +200,7 @@ def pretrain(
             warmup_fraction=warmup_fraction,
             warmup_steps=warmup_steps,
             seed=seed,
+            data_fraction=data_fraction,
             device=device,
             devices=devices,
             num_nodes=num_nodes,

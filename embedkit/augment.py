@@ -50,6 +50,26 @@ class AugmentConfig:
     solarize_prob: float = 0.0
 
 
+def local_crop_size(image_size: int, patch_size: int) -> int:
+    """The side of multi-crop's small views (SwAV's and DINO's 96 px at 224), a multiple of
+    the ViT patch size (1 for ResNets)."""
+    return max(patch_size, round(image_size * 96 / 224 / patch_size) * patch_size)
+
+
+def byol_views() -> tuple[AugmentConfig, AugmentConfig]:
+    """BYOL's asymmetric views [0] (also MoCo v3's, NNCLR's and TiCo's): crops of 8-100 %,
+    jitter 0.4/0.4/0.2/0.1, blur always on the first view and on 10 % of the second,
+    solarisation on 20 % of the second.
+
+    [0] Grill et al. 2020, Bootstrap your own latent, arXiv:2006.07733, table 6.
+    """
+    jitter = dict(min_scale=0.08, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+    return (
+        AugmentConfig(**jitter, blur_prob=1.0),
+        AugmentConfig(**jitter, blur_prob=0.1, solarize_prob=0.2),
+    )
+
+
 # Named presets: overrides applied on top of a method's own augmentations (its crops, blur and
 # solarisation stay the method's), chosen with ``--param augment=NAME``.
 AUGMENT_PRESETS: dict[str, dict[str, float]] = {

@@ -81,10 +81,15 @@ class Encoder(nn.Module):
             for key in ("mean", "std")
         }
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def standardise(self, images: torch.Tensor) -> torch.Tensor:
+        """What the backbone sees of ``images``: three channels, ImageNet-normalised (for
+        methods that run the backbone's parts themselves, like MAE's masked encoder)."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        return self.backbone((images - self.mean) / self.std)
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.standardise(images))
 
 
 def _hf_cache_dir() -> str:

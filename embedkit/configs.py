@@ -68,6 +68,11 @@ class PretrainConfig:
         warmup_steps: linear warmup steps, added to ``warmup_fraction``'s; unset: the
             recipe's (paper 0, small 20).
         seed: seeds initialisation, sampling order and augmentations.
+        data_fraction: share of the training images to pretrain on (above 0, at most 1): a
+            seeded subset stratified over domains and classes (``SplitData.pretraining_rows``),
+            for studies of the amount of unlabelled data; ``config.json`` records the
+            number of rows and their SHA-256 (``n_train``, ``n_train_split``,
+            ``train_rows_sha256``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         devices: processes per node (GPUs, or CPU processes on the gloo backend).
         num_nodes: machines.
@@ -98,6 +103,7 @@ class PretrainConfig:
     warmup_fraction: float | None = None
     warmup_steps: int | None = None
     seed: int = 0
+    data_fraction: float = 1.0
     device: str = "auto"
     devices: int = 1
     num_nodes: int = 1

@@ -192,14 +192,22 @@ def load_head(run: Path, encoder: Encoder) -> nn.Module:
     from .methods import get_method, method_config
 
     run = Path(run)
-    pretrain = read_finished_run(run)["pretrain"]
+    recorded = read_finished_run(run)
+    pretrain = recorded["pretrain"]
     if not (run / HEAD_FILE).is_file():
+        if "head_file" in run_state(run) and run_state(run)["head_file"] is None:
+            raise RunError(
+                f"{pretrain['method']} trains no projection head (run {run}): embed without "
+                f"--with-head"
+            )
         raise RunError(
             f"run {run} has no {HEAD_FILE} (made by an older embedkit): embed without "
             f"--with-head, or pretrain it again"
         )
     method_cls = get_method(pretrain["method"])
-    config = method_config(method_cls, pretrain.get("method_params", {}))
+    # the hyperparameters the run trained with, the recipe's additions included
+    trained = {k: v for k, v in (recorded.get("method_config") or {}).items() if v is not None}
+    config = method_config(method_cls, trained or pretrain.get("method_params", {}))
     n_classes = len(dataset_classes(pretrain["dataset"], pretrain.get("data_root")))
     head = method_cls(encoder, config, pretrain["size"], n_classes).output_head()
     head.load_state_dict(load_state_dict(run / HEAD_FILE))

@@ -6,6 +6,7 @@ Files that differ from MedMNIST's official release load with a ``NonOfficialData
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -24,6 +25,7 @@ from .images import cache_key, cached, content_digest, decode_files, resize_arra
 from .names import find_dataset, get_info
 from .registry import SPLITS, DatasetInfo, check_size, components
 from .root import ENV_DATA_ROOT, candidate_files, data_root
+from .sampler import label_fraction_indices
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,29 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def subset(self, rows: np.ndarray) -> SplitData:
+        """The samples at ``rows`` (sorted indices), in memory, with their provenance."""
+        return dataclasses.replace(
+            self,
+            images=np.asarray(self.images[rows]),
+            labels=self.labels[rows],
+            indices=self.indices[rows],
+            domains=self.domains[rows],
+        )
+
+    def pretraining_rows(self, fraction: float, seed: int) -> np.ndarray:
+        """A seeded ``fraction`` of the samples for pretraining on less unlabelled data,
+        stratified over (domain, class) so that every domain and class keeps its share
+        (over domains alone for multi-label data); ``label_fraction_indices``'s protocol."""
+        n = len(self)
+        if fraction >= 1.0:
+            return np.arange(n)
+        labels = self.labels.reshape(n, -1)
+        key = self.domains.astype(np.int64)
+        if labels.shape[1] == 1:
+            key = key * (int(labels.max(initial=0)) + 1) + labels[:, 0]
+        return label_fraction_indices(key, fraction, seed)
 
 
 def find_file(info: DatasetInfo, size: int, root: Path, download: bool = False) -> Path:

@@ -9,11 +9,13 @@ memory bank and momentum update instead.
 - ``dino``: ``FusedDINOLoss``, DINO's cross-entropy by blocks of views with its gradient
   written out.
 - ``normalize``: ``normalize``, ``F.normalize`` with its gradient written out.
+- ``dcl``: ``SyncFreeDCLLoss``, DCL and DCLW without host waits.
 
 Each module says what upstream change would let it go. Tested with lightly 1.6
 (``pyproject.toml`` pins the minor version).
 """
 
+from .dcl import SyncFreeDCLLoss
 from .dino import FusedDINOLoss
 from .gram import GramBarlowTwinsLoss, GramVICRegLoss
 from .normalize import normalize
@@ -23,6 +25,7 @@ __all__ = [
     "FusedDINOLoss",
     "GramBarlowTwinsLoss",
     "GramVICRegLoss",
+    "SyncFreeDCLLoss",
     "SyncFreeNTXentLoss",
     "normalize",
 ]

@@ -143,13 +143,20 @@ def method_parameters(name: str) -> list[dict[str, str]]:
 
 from . import (  # noqa: E402,F401  (each registers itself)
     barlowtwins,
+    byol,
+    dcl,
     dino,
+    mae,
     mocov1,
     mocov2,
     mocov3,
+    msn,
+    nnclr,
     simclr,
     simsiam,
     supervised,
+    swav,
+    tico,
     vicreg,
 )
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..backbones import Encoder
 from ..losses import SyncFreeNTXentLoss
+from ..modules import queue_state, restore_queue
 from ._momentum import MomentumMethod
 
 
@@ -46,15 +47,7 @@ class MomentumQueueMethod(MomentumMethod):
             self.criterion.compile()
 
     def get_extra_state(self) -> dict[str, Any]:
-        bank = self.criterion.memory_bank
-        position = getattr(bank, "position", None)  # lightly's bank: read from the device
-        position = int(bank.bank_ptr) if position is None else position
-        return {"bank": bank.bank.detach().cpu().clone(), "ptr": torch.tensor([position])}
+        return queue_state(self.criterion.memory_bank)
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        bank = self.criterion.memory_bank
-        if hasattr(bank, "restore"):
-            bank.restore(state["bank"], int(state["ptr"][0]))
-        else:  # lightly's MemoryBankModule
-            bank.bank.copy_(state["bank"])
-            bank.bank_ptr.fill_(int(state["ptr"][0]))
+        restore_queue(self.criterion.memory_bank, state)

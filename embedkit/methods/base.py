@@ -60,6 +60,7 @@ class PretrainMethod(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     min_batch_size: ClassVar[int] = 2
+    vit_only: ClassVar[bool] = False  # masks patch tokens (MAE, MSN): a ViT backbone only
 
     def __init__(
         self, encoder: Encoder, config: MethodConfig, image_size: int, n_classes: int

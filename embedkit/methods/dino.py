@@ -21,7 +21,7 @@ import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 
-from ..augment import AugmentConfig, BatchAugment, augment_views
+from ..augment import AugmentConfig, BatchAugment, augment_views, local_crop_size
 from ..backbones import Encoder
 from ..losses import FusedDINOLoss
 from . import register_method
@@ -77,11 +77,6 @@ class DINOConfig(RewrittenLossConfig):
             min_scale=0.4, **_JITTER, blur_prob=0.1, solarize_prob=0.2
         )
     )
-
-
-def local_crop_size(image_size: int, patch_size: int) -> int:
-    """DINO's 96/224 local crop side, a multiple of the patch size."""
-    return max(patch_size, round(image_size * 96 / 224 / patch_size) * patch_size)
 
 
 @register_method("dino")

@@ -20,14 +20,12 @@ from lightly.models.modules.heads import ProjectionHead
 from lightly.utils import dist
 from torch import nn
 
-from ..augment import AugmentConfig
+from ..augment import AugmentConfig, byol_views
 from ..backbones import Encoder
 from ..losses import normalize
 from . import register_method
 from ._momentum import MomentumMethod
 from .base import RewrittenLossConfig
-
-_BYOL = dict(min_scale=0.08, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
 
 
 @dataclass(frozen=True)
@@ -49,10 +47,8 @@ class MoCoV3Config(RewrittenLossConfig):
     hidden_dim: int = 4096
     momentum: float = 0.99
     momentum_end: float = 1.0
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(**_BYOL, blur_prob=1.0))
-    augment_second: AugmentConfig | None = field(
-        default_factory=lambda: AugmentConfig(**_BYOL, blur_prob=0.1, solarize_prob=0.2)
-    )
+    augment: AugmentConfig = field(default_factory=lambda: byol_views()[0])
+    augment_second: AugmentConfig | None = field(default_factory=lambda: byol_views()[1])
 
 
 def contrastive_loss(

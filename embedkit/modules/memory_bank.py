@@ -44,3 +44,35 @@ class HostPointerMemoryBank(MemoryBankModule):
             self.bank[start : start + n] = batch.detach()
             self.position = start + n
         self.bank_ptr.fill_(self.position)
+
+
+class HostPointerNNMemoryBank(HostPointerMemoryBank):
+    """lightly's ``NNMemoryBankModule`` (NNCLR's support set: each output replaced by its
+    nearest neighbour in the queue, by cosine similarity) whose write position lives on the
+    host."""
+
+    def forward(self, output: torch.Tensor, update: bool = False) -> torch.Tensor:  # type: ignore[override]
+        output, bank = MemoryBankModule.forward(self, output, update=update)
+        bank = bank.to(output.device).t()
+        similarity = torch.einsum(
+            "nd,md->nm",
+            torch.nn.functional.normalize(output, dim=1),
+            torch.nn.functional.normalize(bank, dim=1),
+        )
+        return torch.index_select(bank, dim=0, index=similarity.argmax(dim=1))
+
+
+def queue_state(bank: MemoryBankModule) -> dict[str, torch.Tensor]:
+    """A queue's keys and write position, for a checkpoint (lightly's bank or embedkit's)."""
+    position = getattr(bank, "position", None)  # lightly's bank: read from the device
+    position = int(bank.bank_ptr) if position is None else position
+    return {"bank": bank.bank.detach().cpu().clone(), "ptr": torch.tensor([position])}
+
+
+def restore_queue(bank: MemoryBankModule, state: dict[str, torch.Tensor]) -> None:
+    """Load what ``queue_state`` saved."""
+    if isinstance(bank, HostPointerMemoryBank):
+        bank.restore(state["bank"], int(state["ptr"][0]))
+    else:  # lightly's MemoryBankModule
+        bank.bank.copy_(state["bank"])
+        bank.bank_ptr.fill_(int(state["ptr"][0]))

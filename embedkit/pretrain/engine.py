@@ -9,6 +9,7 @@ import shutil
 import torch
 
 from ..backbones import get_backbone
+from ..catalog import BACKBONE_SPECS
 from ..configs import RECIPES
 from ..data import check_size
 from ..errors import ConfigError
@@ -17,9 +18,9 @@ from .loggers import check_loggers
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
-def check_config(config, n_train: int, min_batch: int) -> None:
+def check_config(config, n_train: int, method_cls) -> None:
     """Refuse options that cannot work, before anything is written."""
-    check_options(config, min_batch)
+    check_options(config, method_cls)
     if config.batch_size * config.accumulate > n_train:
         raise ConfigError(
             f"--batch-size {config.batch_size} x --accumulate {config.accumulate} exceeds the "
@@ -27,11 +28,22 @@ def check_config(config, n_train: int, min_batch: int) -> None:
         )
 
 
-def check_options(config, min_batch: int) -> None:
+def check_options(config, method_cls) -> None:
     """The checks of ``check_config`` that need no data (a grid file runs them on every
-    cell at ``grid plan``, before any cell runs)."""
+    cell at ``grid plan``, before any cell runs); ``method_cls`` is the method's class."""
     check_size(config.size)
-    get_backbone(config.backbone)
+    backbone = get_backbone(config.backbone)
+    if method_cls.vit_only and not backbone.vit:
+        vits = ", ".join(b.name for b in BACKBONE_SPECS if b.vit)
+        raise ConfigError(
+            f"{config.method} masks patch tokens and needs a vision transformer, not "
+            f"{config.backbone}: use --backbone {vits.split(',')[0]} (ViTs: {vits})"
+        )
+    if not 0 < config.data_fraction <= 1:
+        raise ConfigError(
+            f"--data-fraction is a share of the training images, above 0 and at most 1, not "
+            f"{config.data_fraction}"
+        )
     for name in ("epochs", "accumulate", "devices", "num_nodes", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -66,10 +78,10 @@ def check_options(config, min_batch: int) -> None:
             f"--batch-size {config.batch_size} does not split over {world} processes: "
             f"use a multiple of {world}"
         )
-    if config.batch_size // world < min_batch:
+    if config.batch_size // world < method_cls.min_batch_size:
         raise ConfigError(
             f"--batch-size {config.batch_size} is too small for {config.method}: "
-            f"use at least {min_batch} per process"
+            f"use at least {method_cls.min_batch_size} per process"
         )
 
 

@@ -45,12 +45,21 @@ from ..runs import (
     unreadable_checkpoint,
 )
 from ..utils import resolve_device, stamp, to_jsonable
-from .engine import check_config, make_fabric, make_optimizer, make_scheduler
+from .engine import check_config, check_options, make_fabric, make_optimizer, make_scheduler
 from .epoch import EpochLoop, epoch_line
 from .loggers import RunLoggers
 from .monitor import KNNMonitor
 
 log = logging.getLogger(__name__)
+
+
+def rows_digest(rows) -> str:
+    """SHA-256 of the training rows a ``data_fraction`` run chose (int64, in order)."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
 
 
 def pretrain(
@@ -77,7 +86,12 @@ def pretrain(
     method_config(method_cls, config.method_params)  # a bad --param fails before any loading
     patch_size = patch_size_for(config.backbone, config.size, config.patch_size)
     train = load_split(config.dataset, "train", config.size, config.data_root, config.download)
-    check_config(config, len(train), method_cls.min_batch_size)
+    n_split = len(train)
+    check_options(config, method_cls)  # the fraction's range, before it is used
+    rows = train.pretraining_rows(config.data_fraction, config.seed)
+    if len(rows) < n_split:
+        train = train.subset(rows)
+    check_config(config, len(train), method_cls)
     channels = train.images.shape[-1] if train.images.ndim == 4 else 1
     params = recipe_method_params(config.recipe, config.method, config.method_params, channels)
     hyperparameters = method_config(method_cls, params)
@@ -95,6 +109,11 @@ def pretrain(
         "method_config": hyperparameters,
         "data_files": train.files,
         "n_train": len(train),
+        **(
+            {"n_train_split": n_split, "train_rows_sha256": rows_digest(rows)}
+            if len(rows) < n_split
+            else {}
+        ),
         "world_size": fabric.world_size,
         **stamp(),
     }

@@ -96,7 +96,7 @@ def test_pretrain_embed_evaluate(tmp_path, data_root):
         ),
         (["embed", "--store", "{tmp}/s.zarr", "--size", "32"], "unsupported image size 32"),
         (["embed", "--store", "{tmp}/s.zarr", "--data-root", "{tmp}"], "none of the 12 MedMNIST"),
-        (["pretrain", "--output", "{tmp}/r", "--method", "byol"], "unknown method 'byol'"),
+        (["pretrain", "--output", "{tmp}/r", "--method", "byoll"], "unknown method 'byoll'"),
         (
             ["pretrain", "--output", "{tmp}/r", "--param", "temprature=0.1"],
             "no parameter temprature",

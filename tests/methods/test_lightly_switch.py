@@ -21,11 +21,22 @@ SMALL = {
     "vicreg": {"hidden_dim": 256, "projection_dim": 512},
     "mocov1": {"queue_size": 64, "momentum": 0.5},
     "mocov2": {"queue_size": 64, "momentum": 0.5},
+    "nnclr": {"hidden_dim": 256, "prediction_hidden_dim": 256, "queue_size": 24},
 }
 
 
 def test_the_methods_with_rewritten_parts():
-    assert SWITCHED == ["barlowtwins", "dino", "mocov1", "mocov2", "mocov3", "simclr", "vicreg"]
+    assert SWITCHED == [
+        "barlowtwins",
+        "dcl",
+        "dino",
+        "mocov1",
+        "mocov2",
+        "mocov3",
+        "nnclr",
+        "simclr",
+        "vicreg",
+    ]
 
 
 def _step(name: str, lightly: bool):
@@ -68,7 +79,7 @@ def test_lightlys_parts_give_the_rewrites_step(name):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("name", ["mocov1"])
+@pytest.mark.parametrize("name", ["mocov1", "nnclr"])
 def test_lightlys_queue_saves_and_restores_like_the_rewrite(name):
     ours, _ = _step(name, lightly=False)
     theirs, _ = _step(name, lightly=True)
@@ -77,8 +88,9 @@ def test_lightlys_queue_saves_and_restores_like_the_rewrite(name):
     torch.testing.assert_close(state["bank"], their_state["bank"])
     fresh, _ = _step(name, lightly=True)
     fresh.set_extra_state(state)
-    assert int(fresh.criterion.memory_bank.bank_ptr) == 16
-    torch.testing.assert_close(fresh.criterion.memory_bank.bank, state["bank"].to(torch.float32))
+    bank = fresh.support_set if name == "nnclr" else fresh.criterion.memory_bank
+    assert int(bank.bank_ptr) == 16
+    torch.testing.assert_close(bank.bank, state["bank"].to(torch.float32))
 
 
 def test_the_switch_is_a_documented_parameter():

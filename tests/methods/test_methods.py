@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import embedkit.backbones as backbones
+from embedkit.augment import local_crop_size
 from embedkit.backbones import create_encoder, patch_size_for
 from embedkit.data import dataset_classes
 from embedkit.errors import ConfigError, WeightsUnavailableError
 from embedkit.methods import get_method
-from embedkit.methods.dino import local_crop_size
 from embedkit.methods.mocov3 import contrastive_loss
 from embedkit.pretrain import PretrainConfig, pretrain
 from embedkit.pretrain.engine import c_compiler
