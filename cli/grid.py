@@ -21,7 +21,8 @@ GridFileArg = Annotated[
     Path | None, typer.Argument(help="A grid file (TOML); or use --preset.", show_default=False)
 ]
 PresetOpt = Annotated[
-    str | None, typer.Option("--preset", help="A grid shipped with embedkit: demo, paper.")
+    str | None,
+    typer.Option("--preset", help="A grid shipped with embedkit: demo, laptop, paper, extended."),
 ]
 OutputOpt = Annotated[Path, typer.Option("--output", help="The grid's output folder.")]
 

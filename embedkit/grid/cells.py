@@ -98,13 +98,15 @@ def _pretrain_config(spec: GridSpec, axes: dict[str, Any]) -> dict[str, Any]:
         method_params=params,
     )
     try:  # every option's range, at `grid plan`: not after a cell's costly stages
-        check_options(config, get_method(method).min_batch_size)
+        check_options(config, get_method(method))
     except ConfigError as exc:
         where = ", ".join(f"{k} {v}" for k, v in axes.items())
         raise ConfigError(f"grid {spec.origin}: the cell ({where}): {exc}") from None
     record = to_jsonable(config)
     for resource in ("device", "devices", "num_nodes", "data_root", "download", "loggers"):
         record.pop(resource)
+    if record["data_fraction"] == 1.0:  # keeps the identity of cells made before the option
+        del record["data_fraction"]
     return record
 
 
@@ -168,7 +170,9 @@ def cost(cell: Cell, root: str | None = None) -> dict[str, float]:
     pretrain = cell.encoder["pretrain"]
     n_train = sum(_samples(d, root).get("train", 0) for d in cell.pretrain_datasets)
     return {
-        "image_epochs": float(n_train * pretrain["epochs"]),
+        "image_epochs": float(
+            int(n_train * pretrain.get("data_fraction", 1.0)) * pretrain["epochs"]
+        ),
         "embed_images": float(embed_images),
     }
 

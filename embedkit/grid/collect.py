@@ -22,6 +22,7 @@ from ..eval.probe import summarise_probe
 from ..utils import stamp, write_json
 from .cells import Cell, cell_folder, cell_state
 from .findings import Finding, markdown_table, study_findings
+from .open_questions import full_data, open_question_findings
 from .paper import results_page
 from .runner import read_output, recorded_modalities
 
@@ -60,6 +61,7 @@ def _axis_columns(cell: Cell, varied: list[str], recorded: dict[str, str]) -> di
         "pretrain_dataset": dataset if parts else "",
         "multi_domain": len(parts) > 1,
         "multi_modality": len(modalities) > 1,
+        "pretrain_modalities": "+".join(sorted(modalities)),
         "backbone": cell.axes["backbone"],
         "init": cell.axes["init"],
         "size": cell.axes["size"],
@@ -92,7 +94,10 @@ def _long_tables(output: Path, cells: list[Cell]) -> dict[str, pl.DataFrame]:
             in_domain=pl.struct("pretrain_dataset", "dataset").map_elements(
                 lambda r: r["dataset"] in (r["pretrain_dataset"] or "").split("+"),
                 return_dtype=pl.Boolean,
-            )
+            ),
+            probed_modality=pl.col("dataset").map_elements(
+                lambda name: _modality(name, recorded), return_dtype=pl.String
+            ),
         )
         tables["probe"] = probe
         tables["transfer"] = _summary(probe)
@@ -134,7 +139,8 @@ def collect(
     if "probe" in tables:
         summary = tables["transfer"]
         ood = tables.get("ood")
-        findings = study_findings(summary, ood)
+        findings = study_findings(full_data(summary), full_data(ood))
+        findings += open_question_findings(summary)
         for finding in findings:
             finding.table.write_parquet(results / f"study_{finding.name}.parquet")
     text = _write_findings(results / "findings.md", spec.name, findings, missing, len(cells))
@@ -145,8 +151,8 @@ def collect(
         results_page(
             page,
             spec.name,
-            tables["transfer"],
-            tables.get("ood"),
+            full_data(tables["transfer"]),
+            full_data(tables.get("ood")),
             findings,
             records,
             missing,

@@ -72,6 +72,12 @@ def test_presets_parse_and_the_paper_grid_has_the_studys_cells():
         "timm:dino",
     }
     assert len({c.id for c in cells}) == 840
+    extended = expand(load_grid(preset="extended"))
+    # the paper's 840 and 7 more methods x 16 sets x 3 inits, MAE and MSN on the ViT only
+    assert len(extended) == 840 + 7 * 16 * 3 * 2 - 2 * 16 * 3 == 1416
+    masked = [c for c in extended if c.axes.get("method") in ("mae", "msn")]
+    assert {c.axes["backbone"] for c in masked} == {"vit_small"} and len(masked) == 96
+    assert {c.id for c in cells} <= {c.id for c in extended}  # the paper's cells, unchanged
     demo = expand(load_grid(preset="demo"))
     assert [c.label for c in demo] == [
         "simclr/resnet18/random@demo-med",
@@ -156,7 +162,7 @@ def test_a_changed_parameter_changes_only_its_cells():
     ("edit", "message"),
     [
         (('name = "mini"', 'name = "mini"\nmethodz = 1'), "unknown key"),
-        (('["simclr"]', '["simclr", "byol"]'), "unknown method 'byol'"),
+        (('["simclr"]', '["simclr", "byoll"]'), "unknown method 'byoll'"),
         (
             ('["demo-texture"]\nbackbones', '["demo-med+demo-textur"]\nbackbones'),
             "unknown dataset 'demo-textur'",
@@ -208,6 +214,13 @@ def test_bad_grid_files_are_one_line(tmp_path, edit, message):
     assert code == 2, output
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: grid ") and message in lines[0]
+
+
+def test_a_masking_method_on_a_resnet_is_refused_at_plan(tmp_path):
+    (tmp_path / "g.toml").write_text(MINI.replace('["simclr"]', '["simclr", "mae"]'))
+    code, output = _cli("grid", "plan", tmp_path / "g.toml")
+    assert code == 2 and len(output.strip().splitlines()) == 1
+    assert "mae masks patch tokens and needs a vision transformer, not resnet18" in output
 
 
 def test_a_string_where_a_list_is_expected_is_one_value(tmp_path):
@@ -265,6 +278,9 @@ def test_demo_grid_end_to_end_then_nothing_to_redo_then_only_the_changed_cell(
         "backbone",
         "multi_domain",
         "ssl_vs_supervised",
+        "data_fraction",
+        "resolution",
+        "transfer_modality",
     ]
     probe = collected.tables["probe"]
     for column in (
@@ -560,6 +576,49 @@ def test_external_ood_sets_are_embedded_and_scored_never_probed(tmp_path, data_r
         parse_grid(text.replace('["ext"]', '["demo-natural"]'))
     with pytest.raises(ConfigError, match="did you mean demo-natural"):
         parse_grid(text.replace('["ext"]', '["demo-naturel"]'))
+
+
+@pytest.mark.slow
+def test_the_data_fraction_is_an_axis_and_its_finding_is_computed(tmp_path, data_root):
+    """``data_fraction = [0.25, 1.0]`` makes two cells per method, each pretrained on its
+    share (recorded in the run's config.json); ``collect`` writes the data-fraction finding
+    and the other findings read the full-data cells. A grid that leaves it at 1 keeps the
+    identity of its cells."""
+    assert "data_fraction" not in expand(parse_grid(MINI))[0].encoder["pretrain"]
+    text = MINI.replace('methods = ["simclr"]', 'methods = ["simclr", "supervised"]')
+    text = text.replace("epochs = 2", "epochs = 1\ndata_fraction = [0.25, 1.0]")
+    text = text.replace(
+        'datasets = ["demo-texture", "demo-natural"]', 'datasets = ["demo-texture"]'
+    )
+    text += '[baselines]\ninits = ["random"]\n'
+    (tmp_path / "grid.toml").write_text(text)
+    out = tmp_path / "out"
+    code, output = _cli(
+        "grid", "run", tmp_path / "grid.toml", "--output", out, "--device", "cpu",
+        "--data-root", data_root,
+    )  # fmt: skip
+    assert code == 0, output
+    cells = expand(parse_grid(text))
+    assert sorted(c.label for c in cells if c.kind == "pretrain") == [
+        "simclr/resnet18/random@demo-texture (data_fraction=0.25)",
+        "simclr/resnet18/random@demo-texture (data_fraction=1.0)",
+        "supervised/resnet18/random@demo-texture (data_fraction=0.25)",
+        "supervised/resnet18/random@demo-texture (data_fraction=1.0)",
+    ]
+    recorded = [json.loads(p.read_text()) for p in (out / "runs").glob("*/config.json")]
+    quarter = [r for r in recorded if r["pretrain"]["data_fraction"] == 0.25]
+    assert len(recorded) == 4 and len(quarter) == 2
+    assert all(r["n_train"] == 300 and r["n_train_split"] == 1200 for r in quarter)
+    collected = collect(out)
+    by_name = {f.name: f for f in collected.findings}
+    fractions = by_name["data_fraction"].table
+    assert fractions["data_fraction"].to_list() == [0.25, 1.0]
+    assert fractions["supervised_auc"].null_count() == 0
+    assert (
+        "pretrained on 25 % / 100 % of the training images" in by_name["data_fraction"].sentences[0]
+    )
+    assert set(by_name["in_domain"].table["method"]) == {"simclr", "supervised"}
+    assert by_name["in_domain"].table.height == 2  # the full-data cells only
 
 
 def test_a_cell_finished_by_another_process_is_not_redone(tmp_path, monkeypatch):
