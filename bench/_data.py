@@ -18,11 +18,19 @@ def add_data_root(parser: argparse.ArgumentParser) -> None:
 
 
 def real_file(data_root: str | None, name: str) -> Path | None:
-    """``data_root/name`` if a data root was given and holds it, else None (a data root that
-    was given but lacks the file is an error, not a silent fallback)."""
+    """``data_root/name`` if a data root was given and holds it (a 28 px file also under
+    MedMNIST's own name without the size, ``pneumoniamnist.npz``), else None; a data root
+    that was given but lacks the file is an error, not a silent fallback."""
     if not data_root:
         return None
-    path = Path(data_root).expanduser() / name
-    if not path.is_file():
-        raise SystemExit(f"{path} does not exist: pass the folder that holds {name}")
-    return path
+    names = [name]
+    if name.endswith("_28.npz"):
+        names.append(name.removesuffix("_28.npz") + ".npz")
+    for candidate in names:
+        path = Path(data_root).expanduser() / candidate
+        if path.is_file():
+            return path
+    raise SystemExit(
+        f"{Path(data_root).expanduser() / name} does not exist: pass the folder that holds "
+        f"{' or '.join(names)}"
+    )

@@ -437,7 +437,7 @@ def main() -> None:
         root = Path(tmp)
         dataset = "pneumoniamnist" if shared else "demo-med"
         if shared:
-            shutil.copy(shared, root / "pneumoniamnist_28.npz")
+            shutil.copy(shared, root / shared.name)
             shutil.copy(shared, root / "pneumoniamnist.npz")  # medmnist's own file name
         images = load_split(dataset, "test", 28, root).images
         n, passes = len(images), args.passes

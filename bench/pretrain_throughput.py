@@ -431,6 +431,18 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
         method.after_step(0.5)
 
     hook = encoder.register_forward_pre_hook(lambda module, inputs: shapes.append(inputs[0].shape))
+    # MAE and MSN run the encoder's ViT on kept tokens only (``method.masked``, sharing its
+    # parameters): their calls are recorded with the tokens kept, and replayed with them
+    masked = method.__dict__.get("masked")
+    masked_calls: list[tuple[torch.Size, torch.Tensor, bool]] = []
+    if masked is not None:
+        encode = masked.encode
+
+        def recording_encode(pixels, idx_keep=None, **kwargs):
+            masked_calls.append((pixels.shape, idx_keep, torch.is_grad_enabled()))
+            return encode(pixels, idx_keep=idx_keep, **kwargs)
+
+        masked.encode = recording_encode
     calls: list[tuple[torch.nn.Module, torch.Size, bool]] = []  # the networks' calls, in order
     networks = [m for _, m in method.named_children() if any(True for _ in m.parameters())]
     recorders = [
@@ -443,6 +455,9 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
     hook.remove()
     for recorder in recorders:
         recorder.remove()
+    if masked is not None:
+        del masked.encode  # the class's method again
+        shapes += [shape for shape, _, _ in masked_calls]
     model_inputs = []
     for module, shape, grad in calls:
         x = torch.rand(shape, device=device)
@@ -452,6 +467,10 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
             x.requires_grad_(True)  # a head's input carries a gradient in the real chain
         model_inputs.append((module, x, grad))
 
+    masked_inputs = [
+        (torch.rand(shape, device=device), keep, grad) for shape, keep, grad in masked_calls
+    ]
+
     def model_step() -> None:
         losses = []
         with autocast:
@@ -460,18 +479,27 @@ def measure(cls, args, images, labels, n_classes, autocast, device):
                     out = module(x)
                 if grad:
                     losses.append(out.float().sum())
+            for x, keep, grad in masked_inputs:
+                with torch.set_grad_enabled(grad):
+                    out = masked.encode(x, idx_keep=keep)
+                if grad:
+                    losses.append(out.float().sum())
         sum(losses).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     views = [
-        torch.rand(s, device=device).contiguous(memory_format=torch.channels_last) for s in shapes
+        torch.rand(s, device=device).contiguous(memory_format=torch.channels_last)
+        for s in shapes[: len(shapes) - len(masked_calls)]
     ]
     bare_optimizer = make_optimizer(encoder.parameters(), 1e-4, 0.05, device)
 
     def bare_step() -> None:
         with autocast:
             loss = sum(encoder(v).float().sum() for v in views)
+            loss = loss + sum(
+                masked.encode(x, idx_keep=keep).float().sum() for x, keep, _ in masked_inputs
+            )
         loss.backward()
         bare_optimizer.step()
         bare_optimizer.zero_grad(set_to_none=True)

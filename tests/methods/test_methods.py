@@ -193,10 +193,18 @@ def test_bad_engine_options_are_refused(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_two_process_data_parallel_run_on_gloo(tmp_path, data_root):
+@pytest.mark.parametrize(
+    "method",
+    ["simclr", pytest.param("nnclr", marks=pytest.mark.slow)],  # nnclr: a gathered queue too
+)
+def test_two_process_data_parallel_run_on_gloo(tmp_path, data_root, method):
     command = [
         os.path.join(os.path.dirname(sys.executable), "embedkit"),
         "pretrain",
+        "--method",
+        method,
+        "--param",
+        "queue_size=400" if method == "nnclr" else "temperature=0.2",
         "--output",
         str(tmp_path / "run"),
         "--dataset",
