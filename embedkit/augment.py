@@ -20,6 +20,7 @@ same views on any device.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -54,6 +55,20 @@ def local_crop_size(image_size: int, patch_size: int) -> int:
     """The side of multi-crop's small views (SwAV's and DINO's 96 px at 224), a multiple of
     the ViT patch size (1 for ResNets)."""
     return max(patch_size, round(image_size * 96 / 224 / patch_size) * patch_size)
+
+
+def small_views(
+    augment: AugmentConfig,
+    scale: tuple[float, float],
+    image_size: int,
+    patch_size: int,
+    **changes: float,
+) -> BatchAugment:
+    """Multi-crop's small views (DINO's local crops, SwAV's, MSN's focal ones): ``augment``
+    with crops of ``scale`` of the area, at ``local_crop_size``."""
+    low, high = scale
+    small = dataclasses.replace(augment, min_scale=low, max_scale=high, **changes)
+    return BatchAugment(local_crop_size(image_size, patch_size), small)
 
 
 def byol_views() -> tuple[AugmentConfig, AugmentConfig]:

@@ -15,13 +15,13 @@ epoch. Local crops are ``96/224`` of the image side, rounded to the ViT patch si
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 
-from ..augment import AugmentConfig, BatchAugment, augment_views, local_crop_size
+from ..augment import AugmentConfig, augment_views, small_views
 from ..backbones import Encoder
 from ..losses import FusedDINOLoss
 from . import register_method
@@ -111,9 +111,9 @@ class DINO(MomentumMethod):
             student_temp=config.student_temp,
             center_momentum=config.center_momentum,
         )
-        low, high = config.local_scale
-        local = replace(config.augment, min_scale=low, max_scale=high, blur_prob=0.5)
-        self.augment_local = BatchAugment(local_crop_size(image_size, encoder.patch_size), local)
+        self.augment_local = small_views(
+            config.augment, config.local_scale, image_size, encoder.patch_size, blur_prob=0.5
+        )
 
     def teacher_temperature(self) -> float:
         """The teacher temperature at the current ``progress``."""

@@ -14,14 +14,14 @@ masked crops are anchors too. Masks are drawn from the step's generator (exact r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from lightly.loss import MSNLoss
 from lightly.models.modules.heads import MSNProjectionHead
 from torch import nn
 
-from ..augment import AugmentConfig, BatchAugment, augment_views, local_crop_size
+from ..augment import AugmentConfig, augment_views, small_views
 from ..backbones import Encoder
 from . import register_method
 from ._masking import masked_vit, token_mask
@@ -87,10 +87,9 @@ class MSN(MomentumMethod):
             regularization_weight=config.regularization_weight,
             gather_distributed=True,
         )
-        low, high = config.focal_scale
-        self.focal_size = local_crop_size(image_size, encoder.patch_size)
-        focal = replace(config.augment, min_scale=low, max_scale=high)
-        self.augment_focal = BatchAugment(self.focal_size, focal)
+        self.augment_focal = small_views(
+            config.augment, config.focal_scale, image_size, encoder.patch_size
+        )
 
     def _anchors(self, views: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         pixels = self.encoder.standardise(views)

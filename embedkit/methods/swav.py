@@ -17,7 +17,7 @@ saved in checkpoints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lightly.loss import SwaVLoss
 from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 
-from ..augment import AugmentConfig, BatchAugment, augment_views, local_crop_size
+from ..augment import AugmentConfig, augment_views, small_views
 from ..backbones import Encoder
 from . import register_method
 from .base import MethodConfig, PretrainMethod
@@ -83,9 +83,9 @@ class SwaV(PretrainMethod):
             sinkhorn_epsilon=config.sinkhorn_epsilon,
             sinkhorn_gather_distributed=True,
         )
-        low, high = config.local_scale
-        local = replace(config.augment, min_scale=low, max_scale=high)
-        self.augment_local = BatchAugment(local_crop_size(image_size, encoder.patch_size), local)
+        self.augment_local = small_views(
+            config.augment, config.local_scale, image_size, encoder.patch_size
+        )
         # the global crops' normalised features, newest first; saved with the model
         self.register_buffer("queue", torch.zeros(2, config.queue_size, out))
         self.queue_filled = 0  # rows of the queue holding features (on the host)
