@@ -92,8 +92,22 @@ def run_command_(
     partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.")] = None,
     account: Annotated[str | None, typer.Option("--account", help="SLURM account.")] = None,
     gpus_per_node: Annotated[
-        int, typer.Option("--gpus-per-node", help="SLURM: GPUs per cell (DDP over them).")
+        int,
+        typer.Option(
+            "--gpus-per-node",
+            help="SLURM: GPUs per cell (DDP over them); 0 for a CPU-only cluster.",
+        ),
     ] = 1,
+    cpus_per_task: Annotated[
+        int,
+        typer.Option(
+            "--cpus-per-task", help="SLURM: CPUs per task; 0: 4 per GPU task, 2 without GPUs."
+        ),
+    ] = 0,
+    mem_gb: Annotated[
+        float,
+        typer.Option("--mem-gb", help="SLURM: memory per node; 0: the partition's default."),
+    ] = 0,
     nodes: Annotated[int, typer.Option("--nodes", help="SLURM: nodes per cell.")] = 1,
     time_min: Annotated[
         int, typer.Option("--time-min", help="SLURM: time limit per task; requeued after.")
@@ -137,6 +151,8 @@ def run_command_(
             partition=partition,
             account=account,
             gpus_per_node=gpus_per_node,
+            cpus_per_task=cpus_per_task,
+            mem_gb=mem_gb,
             nodes=nodes,
             time_min=time_min,
             parallel=jobs,

@@ -32,6 +32,16 @@ class Resources:
     loggers: tuple[str, ...] = ()
 
 
+def slurm_job_id() -> str | None:
+    """The id ``scancel`` and ``sacct`` take for this task: ``JOB_TASK`` for an array task
+    (its own ``SLURM_JOB_ID`` is a number that ``scancel`` accepts and ignores on Slurm
+    22.05), else ``SLURM_JOB_ID``; None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def run_cell(output: Path, cell: Cell, resources: Resources = Resources()) -> dict[str, Any]:
     """Pretrain (or load), embed and evaluate one cell, continuing whatever an earlier
     attempt finished. A failure is recorded (``state: failed`` with its error) and returned,
@@ -65,7 +75,7 @@ def run_cell(output: Path, cell: Cell, resources: Resources = Resources()) -> di
         host=socket.gethostname(),
         pid=os.getpid(),
         attempts=int(record.get("attempts", 0)) + 1,
-        job_id=os.environ.get("SLURM_JOB_ID") or record.get("job_id"),
+        job_id=slurm_job_id() or record.get("job_id"),
     )
     try:
         if cell.kind == "pretrain":

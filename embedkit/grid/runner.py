@@ -35,7 +35,7 @@ from .cells import (
 )
 from .execute import Resources, run_cell
 from .present import modalities, restrict_to_data, without
-from .slurm import SlurmOptions, submit_slurm
+from .slurm import SlurmOptions, check_slurm_options, submit_slurm
 from .spec import GridSpec, parse_grid
 
 log = logging.getLogger(__name__)
@@ -156,13 +156,17 @@ def run_grid(
     jobs: int = 1,
     slurm: SlurmOptions = SlurmOptions(),
     wait: bool = True,
+    slurm_cluster: str = "slurm",
 ) -> pl.DataFrame | list:
     """Run every cell of ``spec`` that is not done; return the status table (local) or the
-    submitted jobs (slurm; with ``wait``, once they finished)."""
+    submitted jobs (slurm; with ``wait``, once they finished). ``slurm_cluster="local"``
+    runs the SLURM executor's tasks through submitit's local executor (tests)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}': use {' or '.join(EXECUTORS)}")
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
+    if executor == "slurm":
+        check_slurm_options(slurm)
     spec, absent = restrict_to_data(spec, resources.data_root)
     output = prepare_output(spec, output, absent, modalities(spec, resources.data_root))
     cells = expand(spec)
@@ -172,7 +176,7 @@ def run_grid(
             write_record(output, cell)
     log.info("%d of %d cells to run in %s", len(todo), len(cells), output)
     if executor == "slurm":
-        submitted = submit_slurm(output, todo, resources, slurm, cluster=None)
+        submitted = submit_slurm(output, todo, resources, slurm, cluster=slurm_cluster)
         if wait:
             for job in submitted:
                 job.wait()

@@ -7,7 +7,10 @@ run one task per GPU; Lightning Fabric reads SLURM's environment for the DDP set
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,14 @@ class SlurmOptions:
     Attributes:
         partition, account, qos: the usual sbatch options (None: the cluster's default).
         gpus_per_node: GPUs of each cell; the cell trains on all of them (DDP, one task per
-            GPU, Lightning Fabric reads SLURM's environment).
+            GPU, Lightning Fabric reads SLURM's environment). 0: a CPU-only cluster, the
+            cell runs on the task's CPUs and no GPU (gres) is requested.
         nodes: nodes per cell.
         time_min: time limit per task; a task that reaches it is requeued and resumes.
-        cpus_per_task, mem_gb: per task.
+        cpus_per_task: CPUs per task; 0 asks for 4 per GPU task, 2 on a CPU-only cluster
+            (the augmentations run on the device and the data sits in memory, so a cell
+            needs few).
+        mem_gb: memory per node; 0 asks for none and takes the partition's default.
         parallel: array tasks running at once.
         sbatch: extra sbatch options, ``{"constraint": "a100"}``.
         setup: shell lines run before the task (``module load cuda``).
@@ -42,8 +49,8 @@ class SlurmOptions:
     gpus_per_node: int = 1
     nodes: int = 1
     time_min: int = 24 * 60
-    cpus_per_task: int = 8
-    mem_gb: float = 64
+    cpus_per_task: int = 0
+    mem_gb: float = 0
     parallel: int = 64
     sbatch: dict[str, str] = field(default_factory=dict)
     setup: tuple[str, ...] = ()
@@ -67,33 +74,58 @@ class CellTask:
         return submitit.helpers.DelayedSubmission(CellTask(self.output, self.cell, self.resources))
 
 
+def check_slurm_options(options: SlurmOptions) -> None:
+    """Refuse resources no cluster can give, before anything is submitted."""
+    for name in ("gpus_per_node", "cpus_per_task", "mem_gb"):
+        if getattr(options, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more")
+    for name in ("nodes", "time_min", "parallel"):
+        if getattr(options, name) < 1:
+            flag = "jobs" if name == "parallel" else name.replace("_", "-")
+            raise ConfigError(f"--{flag} must be at least 1")
+
+
 def submit_slurm(
     output: Path,
     cells: list[Cell],
     resources: Resources,
     options: SlurmOptions,
-    cluster: str | None = None,
+    cluster: str = "slurm",
 ) -> list:
-    """Submit one array task per cell with submitit (``cluster``: None picks SLURM when
-    ``srun`` is found; ``local`` runs the same tasks as local subprocesses)."""
+    """Submit one array task per cell with submitit (``cluster``: ``slurm``, which needs
+    ``sbatch`` on the PATH; ``local`` runs the same tasks as local subprocesses, for tests).
+
+    Raises:
+        ConfigError: no ``sbatch``, or ``sbatch`` refused the array (its message, and nothing
+            of the submission left behind).
+    """
     try:
         import submitit
     except ImportError:  # pragma: no cover
         raise ConfigError("the slurm executor needs submitit: pip install submitit") from None
+    check_slurm_options(options)
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "--executor slurm needs SLURM's sbatch on the PATH and none was found: run "
+            "`embedkit grid run` on a machine that submits to the cluster (a login node), "
+            "or use --executor local"
+        )
     if not cells:
         return []
-    executor = submitit.AutoExecutor(folder=str(output / "slurm" / "%j"), cluster=cluster)
-    if executor.cluster == "debug":  # pragma: no cover
-        raise ConfigError("no SLURM found")
-    tasks = max(1, options.gpus_per_node)
+    folder = output / "slurm"
+    before = set(folder.rglob("*")) if folder.is_dir() else set()
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    gpus = options.gpus_per_node
+    per_gpu = {"gpus_per_node": gpus} if gpus else {}
+    memory = {"mem_gb": options.mem_gb} if options.mem_gb else {}
     executor.update_parameters(
         name="embedkit-grid",
         timeout_min=options.time_min,
         nodes=options.nodes,
-        tasks_per_node=tasks,
-        gpus_per_node=options.gpus_per_node,
-        cpus_per_task=options.cpus_per_task,
-        mem_gb=options.mem_gb,
+        tasks_per_node=max(1, gpus),
+        cpus_per_task=options.cpus_per_task or (4 if gpus else 2),
+        **per_gpu,
+        **memory,
         slurm_array_parallelism=options.parallel,
         slurm_partition=options.partition,
         slurm_account=options.account,
@@ -101,16 +133,24 @@ def submit_slurm(
         slurm_setup=list(options.setup),
         slurm_additional_parameters=dict(options.sbatch),
     )
+    on_slurm = executor.cluster == "slurm"
     per_task = Resources(
-        device=resources.device,
+        # a CPU-only cluster: the cell trains on the task's CPUs, whatever the node has
+        device="cpu" if gpus == 0 and resources.device == "auto" else resources.device,
         data_root=resources.data_root,
-        devices=options.gpus_per_node if executor.cluster == "slurm" else 1,
-        num_nodes=options.nodes if executor.cluster == "slurm" else 1,
+        devices=max(1, gpus) if on_slurm else 1,
+        num_nodes=options.nodes if on_slurm else 1,
         loggers=resources.loggers,
     )
     job_tasks = [CellTask(str(output), c.to_json(), asdict(per_task)) for c in cells]
-    with executor.batch():
-        jobs = [executor.submit(task) for task in job_tasks]
+    try:  # submitit prints sbatch's stderr itself: it goes into the one-line error instead
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+            jobs = [executor.submit(task) for task in job_tasks]
+    except submitit.core.utils.FailedJobError as exc:
+        for path in sorted(set(folder.rglob("*")) - before, reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"sbatch refused the array: {reason[:300]}") from None
     for cell, job in zip(cells, jobs, strict=True):
         write_record(output, cell, job_id=str(job.job_id), submitted=stamp()["created"])
     log.info("submitted %d array tasks (%s)", len(jobs), executor.cluster)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -392,7 +394,10 @@ def test_a_killed_cell_continues_through_the_slurm_executor(
     assert json.loads((run / "run.json").read_text())["epochs_done"] == 1
 
     # submitit's local executor: real subprocesses, the same code path as a cluster array
-    jobs = run_grid(spec, out, resources, executor="slurm", slurm=SlurmOptions(gpus_per_node=0))
+    jobs = run_grid(
+        spec, out, resources, executor="slurm", slurm=SlurmOptions(gpus_per_node=0),
+        slurm_cluster="local",
+    )  # fmt: skip
     assert len(jobs) == 1 and jobs[0].result()["state"] == "done"
     assert (run / "metrics.jsonl").read_text().startswith(first_epoch)  # continued, not redone
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
@@ -452,6 +457,83 @@ def test_the_sbatch_script_submitit_writes(tmp_path, monkeypatch, data_root):
         assert line in script, line
     for cell in expand(spec):
         assert read_record(tmp_path / "out", cell.id)["job_id"].startswith("4242_")
+
+
+def _fake_slurm(tmp_path, monkeypatch, sbatch: str | None) -> Path:
+    """A PATH whose ``srun`` does nothing and whose ``sbatch`` runs ``sbatch`` (shell), or
+    none at all; the submitted script is copied to the returned file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    captured = tmp_path / "submitted.sh"
+    scripts = {"srun": "#!/bin/sh\nexit 0\n"}
+    if sbatch is not None:
+        scripts["sbatch"] = f'#!/bin/sh\ncp "$1" {captured}\n{sbatch}\n'
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    return captured
+
+
+def test_a_cpu_only_cluster_asks_for_no_gpu_and_fitting_resources(tmp_path, monkeypatch, data_root):
+    captured = _fake_slurm(tmp_path, monkeypatch, 'echo "Submitted batch job 77"')
+    spec = parse_grid(MINI, "mini")
+    options = SlurmOptions(gpus_per_node=0, parallel=2)
+    jobs = run_grid(spec, tmp_path / "out", Resources(data_root=str(data_root)), "slurm",
+                    slurm=options, wait=False)  # fmt: skip
+    assert [job.job_id for job in jobs] == ["77"]  # one cell: a plain job, no array
+    script = captured.read_text()
+    assert "--gpus-per-node" not in script and "--gres" not in script
+    assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH --mem" not in script
+    assert "#SBATCH --ntasks-per-node=1" in script
+    task = jobs[0].submission().function  # the cell trains on the task's CPUs
+    assert task.resources["device"] == "cpu" and task.resources["devices"] == 1
+    sized = SlurmOptions(gpus_per_node=2, cpus_per_task=6, mem_gb=12)
+    run_grid(spec, tmp_path / "out2", Resources(data_root=str(data_root)), "slurm",
+             slurm=sized, wait=False)  # fmt: skip
+    script = captured.read_text()
+    for line in ("--gpus-per-node=2", "--cpus-per-task=6", "--mem=12GB", "--ntasks-per-node=2"):
+        assert f"#SBATCH {line}" in script, line
+
+
+@pytest.mark.parametrize(
+    ("sbatch", "message"),
+    [
+        (None, "--executor slurm needs SLURM's sbatch on the PATH and none was found"),
+        (
+            'echo "sbatch: error: Invalid generic resource (gres) specification" >&2; exit 1',
+            "sbatch refused the array: .*Invalid generic resource",
+        ),
+    ],
+)
+def test_no_sbatch_or_a_refusal_is_one_line_and_leaves_no_submission(
+    tmp_path, monkeypatch, data_root, sbatch, message
+):
+    _fake_slurm(tmp_path, monkeypatch, sbatch)
+    (tmp_path / "grid.toml").write_text(MINI)
+    out = tmp_path / "out"
+    code, output = _cli("grid", "run", tmp_path / "grid.toml", "--output", out,
+                        "--executor", "slurm", "--data-root", data_root)  # fmt: skip
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert re.search(message, output), output
+    assert "Traceback" not in output
+    assert not list((out / "slurm").rglob("*.pkl")) if (out / "slurm").exists() else True
+    for cell in expand(parse_grid(MINI)):
+        assert read_record(out, cell.id).get("job_id") is None  # nothing recorded as submitted
+
+
+def test_an_array_task_records_the_id_scancel_takes(monkeypatch):
+    from embedkit.grid.execute import slurm_job_id
+
+    monkeypatch.setenv("SLURM_JOB_ID", "105")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "100")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    assert slurm_job_id() == "100_5"
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    assert slurm_job_id() == "105"  # a plain job
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
+        monkeypatch.delenv(name)
+    assert slurm_job_id() is None
 
 
 @pytest.mark.slow
