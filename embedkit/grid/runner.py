@@ -35,6 +35,7 @@ from .cells import (
 )
 from .execute import Resources, run_cell
 from .present import modalities, restrict_to_data, without
+from .scheduler import with_scheduler
 from .slurm import SlurmOptions, check_slurm_options, submit_slurm
 from .spec import GridSpec, parse_grid
 
@@ -113,9 +114,10 @@ def status(output: str | os.PathLike) -> pl.DataFrame:
     """One row per cell of the grid saved in ``output``: state, progress, time, error."""
     output = Path(output)
     _, cells = read_output(output)
+    records = with_scheduler({cell.id: cell_state(output, cell.id) for cell in cells})
     rows = []
     for cell in cells:
-        record = cell_state(output, cell.id)
+        record = records[cell.id]
         started = record.get("started")
         rows.append(
             {
@@ -137,8 +139,9 @@ def status(output: str | os.PathLike) -> pl.DataFrame:
 
 def _pending(output: Path, cells: list[Cell]) -> list[Cell]:
     todo = []
+    records = with_scheduler({cell.id: cell_state(output, cell.id) for cell in cells})
     for cell in cells:
-        state = cell_state(output, cell.id)["state"]
+        state = records[cell.id]["state"]
         if state == "done":
             continue
         if state == "running":
@@ -249,4 +252,4 @@ def run_saved_cell(output: str | os.PathLike, cell_id: str, resources: Resources
 
 def count_states(table: pl.DataFrame) -> dict[str, int]:
     counts = dict(table.group_by("state").len().iter_rows())
-    return {state: counts.get(state, 0) for state in (*STATES, "interrupted")}
+    return {state: counts.get(state, 0) for state in (*STATES, "interrupted", "cancelled")}

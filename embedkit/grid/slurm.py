@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunError
 from ..utils import stamp
 from .cells import Cell, write_record
 from .execute import Resources, run_cell
@@ -66,7 +66,10 @@ class CellTask:
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="embedkit: %(message)s")
         cell = Cell.from_json(self.cell)
-        return run_cell(Path(self.output), cell, Resources(**self.resources))
+        record = run_cell(Path(self.output), cell, Resources(**self.resources))
+        if record.get("state") == "failed":  # the task fails too: SLURM says FAILED
+            raise RunError(f"cell {cell.id} ({cell.label}) failed: {record.get('error')}")
+        return record
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -522,6 +522,73 @@ def test_no_sbatch_or_a_refusal_is_one_line_and_leaves_no_submission(
         assert read_record(out, cell.id).get("job_id") is None  # nothing recorded as submitted
 
 
+def test_status_asks_slurm_about_cells_their_records_cannot_tell(tmp_path, monkeypatch):
+    """A cell cancelled before it started reads ``cancelled`` (and ``grid run`` submits it
+    again); a cell whose lock was written on another node reads ``interrupted`` once its job
+    has ended, ``running`` with its current attempt's time while the job runs; with no
+    ``squeue`` (a local grid) the records stand as written."""
+    import datetime as dt
+
+    from embedkit.grid.cells import cell_folder, write_record
+    from embedkit.grid.runner import _pending
+
+    spec = parse_grid(MINI.replace('["simclr"]', '["simclr", "vicreg", "mocov2"]'), "mini")
+    out = prepare_output(spec, tmp_path / "out")
+    queued, cancelled, elsewhere = expand(spec)
+    started = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=90)).isoformat()
+    write_record(out, queued, state="pending", job_id="9_0")
+    write_record(out, cancelled, state="pending", job_id="9_1")
+    write_record(out, elsewhere, state="running", job_id="9_2", host="node7", pid=1,
+                 started=started, duration_s=5000.0, attempts=2)  # fmt: skip
+    (cell_folder(out, elsewhere.id) / ".lock").write_text(json.dumps({"pid": 1, "host": "node7"}))
+
+    def states(squeue: str, sacct: str | None) -> dict[str, dict]:
+        bin_dir = tmp_path / f"bin{len(list(tmp_path.glob('bin*')))}"
+        bin_dir.mkdir()
+        scripts = {"squeue": f"#!/bin/sh\nprintf '{squeue}'\n"}
+        if sacct is not None:
+            scripts["sacct"] = f"#!/bin/sh\nprintf '{sacct}'\n"
+        for name, body in scripts.items():
+            (bin_dir / name).write_text(body)
+            (bin_dir / name).chmod(stat.S_IRWXU)
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+        return {row["cell"]: row for row in status(out).iter_rows(named=True)}
+
+    rows = states("9_0 PENDING\\n9_2 RUNNING\\n", "9_1|CANCELLED by 0\\n")
+    assert rows[queued.id]["state"] == "pending"
+    assert rows[cancelled.id]["state"] == "cancelled"
+    assert "ended (CANCELLED) before it started" in rows[cancelled.id]["error"]
+    assert rows[elsewhere.id]["state"] == "running"
+    assert 85 <= rows[elsewhere.id]["time_s"] < 200  # this attempt's, not the last one's 5000
+    assert [c.id for c in _pending(out, expand(spec))] == [queued.id, cancelled.id]
+
+    rows = states("9_0 PENDING\\n", None)  # the job on node7 left the queue; no accounting
+    assert rows[elsewhere.id]["state"] == "interrupted"
+    assert "its SLURM job 9_2 ended (gone)" in rows[elsewhere.id]["error"]
+    assert rows[cancelled.id]["state"] == "cancelled"
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # not a SLURM machine: records as written
+    rows = {row["cell"]: row for row in status(out).iter_rows(named=True)}
+    assert [rows[c.id]["state"] for c in (queued, cancelled, elsewhere)] == [
+        "pending",
+        "pending",
+        "running",
+    ]
+
+
+def test_a_failed_cell_fails_its_slurm_task(tmp_path, monkeypatch):
+    from embedkit.errors import RunError
+    from embedkit.grid import slurm
+
+    cell = expand(parse_grid(MINI, "mini"))[0]
+    monkeypatch.setattr(slurm, "run_cell", lambda *a: {"state": "failed", "error": "boom"})
+    task = slurm.CellTask(str(tmp_path), cell.to_json(), {})
+    with pytest.raises(RunError, match="failed: boom"):
+        task()  # a non-zero exit: SLURM marks the task FAILED, not COMPLETED
+    monkeypatch.setattr(slurm, "run_cell", lambda *a: {"state": "done"})
+    assert task() == {"state": "done"}
+
+
 def test_an_array_task_records_the_id_scancel_takes(monkeypatch):
     from embedkit.grid.execute import slurm_job_id
 
