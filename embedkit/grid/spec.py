@@ -284,7 +284,7 @@ def parse_grid(text: str, origin: str = "<text>", base: str | Path = ".") -> Gri
     baselines = tuple(raw_baselines if isinstance(raw_baselines, list) else [raw_baselines])
     _check_type(origin, "baselines.inits", list(baselines), str)
 
-    evaluate = _parse_evaluate(origin, data.get("evaluate", {}), pretrain["dataset"])
+    evaluate = _parse_evaluate(origin, data.get("evaluate", {}), pretrain["dataset"], base)
     spec = GridSpec(
         name=name.strip(),
         description=str(data.get("description", "")),
@@ -312,7 +312,9 @@ def _check_exclusions(spec: GridSpec) -> None:
         raise _error(spec.origin, "pretrain.exclude", "the rules exclude every pretraining cell")
 
 
-def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> EvaluationPlan:
+def _parse_evaluate(
+    origin: str, table: dict, pretrain_datasets: list[str], base: str | Path = "."
+) -> EvaluationPlan:
     from ..ood import SCORERS
     from ..primitives.linear import PROTOCOLS
     from ..store import DTYPES
@@ -365,6 +367,8 @@ def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> E
             raise _error(origin, f"evaluate.params.{scorer}", "parameters of an unused scorer")
         if not isinstance(kwargs, dict):
             raise _error(origin, f"evaluate.params.{scorer}", "a table of NAME = value")
+    found, params = _check_scorers(origin, scorers, values.get("params", {}), base)
+    values["scorers"], values["params"] = tuple(found), params
     _check_choice(origin, "evaluate.ood_id", [values.get("ood_id", "in-domain")], OOD_ID, "value")
     _check_choice(
         origin, "evaluate.ood_splits", [values.get("ood_splits", "test")], ("test", "all"), "value"
@@ -384,6 +388,34 @@ def _parse_evaluate(origin: str, table: dict, pretrain_datasets: list[str]) -> E
         if repeated:
             raise _error(origin, f"evaluate.{key}", f"{', '.join(repeated)} given twice")
     return EvaluationPlan(**values)
+
+
+def _check_scorers(
+    origin: str, scorers: list[str], params: dict, base: str | Path
+) -> tuple[list[str], dict]:
+    """The scorers with plug-in files (``file.py:Class``) found relative to the grid file,
+    each plug-in imported and every parameter checked against its scorer (at ``grid plan``,
+    not after the cells' costly stages); the parameters keyed by scorer name, as the OOD
+    evaluation takes them (a plug-in's by its class name)."""
+    from ..eval.ood import check_scorer_params
+    from ..ood.plugins import resolve_scorer
+
+    found = []
+    for scorer in scorers:
+        path, colon, name = scorer.rpartition(":")
+        if colon and path.endswith(".py"):
+            scorer = f"{(Path(base) / path).resolve()}:{name}"  # the cells run from anywhere
+        found.append(scorer)
+    try:
+        resolved = [(given, resolve_scorer(s)[1]) for given, s in zip(scorers, found, strict=True)]
+        check_scorer_params(resolved, params)  # params are keyed as the grid names scorers
+    except ConfigError as exc:
+        raise _error(origin, "evaluate.scorers", str(exc).replace("--param ", "params.")) from None
+    names = {
+        given: s.rpartition(":")[2] if ":" in s else s
+        for given, s in zip(scorers, found, strict=True)
+    }
+    return found, {names[given]: kwargs for given, kwargs in params.items()}
 
 
 def load_grid(path: str | os.PathLike | None = None, preset: str | None = None) -> GridSpec:

@@ -218,6 +218,53 @@ def test_bad_grid_files_are_one_line(tmp_path, edit, message):
     assert len(lines) == 1 and lines[0].startswith("error: grid ") and message in lines[0]
 
 
+PLUGIN = """
+import numpy as np
+
+
+class Norm:
+    def __init__(self, power: float = 2.0):
+        self.power = power
+
+    def fit(self, X, y=None):
+        return self
+
+    def score_samples(self, X):
+        return -np.linalg.norm(X, ord=self.power, axis=1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "message"),
+    [
+        ('scorers = ["knn"]\n[evaluate.params.knn]\nkk = 3', "params.knn.kk: scorer knn has no"),
+        ('scorers = ["knn"]\n[evaluate.params.knn]\nk = "x"', "params.knn.k=x: expected type int"),
+        ('scorers = ["none.py:Norm"]', "scorer file .*none.py does not exist"),
+        ('scorers = ["plugin.py:Nope"]', "plugin.py has no class 'Nope'"),
+        (
+            'scorers = ["plugin.py:Norm"]\n[evaluate.params."plugin.py:Norm"]\npowr = 1.0',
+            "scorer plugin.py:Norm has no parameter powr",
+        ),
+    ],
+)
+def test_scorer_parameters_and_plugin_files_are_checked_at_plan(tmp_path, evaluate, message):
+    (tmp_path / "plugin.py").write_text(PLUGIN)
+    (tmp_path / "g.toml").write_text(MINI.replace('scorers = ["knn"]', evaluate))
+    code, output = _cli("grid", "plan", tmp_path / "g.toml")
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert re.search(message, output), output
+
+
+def test_a_plugin_scorer_is_found_beside_the_grid_file_with_its_parameters(tmp_path):
+    (tmp_path / "plugin.py").write_text(PLUGIN)
+    text = MINI.replace(
+        'scorers = ["knn"]', 'scorers = ["plugin.py:Norm"]\n[evaluate.params."plugin.py:Norm"]'
+    )
+    spec = parse_grid(text + "power = 1.0\n", "g", base=tmp_path)
+    assert spec.evaluate.scorers == (f"{tmp_path.resolve() / 'plugin.py'}:Norm",)
+    assert spec.evaluate.params == {"Norm": {"power": 1.0}}  # as the OOD evaluation keys them
+
+
 def test_a_masking_method_on_a_resnet_is_refused_at_plan(tmp_path):
     (tmp_path / "g.toml").write_text(MINI.replace('["simclr"]', '["simclr", "mae"]'))
     code, output = _cli("grid", "plan", tmp_path / "g.toml")
