@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import shutil
 import time
@@ -33,6 +34,7 @@ import torch
 from ..backbones import create_encoder, patch_size_for
 from ..configs import PretrainConfig, recipe_method_params
 from ..data import dataset_classes, dataset_task, load_split
+from ..errors import RunError
 from ..methods import get_method, method_config
 from ..runs import (
     CHECKPOINT,
@@ -51,6 +53,29 @@ from .loggers import RunLoggers
 from .monitor import KNNMonitor
 
 log = logging.getLogger(__name__)
+
+
+def save_checkpoint(fabric, checkpoint: Path, state: dict) -> None:
+    """Write ``checkpoint`` whole or not at all: into a ``.partial`` file renamed over it, so
+    that a full disk or a kill while writing leaves the last complete checkpoint (or, for a
+    new run's first, none: the folder is removed).
+
+    Raises:
+        RunError: the checkpoint could not be written (its reason, and what to do).
+    """
+    partial = checkpoint.with_name(checkpoint.name + ".partial")
+    try:
+        fabric.save(partial, state)
+        if fabric.is_global_zero:
+            os.replace(partial, checkpoint)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        if checkpoint.is_file():
+            advice = "the previous one is kept: free space and run the command with --resume"
+        else:
+            advice = "nothing is kept: free space and run the command again"
+        raise RunError(f"writing the checkpoint {checkpoint} failed ({reason}); {advice}") from None
 
 
 def rows_digest(rows) -> str:
@@ -200,7 +225,7 @@ def pretrain(
                         "scheduler": scheduler.state_dict(),
                         "epoch": done,
                     }
-                    fabric.save(checkpoint, state)
+                    save_checkpoint(fabric, checkpoint, state)
                     loggers.save()
                     if fabric.is_global_zero:
                         metrics.flush()

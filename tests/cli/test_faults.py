@@ -288,6 +288,46 @@ def test_disk_full_mid_write_is_one_line_and_resumable(tmp_path, data_root, monk
     assert EmbeddingStore(store).splits("demo-texture") == ["train", "val", "test"]
 
 
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_whole_one(tmp_path, data_root, monkeypatch):
+    """The first checkpoint of a new run fails: one line, no folder left. A later one
+    fails: the previous checkpoint is kept whole (written aside and renamed over it) and the
+    run resumes from it to the same weights as a run that never failed."""
+    from lightning_fabric import Fabric
+    from safetensors.torch import load_file
+
+    real_save, saves = Fabric.save, []
+
+    def fills_up_at(count):
+        def save(self, path, state, *args, **kwargs):
+            saves.append(path)
+            if len(saves) == count:  # half a file, then the disk is full
+                Path(path).write_bytes(b"\x80\x02half")
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return real_save(self, path, state, *args, **kwargs)
+
+        return save
+
+    monkeypatch.setattr(Fabric, "save", fills_up_at(1))
+    run = tmp_path / "run"
+    args = _pretrain_args(run, data_root, "--epochs", "2")
+    _one_line_error(args, "No space left on device); nothing is kept: free space and run")
+    assert not run.exists()
+
+    saves.clear()
+    monkeypatch.setattr(Fabric, "save", fills_up_at(2))
+    _one_line_error(args, "the previous one is kept: free space and run the command with --resume")
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["last.ckpt"]  # no partial file beside it
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(Fabric, "save", real_save)
+    assert _cli(*args, "--resume")[0] == 0
+    assert _cli(*_pretrain_args(tmp_path / "straight", data_root, "--epochs", "2"))[0] == 0
+    resumed = load_file(run / "encoder.safetensors")
+    straight = load_file(tmp_path / "straight" / "encoder.safetensors")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
 def test_read_only_targets_are_one_line(read_only_disk, data_root, demo_store):
     embed_args = _embed_args(read_only_disk / "s.zarr", data_root)
     _one_line_error(embed_args, f"{read_only_disk} is read-only or not writable")
@@ -829,7 +869,10 @@ def test_a_damaged_store_record_is_one_line_everywhere(tmp_path, demo_store, edi
     store = tmp_path / "s.zarr"
     shutil.copytree(demo_store.path, store)
     _root(edit)(store)
-    for command in (["store", "ls", store], ["knn", "--store", store, "--out", tmp_path / "k.parquet"]):
+    for command in (
+        ["store", "ls", store],
+        ["knn", "--store", store, "--out", tmp_path / "k.parquet"],
+    ):
         _one_line_error(command, message)
 
 
