@@ -1,0 +1,131 @@
+"""A real one-node SLURM for the tests: Debian's ``slurmctld``, ``slurmd`` and ``munge``,
+started in a temporary folder with their own ports, as root (``.ci/run`` installs them).
+
+The node offers this machine's CPUs and one GPU whose device file is ``/dev/null`` (Slurm
+22.05 drops a GPU without a file), so GPU requests are accepted on a CPU-only machine.
+``AuthInfo=cred_expire=10`` and ``KillWait=3`` keep requeues quick. There is no accounting daemon: ``sacct``
+says accounting is disabled, as on clusters without slurmdbd, and embedkit reads ``squeue``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scancel")
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+
+
+def missing() -> str | None:
+    """Why a cluster cannot start here (None: it can)."""
+    absent = [d for d in DAEMONS if not (shutil.which(d) or Path(f"/usr/sbin/{d}").exists())]
+    if absent:
+        return (
+            f"no {', '.join(absent)} (Debian: apt-get install slurmctld slurmd slurm-client munge)"
+        )
+    if os.geteuid() != 0:
+        return "starting slurmctld and slurmd takes root"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_munge() -> None:
+    if MUNGE_SOCKET.exists():
+        return
+    MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    shutil.chown(MUNGE_SOCKET.parent, "munge", "munge")
+    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True, timeout=30)
+
+
+class Cluster:
+    """A running one-node cluster; ``env`` is what a process needs to use it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.host = socket.gethostname().split(".")[0]
+        self.env = {"SLURM_CONF": str(folder / "slurm.conf")}
+        self.pids: list[int] = []
+
+    def run(self, *command: str, check: bool = True) -> str:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, **self.env},
+        )  # fmt: skip
+        if check and done.returncode:
+            raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def start(self) -> Cluster:
+        for sub in ("state", "spool", "log"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 * 8 // 10
+        lines = {
+            "ClusterName": "embedkit-tests",
+            "SlurmctldHost": self.host,
+            "SlurmUser": "root",
+            "SlurmdUser": "root",
+            "AuthType": "auth/munge",
+            "AuthInfo": "cred_expire=10",
+            "StateSaveLocation": self.folder / "state",
+            "SlurmdSpoolDir": self.folder / "spool",
+            "SlurmctldPidFile": self.folder / "slurmctld.pid",
+            "SlurmdPidFile": self.folder / "slurmd.pid",
+            "SlurmctldLogFile": self.folder / "log" / "slurmctld.log",
+            "SlurmdLogFile": self.folder / "log" / "slurmd.log",
+            "SlurmctldPort": _free_port(),
+            "SlurmdPort": _free_port(),
+            "ProctrackType": "proctrack/linuxproc",
+            "TaskPlugin": "task/none",
+            "SelectType": "select/cons_tres",
+            "SelectTypeParameters": "CR_CPU",
+            "ReturnToService": 2,
+            "MpiDefault": "none",
+            "JobAcctGatherType": "jobacct_gather/none",
+            "AccountingStorageType": "accounting_storage/none",
+            "GresTypes": "gpu",
+            "MinJobAge": 300,
+            "KillWait": 3,  # submitit ignores SIGTERM: SIGKILL 3 s later, not 30
+            "NodeName": f"{self.host} CPUs={os.cpu_count()} RealMemory={memory} Gres=gpu:1",
+            "PartitionName": "debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+        }
+        text = "".join(f"{k}={v}\n" for k, v in lines.items())
+        (self.folder / "slurm.conf").write_text(text)
+        (self.folder / "gres.conf").write_text(
+            f"AutoDetect=off\nNodeName={self.host} Name=gpu File=/dev/null\n"
+        )
+        _start_munge()
+        self.run("/usr/sbin/slurmctld", "-i")
+        self.run("/usr/sbin/slurmd")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            state = self.run("sinfo", "-h", "-o", "%T", check=False).strip()
+            if state == "idle":
+                return self
+            if state.startswith(("drain", "inval")):
+                self.run("scontrol", "update", f"nodename={self.host}", "state=idle", check=False)
+            time.sleep(0.5)
+        raise RuntimeError(f"the node did not come up: sinfo says '{state}'")
+
+    def stop(self) -> None:
+        for name in ("slurmd.pid", "slurmctld.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int((self.folder / name).read_text()), signal.SIGTERM)
+
+    def wait_idle(self, timeout: float = 600) -> None:
+        """Until the queue is empty."""
+        deadline = time.time() + timeout
+        while self.run("squeue", "-h", check=False).strip():
+            if time.time() > deadline:
+                raise TimeoutError(self.run("squeue", check=False))
+            time.sleep(1)
