@@ -228,6 +228,8 @@ def finding_backbone(summary: pl.DataFrame, ood: pl.DataFrame | None) -> Finding
             "backbone": backbone,
             "in_domain_accuracy": in_domain(mine)["accuracy"].mean(),
             "ood_auroc": None,
+            # probes on datasets outside the encoder's pretraining set
+            "transfer_accuracy": mine.filter(~pl.col("in_domain"))["accuracy"].mean(),
             "cells": mine["cell"].n_unique(),
         }
         if ood_in is not None:

@@ -114,3 +114,19 @@ def test_transfer_is_split_into_same_and_cross_modality_pairs():
 def test_the_three_findings_come_in_the_papers_order():
     names = [f.name for f in open_question_findings(_fractions())]
     assert names == ["data_fraction", "resolution", "transfer_modality"]
+
+
+def test_the_backbone_finding_compares_two_backbones_with_their_transfer():
+    """With two backbones the sentence names each one's in-domain and transfer accuracy
+    (the transfer column was declared but never filled: a KeyError on such grids)."""
+    from embedkit.grid.findings import finding_backbone
+
+    rows = []
+    for backbone, own, other in (("resnet18", 0.8, 0.6), ("vit_tiny", 0.7, 0.5)):
+        for row in (_row("ssl", "simclr", "a", "a", own), _row("ssl", "simclr", "a", "c", other)):
+            rows.append({**row, "backbone": backbone, "cell": f"{row['cell']}-{backbone}"})
+    finding = finding_backbone(pl.DataFrame(rows), None)
+    assert finding.table["transfer_accuracy"].to_list() == pytest.approx([0.6, 0.5])
+    (sentence,) = finding.sentences
+    assert "in-domain accuracy 0.800 vs 0.700" in sentence
+    assert "mean transfer accuracy 0.600 vs 0.500" in sentence

@@ -41,6 +41,34 @@ def _cli(*args):
     return result.exit_code, result.output
 
 
+def _interrupted_after_first_epoch(cluster, tmp_path, run, name, interrupt) -> None:
+    """A one-cell grid of 8 epochs whose job gets ``interrupt JOB`` after its first
+    checkpoint: the cell ends done on a second attempt whose steps follow the first's."""
+    longer = GRID.replace('"slurm-mini"', f'"slurm-{name}"').replace("epochs = 1", "epochs = 8")
+    longer = longer.replace("batch_size = 100", "batch_size = 50")  # long enough to catch
+    longer = longer.replace('["simclr", "supervised"]', '["simclr"]')
+    grid = tmp_path / f"{name}.toml"
+    grid.write_text(longer)
+    out = tmp_path / name
+    args = [grid if a == tmp_path / "grid.toml" else a for a in run]
+    code, output = _cli(*[out if a == tmp_path / "out" else a for a in args])
+    assert code == 0, output
+    (cell,) = expand(parse_grid(longer))
+    job = read_record(out, cell.id)["job_id"]
+    run_json = out / "runs" / cell.encoder_id / "run.json"
+    deadline = time.time() + 300
+    while not (run_json.is_file() and json.loads(run_json.read_text())["epochs_done"] >= 1):
+        assert time.time() < deadline, cluster.run("squeue", check=False)
+        time.sleep(0.5)
+    cluster.run(*interrupt, job)
+    cluster.wait_idle()
+    record = read_record(out, cell.id)
+    assert record["state"] == "done" and record["attempts"] == 2, (name, record)
+    lines = (out / "runs" / cell.encoder_id / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps == list(range(8 * (1200 // 50))), name  # continued, not redone
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(missing() is not None, reason=f"no SLURM here: {missing()}")
 def test_the_readme_commands_on_a_cpu_only_cluster(tmp_path, data_root, monkeypatch):
@@ -79,28 +107,25 @@ def test_the_readme_commands_on_a_cpu_only_cluster(tmp_path, data_root, monkeypa
         collected = collect(out)
         assert collected.tables["probe"]["encoder"].n_unique() == 2
 
-        # scontrol requeue of a running cell: it continues from its last checkpoint
-        longer = GRID.replace('"slurm-mini"', '"slurm-requeue"').replace("epochs = 1", "epochs = 8")
-        longer = longer.replace("batch_size = 100", "batch_size = 50")  # long enough to requeue
-        longer = longer.replace('["simclr", "supervised"]', '["simclr"]')
-        grid.write_text(longer)
-        out = tmp_path / "requeued"
-        code, output = _cli(*[out if a == tmp_path / "out" else a for a in run])
+        # a running cell requeued by scontrol, or preempted (USR2, as SLURM signals before a
+        # time limit or a preemption), continues from its last checkpoint
+        for name, interrupt in (
+            ("requeue", ["scontrol", "requeue"]),
+            ("preempt", ["scancel", "--signal=USR2"]),
+        ):
+            _interrupted_after_first_epoch(cluster, tmp_path, run, name, interrupt)
+
+        # a GPU cluster's request (--gpus-per-node 1, the default) is accepted and runs
+        gpu_grid = GRID.replace('"slurm-mini"', '"slurm-gpu"')
+        grid.write_text(gpu_grid.replace('["simclr", "supervised"]', '["simclr"]'))
+        out = tmp_path / "gpu"
+        gpu_run = [out if a == tmp_path / "out" else a for a in run]
+        gpu_run[gpu_run.index("--gpus-per-node") + 1] = "1"
+        code, output = _cli(*gpu_run, "--wait")
         assert code == 0, output
-        (cell,) = expand(parse_grid(longer))
-        job = read_record(out, cell.id)["job_id"]
-        run_json = out / "runs" / cell.encoder_id / "run.json"
-        deadline = time.time() + 300
-        while not (run_json.is_file() and json.loads(run_json.read_text())["epochs_done"] >= 1):
-            assert time.time() < deadline, cluster.run("squeue", check=False)
-            time.sleep(0.5)
-        cluster.run("scontrol", "requeue", job)
-        cluster.wait_idle()
-        record = read_record(out, cell.id)
-        assert record["state"] == "done" and record["attempts"] == 2, record
-        lines = (out / "runs" / cell.encoder_id / "metrics.jsonl").read_text().splitlines()
-        steps = [json.loads(line)["step"] for line in lines]
-        assert steps == list(range(8 * (1200 // 50)))  # continued from a checkpoint, not redone
+        assert status(out)["state"].to_list() == ["done"]
+        script = next((out / "slurm").rglob("*_submission.sh")).read_text()
+        assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --cpus-per-task=4" in script
     finally:
         cluster.stop()
         time.sleep(1)
