@@ -45,7 +45,9 @@ def _start_munge() -> None:
         return
     MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
     shutil.chown(MUNGE_SOCKET.parent, "munge", "munge")
-    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True, timeout=30)
+    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=False, timeout=30)
+    if not MUNGE_SOCKET.exists():  # e.g. a log file left owned by root: run it as root
+        subprocess.run(["/usr/sbin/munged", "--force"], check=True, timeout=30)
 
 
 class Cluster:
