@@ -3,8 +3,9 @@ started in a temporary folder with their own ports, as root (``.ci/run`` install
 
 The node offers this machine's CPUs and one GPU whose device file is ``/dev/null`` (Slurm
 22.05 drops a GPU without a file), so GPU requests are accepted on a CPU-only machine.
-``AuthInfo=cred_expire=10`` and ``KillWait=3`` keep requeues quick. There is no accounting daemon: ``sacct``
-says accounting is disabled, as on clusters without slurmdbd, and embedkit reads ``squeue``.
+``AuthInfo=cred_expire=10`` and ``KillWait=3`` keep requeues quick. There is no
+accounting daemon: ``sacct`` says accounting is disabled, as on clusters without slurmdbd,
+and embedkit reads ``squeue``.
 """
 
 from __future__ import annotations
