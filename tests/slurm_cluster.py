@@ -125,7 +125,7 @@ class Cluster:
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int((self.folder / name).read_text()), signal.SIGTERM)
 
-    def wait_idle(self, timeout: float = 600) -> None:
+    def wait_idle(self, timeout: float = 300) -> None:
         """Until the queue is empty."""
         deadline = time.time() + timeout
         while self.run("squeue", "-h", check=False).strip():

@@ -25,31 +25,35 @@ LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING
 LIVE |= {"REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
 
 
-def _run(command: list[str]) -> str:
+def _run(command: list[str]) -> str | None:
+    """The command's output; None when it fails (no controller reachable, accounting off)."""
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout if done.returncode == 0 else ""
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def job_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     """SLURM's state of each job id (``JOB`` or ``JOB_TASK``): ``squeue`` for the jobs in the
     queue, ``sacct`` for the others; a job neither knows is left out (it ended long ago).
-    None where there is no ``squeue`` (not a SLURM machine) or nothing to ask."""
+    None where it cannot be known: no ``squeue`` (not a SLURM machine), ``squeue`` failing
+    (its controller out of reach), or nothing to ask."""
     wanted = {str(j) for j in job_ids if j}
     if not wanted or shutil.which("squeue") is None:
         return None
+    queue = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"])
+    if queue is None:
+        return None
     states: dict[str, str] = {}
-    user = getpass.getuser()
-    for line in _run(["squeue", "-h", "-r", "-u", user, "-o", "%i %T"]).splitlines():
+    for line in queue.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] in wanted:
             states[parts[0]] = parts[1]
     rest = sorted(wanted - set(states))
     if rest and shutil.which("sacct") is not None:
         listing = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(rest)])
-        for line in listing.splitlines():
+        for line in (listing or "").splitlines():
             job, _, state = line.partition("|")
             if job in wanted and job not in states:
                 states[job] = state.split()[0] if state else ""  # "CANCELLED by 0"

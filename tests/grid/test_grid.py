@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -518,7 +519,9 @@ def _fake_slurm(tmp_path, monkeypatch, sbatch: str | None) -> Path:
     for name, body in scripts.items():
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(stat.S_IRWXU)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    (bin_dir / "cp").symlink_to(shutil.which("cp"))
+    # this folder alone: a SLURM installed on the machine must not answer instead
+    monkeypatch.setenv("PATH", str(bin_dir))
     return captured
 
 
@@ -589,16 +592,19 @@ def test_status_asks_slurm_about_cells_their_records_cannot_tell(tmp_path, monke
                  started=started, duration_s=5000.0, attempts=2)  # fmt: skip
     (cell_folder(out, elsewhere.id) / ".lock").write_text(json.dumps({"pid": 1, "host": "node7"}))
 
+    folders: list[Path] = []  # each call's PATH
+
     def states(squeue: str, sacct: str | None) -> dict[str, dict]:
-        bin_dir = tmp_path / f"bin{len(list(tmp_path.glob('bin*')))}"
+        bin_dir = tmp_path / f"bin{len(folders)}"
         bin_dir.mkdir()
+        folders.append(bin_dir)
         scripts = {"squeue": f"#!/bin/sh\nprintf '{squeue}'\n"}
         if sacct is not None:
             scripts["sacct"] = f"#!/bin/sh\nprintf '{sacct}'\n"
         for name, body in scripts.items():
             (bin_dir / name).write_text(body)
             (bin_dir / name).chmod(stat.S_IRWXU)
-        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+        monkeypatch.setenv("PATH", str(bin_dir))  # not a SLURM installed on the machine
         return {row["cell"]: row for row in status(out).iter_rows(named=True)}
 
     rows = states("9_0 PENDING\\n9_2 RUNNING\\n", "9_1|CANCELLED by 0\\n")
@@ -614,7 +620,16 @@ def test_status_asks_slurm_about_cells_their_records_cannot_tell(tmp_path, monke
     assert "its SLURM job 9_2 ended (gone)" in rows[elsewhere.id]["error"]
     assert rows[cancelled.id]["state"] == "cancelled"
 
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # not a SLURM machine: records as written
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # not a SLURM machine: as written
+    rows = {row["cell"]: row for row in status(out).iter_rows(named=True)}
+    assert [rows[c.id]["state"] for c in (queued, cancelled, elsewhere)] == [
+        "pending",
+        "pending",
+        "running",
+    ]
+    states("", None)  # squeue failing (no controller reachable): as written too
+    (folders[-1] / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error' >&2\nexit 1\n")
     rows = {row["cell"]: row for row in status(out).iter_rows(named=True)}
     assert [rows[c.id]["state"] for c in (queued, cancelled, elsewhere)] == [
         "pending",

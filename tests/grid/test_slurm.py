@@ -98,9 +98,9 @@ def test_the_readme_commands_on_a_cpu_only_cluster(tmp_path, data_root, monkeypa
         # no accounting daemon: sacct says so, and squeue no longer lists the task
         assert f"its SLURM job {array}_1 ended (gone) before it started" in output
 
-        code, output = _cli(*run, "--wait")  # submits only the unfinished cell
+        code, output = _cli(*run)  # submits only the unfinished cell
         assert code == 0 and "submitted 1 cells" in output, output
-        cluster.wait_idle()
+        cluster.wait_idle()  # (not --wait: a task that never starts would hang the suite)
         table = status(out)
         assert table["state"].to_list() == ["done", "done"], table
         assert read_record(out, first.id)["attempts"] == 1  # never redone
@@ -121,11 +121,13 @@ def test_the_readme_commands_on_a_cpu_only_cluster(tmp_path, data_root, monkeypa
         out = tmp_path / "gpu"
         gpu_run = [out if a == tmp_path / "out" else a for a in run]
         gpu_run[gpu_run.index("--gpus-per-node") + 1] = "1"
-        code, output = _cli(*gpu_run, "--wait")
+        gpu_run += ["--cpus-per-task", "2"]  # this node has 2 CPUs, not a GPU node's 4+
+        code, output = _cli(*gpu_run)
         assert code == 0, output
+        cluster.wait_idle(timeout=300)  # a request the node cannot give would pend for ever
         assert status(out)["state"].to_list() == ["done"]
         script = next((out / "slurm").rglob("*_submission.sh")).read_text()
-        assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --cpus-per-task=4" in script
+        assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --cpus-per-task=2" in script
     finally:
         cluster.stop()
         time.sleep(1)
