@@ -18,9 +18,9 @@ from .loggers import check_loggers
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
-def check_config(config, n_train: int, method_cls) -> None:
-    """Refuse options that cannot work, before anything is written."""
-    check_options(config, method_cls)
+def check_batch(config, n_train: int) -> None:
+    """Refuse a batch larger than the ``n_train`` images pretrained on (after
+    ``check_options``, once the data and its ``data_fraction`` share are known)."""
     if config.batch_size * config.accumulate > n_train:
         raise ConfigError(
             f"--batch-size {config.batch_size} x --accumulate {config.accumulate} exceeds the "
@@ -29,8 +29,9 @@ def check_config(config, n_train: int, method_cls) -> None:
 
 
 def check_options(config, method_cls) -> None:
-    """The checks of ``check_config`` that need no data (a grid file runs them on every
-    cell at ``grid plan``, before any cell runs); ``method_cls`` is the method's class."""
+    """Refuse options that cannot work, before anything is written: every check that needs
+    no data (a grid file runs them on every cell at ``grid plan``, before any cell runs);
+    ``method_cls`` is the method's class."""
     check_size(config.size)
     backbone = get_backbone(config.backbone)
     if method_cls.vit_only and not backbone.vit:

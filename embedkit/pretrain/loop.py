@@ -20,6 +20,7 @@ batch, each rank trains on its slice and the losses gather negatives across rank
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..backbones import create_encoder, patch_size_for
@@ -47,7 +49,7 @@ from ..runs import (
     unreadable_checkpoint,
 )
 from ..utils import resolve_device, stamp, to_jsonable
-from .engine import check_config, check_options, make_fabric, make_optimizer, make_scheduler
+from .engine import check_batch, check_options, make_fabric, make_optimizer, make_scheduler
 from .epoch import EpochLoop, epoch_line
 from .loggers import RunLoggers
 from .monitor import KNNMonitor
@@ -80,10 +82,6 @@ def save_checkpoint(fabric, checkpoint: Path, state: dict) -> None:
 
 def rows_digest(rows) -> str:
     """SHA-256 of the training rows a ``data_fraction`` run chose (int64, in order)."""
-    import hashlib
-
-    import numpy as np
-
     return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
 
 
@@ -112,11 +110,11 @@ def pretrain(
     patch_size = patch_size_for(config.backbone, config.size, config.patch_size)
     train = load_split(config.dataset, "train", config.size, config.data_root, config.download)
     n_split = len(train)
-    check_options(config, method_cls)  # the fraction's range, before it is used
+    check_options(config, method_cls)
     rows = train.pretraining_rows(config.data_fraction, config.seed)
     if len(rows) < n_split:
         train = train.subset(rows)
-    check_config(config, len(train), method_cls)
+    check_batch(config, len(train))
     channels = train.images.shape[-1] if train.images.ndim == 4 else 1
     params = recipe_method_params(config.recipe, config.method, config.method_params, channels)
     hyperparameters = method_config(method_cls, params)
