@@ -41,14 +41,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _munge_answers() -> bool:
+    return subprocess.run(
+        ["munge", "-n"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False
+    ).returncode == 0  # fmt: skip
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"({e.strerror})"
+
+
 def _start_munge() -> None:
-    if MUNGE_SOCKET.exists():
+    """A munged that answers. A socket left by one that has gone (a machine whose /run
+    outlived its processes) is removed first: its existence alone proves nothing."""
+    if _munge_answers():
         return
+    for leftover in ("munge.socket.2", "munge.socket.2.lock", "munged.pid"):
+        (MUNGE_SOCKET.parent / leftover).unlink(missing_ok=True)
     MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
     shutil.chown(MUNGE_SOCKET.parent, "munge", "munge")
     subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=False, timeout=30)
-    if not MUNGE_SOCKET.exists():  # e.g. a log file left owned by root: run it as root
-        subprocess.run(["/usr/sbin/munged", "--force"], check=True, timeout=30)
+    if not _munge_answers():  # e.g. a log file left owned by root: run it as root
+        subprocess.run(["/usr/sbin/munged", "--force"], check=False, timeout=30)
+    if not _munge_answers():
+        raise RuntimeError(
+            "munged does not answer; /var/log/munge/munged.log ends:\n"
+            + _tail(Path("/var/log/munge/munged.log"))
+        )
 
 
 class Cluster:
@@ -118,7 +140,11 @@ class Cluster:
             if state.startswith(("drain", "inval")):
                 self.run("scontrol", "update", f"nodename={self.host}", "state=idle", check=False)
             time.sleep(0.5)
-        raise RuntimeError(f"the node did not come up: sinfo says '{state}'")
+        logs = "\n".join(
+            f"{name} ends:\n{_tail(self.folder / 'log' / name)}"
+            for name in ("slurmctld.log", "slurmd.log")
+        )
+        raise RuntimeError(f"the node did not come up: sinfo says '{state}'\n{logs}")
 
     def stop(self) -> None:
         for name in ("slurmd.pid", "slurmctld.pid"):
