@@ -121,7 +121,12 @@ def run_command_(
         typer.Option("--setup", metavar="LINE", help="Shell line before each task (repeatable)."),
     ] = None,
     wait: Annotated[
-        bool, typer.Option("--wait/--no-wait", help="SLURM: wait for the tasks to finish.")
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="SLURM: wait for the tasks to end; exit 1 unless every cell is done, 2 if "
+            "one can never start.",
+        ),
     ] = False,
     logger: Annotated[
         str,
@@ -136,7 +141,7 @@ def run_command_(
 ) -> None:
     """Run every cell that is not done (finished cells are never redone)."""
     from embedkit.errors import ConfigError
-    from embedkit.grid import Resources, SlurmOptions, run_grid
+    from embedkit.grid import Resources, SlurmOptions, run_grid, status
     from embedkit.grid.runner import count_states
 
     def action():
@@ -172,12 +177,15 @@ def run_command_(
                 f"submitted {len(result)} cells as array job(s) {', '.join(ids) or '-'}; "
                 f"follow them with `embedkit grid status --output {output}`"
             )
-            return
+            if not wait:
+                return
+            result = status(output)
         show_table(result.drop("started"))
         counts = count_states(result)
         print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
         if counts["failed"]:
             print(f"failed cells keep their traceback in {output}/cells/ID/error.txt")
+        if counts["failed"] or counts["cancelled"] or counts["interrupted"]:
             raise typer.Exit(1)  # a script running the grid must see that it did not finish
 
     run_command(debug, action)
@@ -187,7 +195,8 @@ def run_command_(
 def status_command(
     output: OutputOpt, config_file: ConfigOpt = None, debug: DebugOpt = False
 ) -> None:
-    """One line per cell: state (pending, running, done, failed), progress, time, error."""
+    """One line per cell: state (pending, running, done, failed; on SLURM also cancelled,
+    interrupted, blocked), progress, time, error."""
     from embedkit.grid import status
     from embedkit.grid.runner import count_states
 

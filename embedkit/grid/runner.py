@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -147,6 +148,13 @@ def _pending(output: Path, cells: list[Cell]) -> list[Cell]:
         if state == "running":
             log.info("cell %s (%s) is running elsewhere: skipped", cell.id, cell.label)
             continue
+        if state == "blocked":
+            log.warning("cell %s (%s): %s", cell.id, cell.label, records[cell.id]["error"])
+            continue
+        if records[cell.id].get("queued"):  # submitted before, its job still waits its turn
+            job = records[cell.id]["job_id"]
+            log.info("cell %s (%s) is queued as SLURM job %s: skipped", cell.id, cell.label, job)
+            continue
         todo.append(cell)
     return todo
 
@@ -181,8 +189,7 @@ def run_grid(
     if executor == "slurm":
         submitted = submit_slurm(output, todo, resources, slurm, cluster=slurm_cluster)
         if wait:
-            for job in submitted:
-                job.wait()
+            wait_for_cells(output, todo, submitted)
         return submitted
     if jobs == 1:
         for index, cell in enumerate(todo, 1):
@@ -194,6 +201,40 @@ def run_grid(
     else:
         _run_parallel(output, todo, resources, jobs)
     return status(output)
+
+
+# a cell in one of these states has nothing left to wait for
+ENDED = ("done", "failed", "cancelled", "interrupted")
+
+
+def wait_for_cells(output: Path, cells: list[Cell], submitted: list, poll_s: float = 5.0):
+    """Until every cell of ``cells`` (submitted as ``submitted``) has ended, by the cells'
+    records and SLURM's view of their jobs (``scheduler.with_scheduler``): done, failed,
+    cancelled before it started, or interrupted. A requeued cell is waited for; a cell
+    whose job can never start (``blocked``) ends the wait with a ``RunError``. Without
+    ``squeue`` (submitit's local executor) the jobs are waited for instead."""
+    if shutil.which("squeue") is None:
+        for job in submitted:
+            job.wait()
+        return
+    said = None
+    while True:
+        records = with_scheduler({cell.id: cell_state(output, cell.id) for cell in cells})
+        blocked = [(c, records[c.id]) for c in cells if records[c.id]["state"] == "blocked"]
+        if blocked:
+            cell, record = blocked[0]
+            raise RunError(f"cell {cell.id} ({cell.label}): {record['error']}")
+        counts: dict[str, int] = {}
+        for record in records.values():
+            key = "queued" if record.get("queued") else record["state"]
+            counts[key] = counts.get(key, 0) + 1
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        if summary != said:
+            log.info("waiting for %d cells: %s", len(cells), summary)
+            said = summary
+        if all(r["state"] in ENDED for r in records.values()):
+            return
+        time.sleep(poll_s)
 
 
 def _gpu_count() -> int:
@@ -252,4 +293,5 @@ def run_saved_cell(output: str | os.PathLike, cell_id: str, resources: Resources
 
 def count_states(table: pl.DataFrame) -> dict[str, int]:
     counts = dict(table.group_by("state").len().iter_rows())
-    return {state: counts.get(state, 0) for state in (*STATES, "interrupted", "cancelled")}
+    shown = (*STATES, "interrupted", "cancelled", "blocked")
+    return {state: counts.get(state, 0) for state in shown}

@@ -8,6 +8,11 @@ task is cancelled, preempted or killed on another node while it runs (the record
 attempt starts after a requeue (the record's time is the previous attempt's). ``squeue``
 (and ``sacct`` where the cluster keeps accounting) answer for the jobs the records name.
 Without either command (a grid run locally) the records are taken as they are.
+
+A queued job can also wait for ever: SLURM keeps a job whose request no node of its
+partition can satisfy pending, with a reason (``PartitionConfig``, seen on a 2-CPU node
+asked for 4 CPUs a task) rather than refusing it. Such a cell reads ``blocked`` with
+squeue's reason, and ``grid run --wait`` gives up on it.
 """
 
 from __future__ import annotations
@@ -18,11 +23,29 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 # SLURM job states in which the job may still run: anything else has ended
 LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 LIVE |= {"REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
+
+
+# squeue's reasons for a pending job that no wait will start (SLURM's "JOB REASON CODES"):
+# the request exceeds what the partition's nodes, time limit or the account's limits allow
+NEVER_STARTS = {
+    "PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit",
+    "InvalidAccount", "InvalidQOS", "DependencyNeverSatisfied", "QOSMaxWallDurationPerJobLimit",
+    "AssocMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob",
+    "QOSMaxMemoryPerJob", "QOSMaxNodePerJobLimit", "AssocMaxCpuPerJobLimit",
+    "AssocMaxNodePerJobLimit", "AssocMaxGRESPerJob", "AssocMaxMemPerJob",
+}  # fmt: skip
+
+
+class Job(NamedTuple):
+    """A job as SLURM reports it: its state and, while it pends, squeue's reason."""
+
+    state: str
+    reason: str = ""
 
 
 def _run(command: list[str]) -> str | None:
@@ -34,29 +57,30 @@ def _run(command: list[str]) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def job_states(job_ids: Iterable[str]) -> dict[str, str] | None:
-    """SLURM's state of each job id (``JOB`` or ``JOB_TASK``): ``squeue`` for the jobs in the
-    queue, ``sacct`` for the others; a job neither knows is left out (it ended long ago).
-    None where it cannot be known: no ``squeue`` (not a SLURM machine), ``squeue`` failing
-    (its controller out of reach), or nothing to ask."""
+def job_states(job_ids: Iterable[str]) -> dict[str, Job] | None:
+    """SLURM's view of each job id (``JOB`` or ``JOB_TASK``): ``squeue`` for the jobs in the
+    queue (with its reason), ``sacct`` for the others; a job neither knows is left out (it
+    ended long ago). None where it cannot be known: no ``squeue`` (not a SLURM machine),
+    ``squeue`` failing (its controller out of reach), or nothing to ask."""
     wanted = {str(j) for j in job_ids if j}
     if not wanted or shutil.which("squeue") is None:
         return None
-    queue = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"])
+    queue = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T %r"])
     if queue is None:
         return None
-    states: dict[str, str] = {}
+    states: dict[str, Job] = {}
     for line in queue.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in wanted:
-            states[parts[0]] = parts[1]
+        parts = line.split(maxsplit=2)
+        if len(parts) >= 2 and parts[0] in wanted:
+            reason = parts[2].strip() if len(parts) == 3 and parts[1] == "PENDING" else ""
+            states[parts[0]] = Job(parts[1], reason)
     rest = sorted(wanted - set(states))
     if rest and shutil.which("sacct") is not None:
         listing = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(rest)])
         for line in (listing or "").splitlines():
             job, _, state = line.partition("|")
             if job in wanted and job not in states:
-                states[job] = state.split()[0] if state else ""  # "CANCELLED by 0"
+                states[job] = Job(state.split()[0] if state else "")  # "CANCELLED by 0"
     return states
 
 
@@ -64,14 +88,17 @@ def with_scheduler(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     """``records`` (cell id -> ``cell_state``) corrected by SLURM's view of their jobs:
 
     - a ``pending`` cell whose job ended without starting it reads ``cancelled``;
+    - a ``pending`` cell whose job waits for a reason no wait removes (``NEVER_STARTS``)
+      reads ``blocked``, with the reason; one still queued keeps ``queued: True``;
     - a ``running`` cell on another host whose job is no longer live reads ``interrupted``
-      (the next ``grid run`` continues it);
+      (the next ``grid run`` continues it); an ``interrupted`` one whose job is still live
+      (requeued) reads ``pending`` and queued;
     - a ``running`` cell's time is that of its current attempt.
     """
     asked = [
         r["job_id"]
         for r in records.values()
-        if r.get("job_id") and r.get("state") in ("pending", "running")
+        if r.get("job_id") and r.get("state") in ("pending", "running", "interrupted")
     ]
     states = job_states(asked)
     now = dt.datetime.now(dt.timezone.utc)
@@ -79,13 +106,30 @@ def with_scheduler(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     out = {}
     for cell_id, record in records.items():
         record = dict(record)
-        state = None if states is None else states.get(str(record.get("job_id")))
+        job = None if states is None else states.get(str(record.get("job_id")))
+        state = job.state if job else None
         ended = states is not None and state not in LIVE  # unknown to both: ended long ago
-        if record.get("state") == "pending" and record.get("job_id") and ended:
-            record["state"] = "cancelled"
-            record["error"] = (
-                f"its SLURM job {record['job_id']} ended ({state or 'gone'}) before it started"
-            )
+        if record.get("state") == "pending" and record.get("job_id") and states is not None:
+            if ended:
+                record["state"] = "cancelled"
+                ended_as = state or "gone"
+                record["error"] = (
+                    f"its SLURM job {record['job_id']} ended ({ended_as}) before it started"
+                )
+            elif job.reason in NEVER_STARTS:
+                record["state"] = "blocked"
+                record["error"] = (
+                    f"its SLURM job {record['job_id']} cannot start ({job.reason}): the "
+                    "partition cannot give what it asks (see --cpus-per-task, --mem-gb, "
+                    f"--gpus-per-node, --time-min); `scancel {record['job_id']}`, then run "
+                    "again with less"
+                )
+            else:
+                record["queued"] = True
+        elif record.get("state") == "interrupted" and state in LIVE:
+            # killed on this host, and its job requeued: it runs again when its turn comes
+            record.update(state="pending", queued=True)
+            record["error"] = f"requeued as SLURM job {record['job_id']}"
         elif record.get("state") == "running":
             if record.get("host") not in (None, here) and record.get("job_id") and ended:
                 record["state"] = "interrupted"

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import stat
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from embedkit.grid import (
     run_grid,
     status,
 )
-from embedkit.grid.cells import read_record, run_folder
+from embedkit.grid.cells import read_record, run_folder, write_record
 from embedkit.grid.paper import finding_ssl_vs_random, paper_claims
 from embedkit.grid.runner import prepare_output
 
@@ -579,7 +580,7 @@ def test_status_asks_slurm_about_cells_their_records_cannot_tell(tmp_path, monke
     ``squeue`` (a local grid) the records stand as written."""
     import datetime as dt
 
-    from embedkit.grid.cells import cell_folder, write_record
+    from embedkit.grid.cells import cell_folder
     from embedkit.grid.runner import _pending
 
     spec = parse_grid(MINI.replace('["simclr"]', '["simclr", "vicreg", "mocov2"]'), "mini")
@@ -613,7 +614,8 @@ def test_status_asks_slurm_about_cells_their_records_cannot_tell(tmp_path, monke
     assert "ended (CANCELLED) before it started" in rows[cancelled.id]["error"]
     assert rows[elsewhere.id]["state"] == "running"
     assert 85 <= rows[elsewhere.id]["time_s"] < 200  # this attempt's, not the last one's 5000
-    assert [c.id for c in _pending(out, expand(spec))] == [queued.id, cancelled.id]
+    # a re-run submits the cancelled cell again, never the one whose job still waits
+    assert [c.id for c in _pending(out, expand(spec))] == [cancelled.id]
 
     rows = states("9_0 PENDING\\n", None)  # the job on node7 left the queue; no accounting
     assert rows[elsewhere.id]["state"] == "interrupted"
@@ -636,6 +638,47 @@ def test_status_asks_slurm_about_cells_their_records_cannot_tell(tmp_path, monke
         "pending",
         "running",
     ]
+
+
+def test_a_job_no_wait_starts_is_blocked_and_ends_the_wait(tmp_path, monkeypatch):
+    """squeue's reason for a pending job: ``PartitionConfig`` (more than the partition's
+    nodes have) makes the cell ``blocked`` with advice, skipped by a re-run and fatal to
+    ``--wait``; ``Priority`` only queues it. A cell killed on this host whose job SLURM
+    requeued is waited for, not resubmitted."""
+    from embedkit.errors import RunError
+    from embedkit.grid.runner import _pending, count_states, wait_for_cells
+
+    spec = parse_grid(MINI.replace('["simclr"]', '["simclr", "vicreg", "mocov2"]'), "mini")
+    out = prepare_output(spec, tmp_path / "out")
+    cells = expand(spec)
+    waiting, blocked, requeued = cells
+    write_record(out, waiting, state="pending", job_id="9_0")
+    write_record(out, blocked, state="pending", job_id="9_1")
+    write_record(out, requeued, state="running", job_id="9_2", host=socket.gethostname(),
+                 pid=2**22 + 1, started="2026-01-01T00:00:00+00:00")  # fmt: skip
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text(
+        "#!/bin/sh\nprintf '9_0 PENDING Priority\\n9_1 PENDING PartitionConfig\\n"
+        "9_2 PENDING BeginTime\\n'\n"
+    )
+    squeue.chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    rows = {row["cell"]: row for row in status(out).iter_rows(named=True)}
+    assert [rows[c.id]["state"] for c in cells] == ["pending", "blocked", "pending"]
+    assert "job 9_1 cannot start (PartitionConfig)" in rows[blocked.id]["error"]
+    assert "`scancel 9_1`" in rows[blocked.id]["error"]
+    assert rows[requeued.id]["error"] == "requeued as SLURM job 9_2"
+    assert count_states(status(out))["blocked"] == 1
+    assert _pending(out, cells) == []  # nothing submitted twice
+    with pytest.raises(RunError, match=r"cannot start \(PartitionConfig\)"):
+        wait_for_cells(out, cells, [], poll_s=0.01)
+    # once every job has left the queue (no accounting: 'gone') the wait ends
+    squeue.write_text("#!/bin/sh\n")
+    wait_for_cells(out, cells, [], poll_s=0.01)
+    states = [row["state"] for row in status(out).iter_rows(named=True)]
+    assert states == ["cancelled", "cancelled", "interrupted"]
 
 
 def test_a_failed_cell_fails_its_slurm_task(tmp_path, monkeypatch):
@@ -836,7 +879,6 @@ def test_a_cell_finished_by_another_process_is_not_redone(tmp_path, monkeypatch)
     """Two `grid run`s list the same pending cell; the second takes the lock after the first
     finished it: it reads the state again under the lock and leaves the cell alone."""
     import embedkit.grid.execute as execute
-    from embedkit.grid.cells import write_record
 
     (cell,) = expand(parse_grid(MINI))
     out = tmp_path / "out"
