@@ -165,6 +165,7 @@ class Cluster:
             "AccountingStoragePort": dbd_port,
             "GresTypes": "gpu",
             "MinJobAge": 300,
+            "SchedulerParameters": "sched_interval=5",  # a requeued task starts in seconds
             "KillWait": 3,  # submitit ignores SIGTERM: SIGKILL 3 s later, not 30
             "NodeName": f"{self.host} CPUs={os.cpu_count()} RealMemory={memory} Gres=gpu:1",
             "PartitionName": "debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",

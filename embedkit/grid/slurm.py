@@ -3,6 +3,14 @@
 A task that SLURM preempts, or whose time limit nears, is requeued by submitit (it calls
 ``CellTask.checkpoint``) and continues from the cell's checkpoints. Cells with several GPUs
 run one task per GPU; Lightning Fabric reads SLURM's environment for the DDP set-up.
+
+Time limits: SLURM signals the task ``signal_delay_s`` before its limit (90 s, a quarter
+of the limit for limits under 6 minutes, so that a short limit does not signal at once),
+and the task is requeued for as long as each attempt saves progress (a checkpoint, an
+embedded chunk, a result). An attempt that saved nothing before its limit ends the cell as
+failed with the advice to raise ``--time-min``: requeueing it would repeat the same attempt
+for ever. (submitit's own cap of 3 time-outs is lifted: a long cell with a short limit
+needs more, and this rule ends the futile ones.)
 """
 
 from __future__ import annotations
@@ -11,13 +19,14 @@ import contextlib
 import io
 import logging
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RunError
 from ..utils import stamp
-from .cells import Cell, write_record
+from .cells import Cell, cell_folder, read_record, run_folder, store_path, write_record
 from .execute import Resources, run_cell
 
 log = logging.getLogger(__name__)
@@ -60,21 +69,88 @@ class CellTask:
     """The callable an array task runs: one cell, requeued from its checkpoint (submitit
     calls ``checkpoint`` when SLURM preempts the task or its time limit nears)."""
 
-    def __init__(self, output: str, cell: dict[str, Any], resources: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        output: str,
+        cell: dict[str, Any],
+        resources: dict[str, Any],
+        time_min: float | None = None,
+    ) -> None:
         self.output, self.cell, self.resources = output, cell, resources
+        self.time_min = time_min
+        self._started: float | None = None
+        self._saved: tuple | None = None
+        self._futile = False
 
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="embedkit: %(message)s")
         cell = Cell.from_json(self.cell)
+        self._started, self._saved = time.time(), saved_progress(Path(self.output), cell)
         record = run_cell(Path(self.output), cell, Resources(**self.resources))
+        if self._futile:  # the limit ended an attempt that saved nothing: say what to do
+            record = write_record(
+                Path(self.output),
+                cell,
+                state="failed",
+                error=f"its time limit (--time-min {self.time_min:g}) ended an attempt that "
+                "saved no progress (no checkpoint, chunk or result): run it again with a "
+                "longer --time-min",
+            )
         if record.get("state") == "failed":  # the task fails too: SLURM says FAILED
             raise RunError(f"cell {cell.id} ({cell.label}) failed: {record.get('error')}")
         return record
 
+    def timed_out(self) -> bool:
+        """Whether this attempt ran into its time limit rather than being preempted: SLURM
+        signals ``signal_delay_s`` before the limit, up to a minute early (its resolution)."""
+        if self.time_min is None or self._started is None:
+            return False
+        limit = self.time_min * 60
+        return time.time() - self._started >= limit - signal_delay_s(self.time_min) - 75
+
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(CellTask(self.output, self.cell, self.resources))
+        if self._started is not None and self.timed_out():
+            cell = Cell.from_json(self.cell)
+            if saved_progress(Path(self.output), cell) == self._saved:
+                log.warning("cell %s: time limit reached with no progress saved", cell.id)
+                self._futile = True
+                return None  # submitit does not requeue it
+        return submitit.helpers.DelayedSubmission(
+            CellTask(self.output, self.cell, self.resources, self.time_min)
+        )
+
+
+def signal_delay_s(time_min: float) -> int:
+    """How long before the time limit SLURM signals a task: submitit's 90 s, a quarter of
+    the limit for limits under 6 minutes (else a short limit would signal at once)."""
+    return int(min(90, time_min * 15))
+
+
+# what grows as logs rather than as saved progress
+_LOGS = {"metrics.jsonl", "log.txt", "cell.json", ".lock", "error.txt"}
+
+
+def saved_progress(output: Path, cell: Cell) -> tuple:
+    """What the attempts of ``cell`` have saved that a new attempt would not redo: its
+    stage, and the files of its pretraining run, store and results (size and time), logs
+    and partial files left out."""
+    files = []
+    for folder in (
+        run_folder(output, cell),
+        store_path(output, cell),
+        cell_folder(output, cell.id),
+    ):
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            if path.name in _LOGS or path.suffix == ".partial" or not path.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                files.append((str(path), info.st_size, info.st_mtime_ns))
+    return read_record(output, cell.id).get("stage"), tuple(sorted(files))
 
 
 def check_slurm_options(options: SlurmOptions) -> None:
@@ -117,13 +193,16 @@ def submit_slurm(
         return []
     folder = output / "slurm"
     before = set(folder.rglob("*")) if folder.is_dir() else set()
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    executor = submitit.AutoExecutor(  # CellTask.checkpoint ends futile requeues, not a count
+        folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=10_000
+    )
     gpus = options.gpus_per_node
     per_gpu = {"gpus_per_node": gpus} if gpus else {}
     memory = {"mem_gb": options.mem_gb} if options.mem_gb else {}
     executor.update_parameters(
         name="embedkit-grid",
         timeout_min=options.time_min,
+        slurm_signal_delay_s=signal_delay_s(options.time_min),
         nodes=options.nodes,
         tasks_per_node=max(1, gpus),
         cpus_per_task=options.cpus_per_task or (4 if gpus else 2),
@@ -145,7 +224,9 @@ def submit_slurm(
         num_nodes=options.nodes if on_slurm else 1,
         loggers=resources.loggers,
     )
-    job_tasks = [CellTask(str(output), c.to_json(), asdict(per_task)) for c in cells]
+    job_tasks = [
+        CellTask(str(output), c.to_json(), asdict(per_task), options.time_min) for c in cells
+    ]
     try:  # submitit prints sbatch's stderr itself: it goes into the one-line error instead
         with contextlib.redirect_stderr(io.StringIO()), executor.batch():
             jobs = [executor.submit(task) for task in job_tasks]

@@ -694,6 +694,45 @@ def test_a_failed_cell_fails_its_slurm_task(tmp_path, monkeypatch):
     assert task() == {"state": "done"}
 
 
+def test_a_time_limit_requeues_while_attempts_save_progress(tmp_path, monkeypatch):
+    """At its time limit a task is requeued if the attempt saved something (a checkpoint,
+    not a log line); one that saved nothing ends the cell as failed with the advice to
+    raise --time-min, instead of repeating the same attempt for ever. A preemption (the
+    signal long before the limit) is always requeued."""
+    import time
+
+    import submitit
+
+    from embedkit.errors import RunError
+    from embedkit.grid import slurm
+
+    out = tmp_path / "out"
+    cell = expand(parse_grid(MINI, "mini"))[0]
+    run = run_folder(out, cell)
+    run.mkdir(parents=True)
+    write_record(out, cell, state="running", stage="pretrain")
+    assert slurm.signal_delay_s(24 * 60) == 90 and slurm.signal_delay_s(2) == 30
+    task = slurm.CellTask(str(out), cell.to_json(), {}, time_min=2)
+
+    def attempt(elapsed_s: float, saves: bool):
+        task._started = time.time() - elapsed_s
+        task._saved, task._futile = slurm.saved_progress(out, cell), False
+        with (run / "metrics.jsonl").open("a") as f:
+            f.write('{"step": 1}\n')  # a log grows in any attempt: not progress
+        if saves:
+            (run / "last.ckpt").write_bytes(os.urandom(64 + len(task._saved[1])))
+        return task.checkpoint()
+
+    assert isinstance(attempt(100, saves=True), submitit.helpers.DelayedSubmission)
+    assert isinstance(attempt(5, saves=False), submitit.helpers.DelayedSubmission)  # preempted
+    assert attempt(100, saves=False) is None and task._futile  # not requeued
+    monkeypatch.setattr(slurm, "run_cell", lambda *a: attempt(100, saves=False) or {})
+    with pytest.raises(RunError, match=r"time limit \(--time-min 2\) ended an attempt"):
+        task()
+    record = read_record(out, cell.id)
+    assert record["state"] == "failed" and "longer --time-min" in record["error"]
+
+
 def test_an_array_task_records_the_id_scancel_takes(monkeypatch):
     from embedkit.grid.execute import slurm_job_id
 

@@ -45,32 +45,39 @@ def _cli(*args):
     return result.exit_code, result.output
 
 
-def _interrupted_after_first_epoch(cluster, tmp_path, run, name, interrupt) -> None:
-    """A one-cell grid of 8 epochs whose job gets ``interrupt JOB`` after its first
-    checkpoint: the cell ends done on a second attempt whose steps follow the first's."""
-    longer = GRID.replace('"slurm-mini"', f'"slurm-{name}"').replace("epochs = 1", "epochs = 8")
+def _interrupted_after_first_epoch(
+    cluster, tmp_path, run, name, interrupt, epochs: int = 8
+) -> None:
+    """A one-cell grid of ``epochs`` whose job gets ``interrupt JOB`` after its first
+    checkpoint (None: ``--time-min 2`` interrupts it): the cell ends done on later attempts
+    whose steps follow the first's."""
+    longer = GRID.replace('"slurm-mini"', f'"slurm-{name}"')
+    longer = longer.replace("epochs = 1", f"epochs = {epochs}")
     longer = longer.replace("batch_size = 100", "batch_size = 50")  # long enough to catch
     longer = longer.replace('["simclr", "supervised"]', '["simclr"]')
     grid = tmp_path / f"{name}.toml"
     grid.write_text(longer)
     out = tmp_path / name
     args = [grid if a == tmp_path / "grid.toml" else a for a in run]
-    code, output = _cli(*[out if a == tmp_path / "out" else a for a in args])
+    args = [out if a == tmp_path / "out" else a for a in args]
+    code, output = _cli(*args, *(() if interrupt else ("--time-min", "2")))
     assert code == 0, output
     (cell,) = expand(parse_grid(longer))
     job = read_record(out, cell.id)["job_id"]
     run_json = out / "runs" / cell.encoder_id / "run.json"
-    deadline = time.time() + 300
-    while not (run_json.is_file() and json.loads(run_json.read_text())["epochs_done"] >= 1):
-        assert time.time() < deadline, cluster.run("squeue", check=False)
-        time.sleep(0.5)
-    cluster.run(*interrupt, job)
-    cluster.wait_idle()
+    if interrupt:
+        deadline = time.time() + 300
+        while not (run_json.is_file() and json.loads(run_json.read_text())["epochs_done"] >= 1):
+            assert time.time() < deadline, cluster.run("squeue", check=False)
+            time.sleep(0.5)
+        cluster.run(*interrupt, job)
+    cluster.wait_idle(timeout=900)
     record = read_record(out, cell.id)
-    assert record["state"] == "done" and record["attempts"] == 2, (name, record)
+    assert record["state"] == "done", (name, record)
+    assert record["attempts"] == 2 if interrupt else record["attempts"] >= 2, (name, record)
     lines = (out / "runs" / cell.encoder_id / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in lines]
-    assert steps == list(range(8 * (1200 // 50))), name  # continued, not redone
+    assert steps == list(range(epochs * (1200 // 50))), name  # continued, not redone
 
 
 @pytest.mark.slow
@@ -131,6 +138,10 @@ def test_the_readme_commands_on_a_cpu_only_cluster(tmp_path, data_root, monkeypa
             ("preempt", ["scancel", "--signal=USR2"]),
         ):
             _interrupted_after_first_epoch(cluster, tmp_path, run, name, interrupt)
+
+        # a real time limit: 2 minutes (signalled 30 s before) for a cell of several; each
+        # attempt is requeued from its last checkpoint until the cell is done
+        _interrupted_after_first_epoch(cluster, tmp_path, run, "limit", None, epochs=30)
 
         # a GPU cluster's request (--gpus-per-node 1, the default) is accepted and runs
         gpu_grid = GRID.replace('"slurm-mini"', '"slurm-gpu"')
