@@ -158,6 +158,28 @@ def _create(spec: BackboneSpec, image_size: int, patch_size: int, tag: str | Non
     return model
 
 
+def check_init(name: str, init: str) -> None:
+    """Refuse an init that ``create_encoder`` cannot give backbone ``name``, before anything
+    is built (``grid plan`` checks every cell's this way).
+
+    Raises:
+        ConfigError: timm's pretrained weights for a small-stem ResNet.
+        WeightsUnavailableError: neither ``random``, ``imagenet``, ``timm:TAG`` nor a file.
+    """
+    spec = get_backbone(name)
+    pretrained = init == "imagenet" or init.startswith("timm:")
+    if pretrained and spec.small_stem:
+        raise ConfigError(
+            f"{name} has a 3x3 stem that timm's {init} weights do not fit: use "
+            f"{spec.timm_name} for pretrained initialisation"
+        )
+    if not pretrained and init != "random" and not Path(init).expanduser().is_file():
+        raise WeightsUnavailableError(
+            f"--init '{init}' is neither 'random', 'imagenet', 'timm:TAG' nor an existing "
+            f"weights file"
+        )
+
+
 def create_encoder(
     name: str, init: str = "random", image_size: int = 224, patch_size: int = 0
 ) -> Encoder:
@@ -181,22 +203,13 @@ def create_encoder(
     """
     spec = get_backbone(name)
     patch = patch_size_for(name, image_size, patch_size)
+    check_init(name, init)
     tag = {"random": None, "imagenet": spec.imagenet_tag}.get(init)
     if init.startswith("timm:"):
         tag = init.removeprefix("timm:")
-    if tag is not None and spec.small_stem:
-        raise ConfigError(
-            f"{name} has a 3x3 stem that timm's {init} weights do not fit: use "
-            f"{spec.timm_name} for pretrained initialisation"
-        )
     if init in ("random", "imagenet") or init.startswith("timm:"):
         return Encoder(_create(spec, image_size, patch, tag), name, patch)
     path = Path(init).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"--init '{init}' is neither 'random', 'imagenet', 'timm:TAG' nor an existing "
-            f"weights file"
-        )
     encoder = Encoder(_create(spec, image_size, patch, None), name, patch)
     state = backbone_keys(load_state_dict(path))
     missing, _ = encoder.backbone.load_state_dict(state, strict=False)

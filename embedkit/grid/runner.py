@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from ..errors import ConfigError, RunError
+from ..errors import ConfigError, EmbedkitError, RunError
 from ..utils import stamp, write_json
 from .cells import (
     STATES,
@@ -159,6 +159,19 @@ def _pending(output: Path, cells: list[Cell]) -> list[Cell]:
     return todo
 
 
+def check_weights(cells: list[Cell]) -> None:
+    """Every weights file the cells start from exists, before any is run or submitted
+    (``grid plan`` leaves files out: a preset is planned before its files are fetched)."""
+    from ..backbones import check_init
+
+    for cell in cells:
+        encoder = cell.encoder.get("pretrain", cell.encoder)
+        try:
+            check_init(encoder["backbone"], encoder["init"])
+        except EmbedkitError as exc:
+            raise ConfigError(f"cell {cell.label}: {exc}") from None
+
+
 def run_grid(
     spec: GridSpec,
     output: str | os.PathLike,
@@ -179,8 +192,9 @@ def run_grid(
     if executor == "slurm":
         check_slurm_options(slurm)
     spec, absent = restrict_to_data(spec, resources.data_root)
-    output = prepare_output(spec, output, absent, modalities(spec, resources.data_root))
     cells = expand(spec)
+    check_weights([c for c in cells if read_record(Path(output), c.id).get("state") != "done"])
+    output = prepare_output(spec, output, absent, modalities(spec, resources.data_root))
     todo = _pending(output, cells)
     for cell in todo:  # every cell's configuration is on disk before anything runs
         if not read_record(output, cell.id):

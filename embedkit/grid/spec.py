@@ -44,7 +44,7 @@ from ..configs import RECIPES, PretrainConfig, ProbeConfig
 from ..data import DATASETS, GROUPS, SIZES, components
 from ..data.custom import USER_NAME
 from ..data.registry import registered
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, EmbedkitError, UnknownNameError
 from ..methods import METHODS, get_method, method_config
 from ..utils import stable_hash
 
@@ -434,7 +434,13 @@ def load_grid(path: str | os.PathLike | None = None, preset: str | None = None) 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"grid file {path} does not exist")
-    return parse_grid(path.read_text(), str(path), base=path.parent)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"grid file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
+    return parse_grid(text, str(path), base=path.parent)
 
 
 def presets() -> list[str]:
@@ -442,12 +448,32 @@ def presets() -> list[str]:
 
 
 def resolve_init(spec: GridSpec, init: str, backbone: str) -> str:
-    """An init axis value as ``create_encoder`` takes it (aliases and relative paths)."""
+    """An init axis value as ``create_encoder`` takes it (aliases and relative paths),
+    checked as far as a plan can: pretrained weights a backbone cannot take, and a bare
+    name that is no init (``inits = ["x"]``) are refused; whether a weights file exists is
+    checked when the grid runs (``check_weights``), so that a preset can be planned before
+    its files are fetched."""
+    from ..backbones import check_init
+
+    alias = init
     if init in spec.inits:
         init = spec.inits[init][backbone]
-    if init in ("random", "imagenet") or init.startswith("timm:"):
-        return init
-    return str((Path(spec.base) / init).resolve())
+    where = f"inits.{alias}.{backbone}" if alias in spec.inits else "inits"
+    pretrained = init in ("random", "imagenet") or init.startswith("timm:")
+    if not pretrained and "/" not in init and not Path(init).suffix:
+        raise _error(
+            spec.origin,
+            where,
+            f"'{init}' is neither random, imagenet, timm:TAG, a weights file (a path) nor "
+            f"an alias of the grid's [inits] table ({', '.join(spec.inits) or 'none'})",
+        )
+    if not pretrained:
+        return str((Path(spec.base) / Path(init).expanduser()).resolve())
+    try:
+        check_init(backbone, init)
+    except EmbedkitError as exc:
+        raise _error(spec.origin, where, f"'{alias}' for {backbone}: {exc}") from None
+    return init
 
 
 def _matches(rule: dict[str, Any], axes: dict[str, Any]) -> bool:

@@ -300,6 +300,16 @@ def test_bad_config_files_are_one_line(tmp_path, name, text, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_grid_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_bytes(b'name = "caf\xe9"\n')
+    result = runner.invoke(app, ["grid", "plan", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (
+        result.stderr == f"error: grid file {path} is not UTF-8 text (byte 11): save it as UTF-8\n"
+    )
+
+
 def test_download_fetches_what_is_missing_and_datasets_says_how(tmp_path, monkeypatch):
     import embedkit.data.loading as loading
 

@@ -208,12 +208,25 @@ def test_a_changed_parameter_changes_only_its_cells():
             ("epochs = 2", 'epochs = 2\nexclude = [{ method = "simclr" }]'),
             "the rules exclude every pretraining cell",
         ),
+        (('inits = ["random"]', 'inits = ["x"]'), "inits: 'x' is neither random, imagenet"),
+        (  # no bare names in baselines either
+            ("", "", '\n[baselines]\ninits = ["imagenet1k"]\n'),
+            "inits: 'imagenet1k' is neither random, imagenet, timm:TAG",
+        ),
+        (  # timm's weights do not fit the small-stem ResNet: refused before it runs
+            ('inits = ["random"]', 'inits = ["imagenet"]', "", 'resnet18"]', 'resnet18_cifar"]'),
+            "resnet18_cifar has a 3x3 stem that timm's imagenet weights do not fit",
+        ),
     ],
 )
 def test_bad_grid_files_are_one_line(tmp_path, edit, message):
     grid = tmp_path / "grid.toml"
     old, new, *appended = edit
-    grid.write_text(MINI.replace(old, new, 1) + "".join(appended))
+    text = MINI.replace(old, new, 1)
+    if len(appended) == 3:  # a second replacement
+        appended, (old, new) = appended[:1], appended[1:]
+        text = text.replace(old, new, 1)
+    grid.write_text(text + "".join(appended))
     code, output = _cli("grid", "plan", grid)
     assert code == 2, output
     lines = output.strip().splitlines()
@@ -692,6 +705,19 @@ def test_a_failed_cell_fails_its_slurm_task(tmp_path, monkeypatch):
         task()  # a non-zero exit: SLURM marks the task FAILED, not COMPLETED
     monkeypatch.setattr(slurm, "run_cell", lambda *a: {"state": "done"})
     assert task() == {"state": "done"}
+
+
+def test_a_missing_weights_file_is_planned_but_not_run(tmp_path, data_root):
+    """A weights file is looked for when the grid runs, not when it is planned (a preset
+    names files the user fetches later); relative to the grid file; nothing is written."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(MINI.replace('inits = ["random"]', 'inits = ["weights/enc.safetensors"]', 1))
+    code, output = _cli("grid", "plan", grid)
+    assert code == 0, output
+    code, output = _cli("grid", "run", grid, "--output", tmp_path / "out", "--data-root", data_root)
+    assert code == 2 and "Traceback" not in output, output
+    assert f"--init '{tmp_path / 'weights' / 'enc.safetensors'}' is neither" in output
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_time_limit_requeues_while_attempts_save_progress(tmp_path, monkeypatch):
