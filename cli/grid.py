@@ -195,8 +195,8 @@ def run_command_(
 def status_command(
     output: OutputOpt, config_file: ConfigOpt = None, debug: DebugOpt = False
 ) -> None:
-    """One line per cell: state (pending, running, done, failed; on SLURM also cancelled,
-    interrupted, blocked), progress, time, error."""
+    """One line per cell: state (pending, running, done, failed; on SLURM also queued,
+    cancelled, interrupted, blocked), progress, time, error."""
     from embedkit.grid import status
     from embedkit.grid.runner import count_states
 

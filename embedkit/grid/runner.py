@@ -112,7 +112,10 @@ def _progress(output: Path, cell: Cell, record: dict[str, Any]) -> str:
 
 
 def status(output: str | os.PathLike) -> pl.DataFrame:
-    """One row per cell of the grid saved in ``output``: state, progress, time, error."""
+    """One row per cell of the grid saved in ``output``: state, progress, time, error. On
+    SLURM a submitted cell whose job waits its turn reads ``queued`` (``pending``: not
+    submitted, or not known to SLURM), besides ``blocked``, ``cancelled`` and
+    ``interrupted`` (``scheduler.with_scheduler``)."""
     output = Path(output)
     _, cells = read_output(output)
     records = with_scheduler({cell.id: cell_state(output, cell.id) for cell in cells})
@@ -124,7 +127,7 @@ def status(output: str | os.PathLike) -> pl.DataFrame:
             {
                 "cell": cell.id,
                 "label": cell.label,
-                "state": record.get("state", "pending"),
+                "state": "queued" if record.get("queued") else record.get("state", "pending"),
                 "progress": _progress(output, cell, record),
                 "attempts": record.get("attempts", 0),
                 "time_s": record.get("duration_s"),
@@ -307,5 +310,5 @@ def run_saved_cell(output: str | os.PathLike, cell_id: str, resources: Resources
 
 def count_states(table: pl.DataFrame) -> dict[str, int]:
     counts = dict(table.group_by("state").len().iter_rows())
-    shown = (*STATES, "interrupted", "cancelled", "blocked")
+    shown = (*STATES, "queued", "interrupted", "cancelled", "blocked")
     return {state: counts.get(state, 0) for state in shown}

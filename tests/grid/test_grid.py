@@ -622,7 +622,7 @@ def test_status_asks_slurm_about_cells_their_records_cannot_tell(tmp_path, monke
         return {row["cell"]: row for row in status(out).iter_rows(named=True)}
 
     rows = states("9_0 PENDING\\n9_2 RUNNING\\n", "9_1|CANCELLED by 0\\n")
-    assert rows[queued.id]["state"] == "pending"
+    assert rows[queued.id]["state"] == "queued"
     assert rows[cancelled.id]["state"] == "cancelled"
     assert "ended (CANCELLED) before it started" in rows[cancelled.id]["error"]
     assert rows[elsewhere.id]["state"] == "running"
@@ -679,7 +679,7 @@ def test_a_job_no_wait_starts_is_blocked_and_ends_the_wait(tmp_path, monkeypatch
     squeue.chmod(stat.S_IRWXU)
     monkeypatch.setenv("PATH", str(bin_dir))
     rows = {row["cell"]: row for row in status(out).iter_rows(named=True)}
-    assert [rows[c.id]["state"] for c in cells] == ["pending", "blocked", "pending"]
+    assert [rows[c.id]["state"] for c in cells] == ["queued", "blocked", "queued"]
     assert "job 9_1 cannot start (PartitionConfig)" in rows[blocked.id]["error"]
     assert "`scancel 9_1`" in rows[blocked.id]["error"]
     assert rows[requeued.id]["error"] == "requeued as SLURM job 9_2"
