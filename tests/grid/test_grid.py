@@ -777,9 +777,11 @@ def test_an_array_task_records_the_id_scancel_takes(monkeypatch):
 def test_failing_cells_are_recorded_and_the_others_go_on_in_parallel(tmp_path, data_root):
     grid = tmp_path / "broken.toml"
     broken = MINI.replace('methods = ["simclr"]', 'methods = ["simclr", "vicreg"]')
-    broken = broken.replace('inits = ["random"]', 'inits = ["weights/none.safetensors"]')
+    broken = broken.replace('inits = ["random"]', 'inits = ["weights/bad.safetensors"]')
     broken = broken.replace('["demo-texture", "demo-natural"]', '["demo-texture"]')
     grid.write_text(broken + '\n[baselines]\ninits = ["random"]\n')
+    (tmp_path / "weights").mkdir()  # there, so the grid runs; not weights, so cells fail
+    (tmp_path / "weights" / "bad.safetensors").write_bytes(b"not a state dict")
     out = tmp_path / "out"
     code, output = _cli(
         "grid",
@@ -798,22 +800,22 @@ def test_failing_cells_are_recorded_and_the_others_go_on_in_parallel(tmp_path, d
     table = status(out)
     states = dict(zip(table["label"], table["state"], strict=True))
     assert states == {
-        "simclr/resnet18/weights/none.safetensors@demo-texture": "failed",
-        "vicreg/resnet18/weights/none.safetensors@demo-texture": "failed",
+        "simclr/resnet18/weights/bad.safetensors@demo-texture": "failed",
+        "vicreg/resnet18/weights/bad.safetensors@demo-texture": "failed",
         "random/resnet18": "done",
     }
     errors = table.filter(pl.col("state") == "failed")["error"].to_list()
-    assert all("none.safetensors" in error for error in errors)
+    assert all("bad.safetensors" in error for error in errors)
     for cell in table.filter(pl.col("state") == "failed")["cell"]:
         assert "Traceback" in (out / "cells" / cell / "error.txt").read_text()
     assert "1 done, 2 failed" in output
     collected = collect(out, report=False)
     assert sorted(label for label, state, _ in collected.missing) == [
-        "simclr/resnet18/weights/none.safetensors@demo-texture",
-        "vicreg/resnet18/weights/none.safetensors@demo-texture",
+        "simclr/resnet18/weights/bad.safetensors@demo-texture",
+        "vicreg/resnet18/weights/bad.safetensors@demo-texture",
     ]
     findings = (out / "results" / "findings.md").read_text()
-    assert "1 of 3 cells done." in findings and "none.safetensors" in findings
+    assert "1 of 3 cells done." in findings and "bad.safetensors" in findings
     assert collected.tables["probe"]["encoder"].unique().to_list() == ["random/resnet18"]
 
 
