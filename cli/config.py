@@ -16,18 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from embedkit.errors import ConfigError
+from embedkit.utils import read_text
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """The mapping a TOML, YAML or JSON file holds (one line for anything else)."""
     if not path.is_file():
         raise ConfigError(f"--config {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"--config {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
-        ) from None
+    text = read_text(path, f"--config {path}")
     try:
         if path.suffix == ".toml":
             try:

@@ -53,6 +53,16 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file the user wrote (a grid file, a config), as UTF-8; ``what`` names it in
+    the one-line ``ConfigError`` for any other encoding."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"{what} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        raise ConfigError(message) from None
+
+
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     path = Path(path)

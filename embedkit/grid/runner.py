@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from .cells import (
 )
 from .execute import Resources, run_cell
 from .present import modalities, restrict_to_data, without
-from .scheduler import with_scheduler
+from .scheduler import wait_for_cells, with_scheduler
 from .slurm import SlurmOptions, check_slurm_options, submit_slurm
 from .spec import GridSpec, parse_grid
 
@@ -218,40 +217,6 @@ def run_grid(
     else:
         _run_parallel(output, todo, resources, jobs)
     return status(output)
-
-
-# a cell in one of these states has nothing left to wait for
-ENDED = ("done", "failed", "cancelled", "interrupted")
-
-
-def wait_for_cells(output: Path, cells: list[Cell], submitted: list, poll_s: float = 5.0):
-    """Until every cell of ``cells`` (submitted as ``submitted``) has ended, by the cells'
-    records and SLURM's view of their jobs (``scheduler.with_scheduler``): done, failed,
-    cancelled before it started, or interrupted. A requeued cell is waited for; a cell
-    whose job can never start (``blocked``) ends the wait with a ``RunError``. Without
-    ``squeue`` (submitit's local executor) the jobs are waited for instead."""
-    if shutil.which("squeue") is None:
-        for job in submitted:
-            job.wait()
-        return
-    said = None
-    while True:
-        records = with_scheduler({cell.id: cell_state(output, cell.id) for cell in cells})
-        blocked = [(c, records[c.id]) for c in cells if records[c.id]["state"] == "blocked"]
-        if blocked:
-            cell, record = blocked[0]
-            raise RunError(f"cell {cell.id} ({cell.label}): {record['error']}")
-        counts: dict[str, int] = {}
-        for record in records.values():
-            key = "queued" if record.get("queued") else record["state"]
-            counts[key] = counts.get(key, 0) + 1
-        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-        if summary != said:
-            log.info("waiting for %d cells: %s", len(cells), summary)
-            said = summary
-        if all(r["state"] in ENDED for r in records.values()):
-            return
-        time.sleep(poll_s)
 
 
 def _gpu_count() -> int:

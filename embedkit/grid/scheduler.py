@@ -19,11 +19,19 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import logging
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, NamedTuple
+
+from ..errors import RunError
+from .cells import Cell, cell_state
+
+log = logging.getLogger(__name__)
 
 # SLURM job states in which the job may still run: anything else has ended
 LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
@@ -141,3 +149,37 @@ def with_scheduler(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
                 )
         out[cell_id] = record
     return out
+
+
+# a cell in one of these states has nothing left to wait for
+ENDED = ("done", "failed", "cancelled", "interrupted")
+
+
+def wait_for_cells(output: Path, cells: list[Cell], submitted: list, poll_s: float = 5.0):
+    """Until every cell of ``cells`` (submitted as ``submitted``) has ended, by the cells'
+    records and SLURM's view of their jobs (``scheduler.with_scheduler``): done, failed,
+    cancelled before it started, or interrupted. A requeued cell is waited for; a cell
+    whose job can never start (``blocked``) ends the wait with a ``RunError``. Without
+    ``squeue`` (submitit's local executor) the jobs are waited for instead."""
+    if shutil.which("squeue") is None:
+        for job in submitted:
+            job.wait()
+        return
+    said = None
+    while True:
+        records = with_scheduler({cell.id: cell_state(output, cell.id) for cell in cells})
+        blocked = [(c, records[c.id]) for c in cells if records[c.id]["state"] == "blocked"]
+        if blocked:
+            cell, record = blocked[0]
+            raise RunError(f"cell {cell.id} ({cell.label}): {record['error']}")
+        counts: dict[str, int] = {}
+        for record in records.values():
+            key = "queued" if record.get("queued") else record["state"]
+            counts[key] = counts.get(key, 0) + 1
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        if summary != said:
+            log.info("waiting for %d cells: %s", len(cells), summary)
+            said = summary
+        if all(r["state"] in ENDED for r in records.values()):
+            return
+        time.sleep(poll_s)

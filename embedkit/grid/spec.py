@@ -46,7 +46,7 @@ from ..data.custom import USER_NAME
 from ..data.registry import registered
 from ..errors import ConfigError, EmbedkitError, UnknownNameError
 from ..methods import METHODS, get_method, method_config
-from ..utils import stable_hash
+from ..utils import read_text, stable_hash
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -434,13 +434,7 @@ def load_grid(path: str | os.PathLike | None = None, preset: str | None = None) 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"grid file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"grid file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
-        ) from None
-    return parse_grid(text, str(path), base=path.parent)
+    return parse_grid(read_text(path, f"grid file {path}"), str(path), base=path.parent)
 
 
 def presets() -> list[str]:

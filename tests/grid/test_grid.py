@@ -659,7 +659,8 @@ def test_a_job_no_wait_starts_is_blocked_and_ends_the_wait(tmp_path, monkeypatch
     ``--wait``; ``Priority`` only queues it. A cell killed on this host whose job SLURM
     requeued is waited for, not resubmitted."""
     from embedkit.errors import RunError
-    from embedkit.grid.runner import _pending, count_states, wait_for_cells
+    from embedkit.grid.runner import _pending, count_states
+    from embedkit.grid.scheduler import wait_for_cells
 
     spec = parse_grid(MINI.replace('["simclr"]', '["simclr", "vicreg", "mocov2"]'), "mini")
     out = prepare_output(spec, tmp_path / "out")
