@@ -179,7 +179,7 @@ class Cluster:
         self._start_accounting(dbd_port)
         self.run("/usr/sbin/slurmctld", "-i")
         self.run("/usr/sbin/slurmd")
-        deadline = time.time() + 30
+        deadline = time.time() + 90  # a loaded machine: 2-3 s when idle
         while time.time() < deadline:
             state = self.run("sinfo", "-h", "-o", "%T", check=False).strip()
             if state == "idle":

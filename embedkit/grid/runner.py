@@ -126,7 +126,7 @@ def status(output: str | os.PathLike) -> pl.DataFrame:
             {
                 "cell": cell.id,
                 "label": cell.label,
-                "state": "queued" if record.get("queued") else record.get("state", "pending"),
+                "state": record.get("state", "pending"),
                 "progress": _progress(output, cell, record),
                 "attempts": record.get("attempts", 0),
                 "time_s": record.get("duration_s"),
@@ -153,7 +153,7 @@ def _pending(output: Path, cells: list[Cell]) -> list[Cell]:
         if state == "blocked":
             log.warning("cell %s (%s): %s", cell.id, cell.label, records[cell.id]["error"])
             continue
-        if records[cell.id].get("queued"):  # submitted before, its job still waits its turn
+        if state == "queued":  # submitted before, its job still waits its turn
             job = records[cell.id]["job_id"]
             log.info("cell %s (%s) is queued as SLURM job %s: skipped", cell.id, cell.label, job)
             continue

@@ -97,10 +97,10 @@ def with_scheduler(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
 
     - a ``pending`` cell whose job ended without starting it reads ``cancelled``;
     - a ``pending`` cell whose job waits for a reason no wait removes (``NEVER_STARTS``)
-      reads ``blocked``, with the reason; one still queued keeps ``queued: True``;
+      reads ``blocked``, with the reason; one whose job is live reads ``queued``;
     - a ``running`` cell on another host whose job is no longer live reads ``interrupted``
       (the next ``grid run`` continues it); an ``interrupted`` one whose job is still live
-      (requeued) reads ``pending`` and queued;
+      (requeued) reads ``queued``;
     - a ``running`` cell's time is that of its current attempt.
     """
     asked = [
@@ -133,10 +133,10 @@ def with_scheduler(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
                     "again with less"
                 )
             else:
-                record["queued"] = True
+                record["state"] = "queued"
         elif record.get("state") == "interrupted" and state in LIVE:
             # killed on this host, and its job requeued: it runs again when its turn comes
-            record.update(state="pending", queued=True)
+            record["state"] = "queued"
             record["error"] = f"requeued as SLURM job {record['job_id']}"
         elif record.get("state") == "running":
             if record.get("host") not in (None, here) and record.get("job_id") and ended:
@@ -171,11 +171,16 @@ def wait_for_cells(output: Path, cells: list[Cell], submitted: list, poll_s: flo
         blocked = [(c, records[c.id]) for c in cells if records[c.id]["state"] == "blocked"]
         if blocked:
             cell, record = blocked[0]
-            raise RunError(f"cell {cell.id} ({cell.label}): {record['error']}")
+            others = (
+                f"; {len(blocked) - 1} more cells are blocked (`embedkit grid status --output "
+                f"{output}` lists their jobs)"
+                if len(blocked) > 1
+                else ""
+            )
+            raise RunError(f"cell {cell.id} ({cell.label}): {record['error']}{others}")
         counts: dict[str, int] = {}
         for record in records.values():
-            key = "queued" if record.get("queued") else record["state"]
-            counts[key] = counts.get(key, 0) + 1
+            counts[record["state"]] = counts.get(record["state"], 0) + 1
         summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         if summary != said:
             log.info("waiting for %d cells: %s", len(cells), summary)

@@ -111,7 +111,7 @@ class CellTask:
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        if self._started is not None and self.timed_out():
+        if self.timed_out():
             cell = Cell.from_json(self.cell)
             if saved_progress(Path(self.output), cell) == self._saved:
                 log.warning("cell %s: time limit reached with no progress saved", cell.id)

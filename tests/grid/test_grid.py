@@ -688,6 +688,11 @@ def test_a_job_no_wait_starts_is_blocked_and_ends_the_wait(tmp_path, monkeypatch
     assert _pending(out, cells) == []  # nothing submitted twice
     with pytest.raises(RunError, match=r"cannot start \(PartitionConfig\)"):
         wait_for_cells(out, cells, [], poll_s=0.01)
+    squeue.write_text(  # two blocked: the error names one and counts the other
+        "#!/bin/sh\nprintf '9_0 PENDING PartitionConfig\\n9_1 PENDING PartitionConfig\\n'\n"
+    )
+    with pytest.raises(RunError, match=r"1 more cells are blocked \(`embedkit grid status"):
+        wait_for_cells(out, cells, [], poll_s=0.01)
     # once every job has left the queue (no accounting: 'gone') the wait ends
     squeue.write_text("#!/bin/sh\n")
     wait_for_cells(out, cells, [], poll_s=0.01)
