@@ -4,10 +4,12 @@ Three protocols fit the same model, a linear layer on standardised embeddings wi
 cross-entropy (binary cross-entropy per label for multi-label datasets):
 
 - ``newton`` (default): the exact optimum of ``mean cross-entropy + l2/2 * ||W||^2`` by
-  Newton's method (``embedkit.primitives.newton``): 5-10 steps of a dense solve instead of
-  hundreds of L-BFGS iterations, within 1e-10 of the minimum, where that pays
-  (``newton.newton_pays``: binary heads, and few classes or few samples); other heads, and
-  any fit on Apple's MPS (no float64), go to L-BFGS, which reaches the same optimum.
+  Newton's method (``embedkit.primitives.newton``) in the features' principal coordinates:
+  5-25 steps instead of hundreds to thousands of L-BFGS iterations, within 1e-10 of the
+  minimum (a dense solve for binary and multi-label heads, preconditioned conjugate
+  gradients for the softmax). Multi-label heads with many labels on wide features
+  (``newton.newton_pays``), and any fit on Apple's MPS (no float64), go to L-BFGS, which
+  reaches the same optimum.
 - ``lbfgs``: full-batch L-BFGS with the same objective: the whole training subset is one batch. It
   runs until a tolerance stops it (largest gradient entry below ``tolerance_grad``, or a change of
   the loss below ``tolerance_change``), with ``max_iter`` only as a safety cap: a head that hit the
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..utils import resolve_device
-from .newton import fit_newton, newton_pays, samples_span
+from .newton import fit_newton, newton_pays, principal_span
 
 PROTOCOLS = ("newton", "lbfgs", "sgd")
 
@@ -147,7 +149,7 @@ def fit_linear_path(
 
     With ``newton`` or ``lbfgs`` each fit starts from the previous one (a warm-started
     regularisation path: visit the strongest penalty first), and the standardisation (and
-    Newton's span of the samples) is computed once for the whole path; ``sgd`` fits each
+    Newton's principal coordinates) is computed once for the whole path; ``sgd`` fits each
     from zeros. ``options`` are ``fit_linear``'s (``lr``, ``epochs``, ``seed``, ...).
     """
     problem = _Problem(x, y, n_outputs, multi_label, protocol, device)
@@ -188,7 +190,7 @@ class _Problem:
         self.features = (features - self.mean) / self.std
         self.targets = _targets(y, multi_label, dev, dtype)
         self.n_outputs, self.multi_label, self.protocol = n_outputs, multi_label, protocol
-        self.span = samples_span(self.features) if protocol == "newton" else None
+        self.span = principal_span(self.features) if protocol == "newton" else None
 
     def fit(self, l2: float, init: LinearHead | None, options: _Options) -> LinearHead:
         features, targets, multi_label = self.features, self.targets, self.multi_label

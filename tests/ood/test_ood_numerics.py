@@ -86,13 +86,15 @@ def test_scorers_sharing_a_cache_fit_each_statistic_once_with_the_same_scores(mo
         return {n: get_scorer(n)().fit(train, y, cache=cache).score_samples(queries) for n in names}
 
     alone, alone2 = scores(x), scores(x2)
-    assert len(calls) == 2 * 5  # 1 + 2 + 1 + 1 eigendecompositions per training set
+    # 1 + 2 + 1 + 1 eigendecompositions per training set, and one for each of the three
+    # probe heads (vim, residual and energy fit one; it finds its principal axes)
+    assert len(calls) == 2 * (5 + 3)
     calls.clear()
     cache = ScorerCache()
     together, together2 = scores(x, cache), scores(x2, cache)  # another array: not mixed up
-    assert len(calls) == 2 * 3  # class covariance, background, residual space
+    assert len(calls) == 2 * (3 + 1)  # class covariance, background, residual space, probe
     again = scores(x, cache)
-    assert len(calls) == 2 * 3  # the same arrays again: all from the cache
+    assert len(calls) == 2 * (3 + 1)  # the same arrays again: all from the cache
     for name in names:
         np.testing.assert_array_equal(together[name], alone[name])
         np.testing.assert_array_equal(together2[name], alone2[name])

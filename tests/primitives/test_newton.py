@@ -1,6 +1,6 @@
 """Newton's probe solver reaches scikit-learn's optimum (binary, softmax, multi-label, fewer
-samples than features), agrees with L-BFGS, and hands the heads it would solve slowly to
-L-BFGS."""
+samples than features, features of lower rank than their number), agrees with L-BFGS, and
+hands the multi-label heads it would solve slowly to L-BFGS."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from embedkit.eval import ProbeConfig, probe
+from embedkit.primitives import newton
 from embedkit.primitives.linear import fit_linear
-from embedkit.primitives.newton import newton_pays
+from embedkit.primitives.newton import newton_pays, principal_span
 
 
 def _standardise(x):
@@ -71,10 +72,17 @@ def embeddings(demo_store):
 
 
 @pytest.mark.parametrize("l2", [1e-1, 1e-3, 1e-5])
-@pytest.mark.parametrize("case", ["binary", "softmax", "multi-label", "few samples"])
-def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2):
+@pytest.mark.parametrize(
+    "case",
+    ["binary", "softmax", "multi-label", "few samples", "low rank", "softmax, small block"],
+)
+def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2, monkeypatch):
     x, y = embeddings
     x = x[:, :64] if case != "few samples" else x[:40]  # 40 samples span 39 of 512 dims
+    if case == "low rank":  # 64 features on 12 principal axes: solved in 12 coordinates
+        x = x[:, :12] @ np.random.default_rng(1).normal(size=(12, 64))
+    if case == "softmax, small block":  # the preconditioner dense on 16 of 65 coordinates
+        monkeypatch.setattr(newton, "TOP_WIDTH", 32)
     y = y[: len(x)]
     multi_label, n_outputs = False, int(y.max()) + 1
     if case == "binary":
@@ -91,6 +99,22 @@ def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2):
     # and L-BFGS on the same objective agrees (to its own tolerance)
     _, lbfgs = _ours(x, y, n_outputs, l2, multi_label, protocol="lbfgs")
     assert ours <= lbfgs + 1e-9 and lbfgs - ours < 1e-4
+
+
+def test_principal_span_keeps_the_axes_the_features_vary_along():
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(200, 9)) @ rng.normal(size=(9, 40)))
+    x = x - x.mean(0)
+    coordinates, basis = principal_span(x)
+    assert coordinates.shape == (200, 9) and basis.shape == (9, 40)
+    torch.testing.assert_close(coordinates @ basis, x)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(9, dtype=x.dtype))
+    gram = coordinates.T @ coordinates  # uncorrelated, by decreasing variance
+    assert (gram - torch.diag(gram.diagonal())).abs().max() < 1e-8 * gram[0, 0]
+    assert bool((gram.diagonal().diff() <= 0).all())
+    # fewer samples than features: the samples' span
+    coordinates, basis = principal_span(x[:5] - x[:5].mean(0))
+    assert coordinates.shape == (5, 4) and basis.shape == (4, 40)
 
 
 def test_newton_warm_start_and_probe_table(embeddings, demo_store):
@@ -112,17 +136,15 @@ def test_newton_warm_start_and_probe_table(embeddings, demo_store):
 
 
 def test_heads_newton_would_solve_slowly_go_to_lbfgs():
-    # a binary head on ResNet-50 features, and 3 classes on 256-d ones: Newton
+    # binary and softmax heads of any size: Newton (truncated Newton for the softmax)
     assert newton_pays(100_000, 2048, 2, False)
-    assert newton_pays(4708, 256, 3, False) and not newton_pays(4708, 512, 3, False)
-    # a 5-class softmax on 1,080 x 512 (RetinaMNIST): L-BFGS; on 100 samples: Newton
-    assert not newton_pays(1080, 512, 5, False)
-    assert newton_pays(100, 512, 5, False)
-    # within the samples' span the limit is higher: 5 classes on 250 samples, not on 350
-    assert newton_pays(250, 512, 5, False) and not newton_pays(350, 512, 5, False)
-    # 14 labels on 512-d features: L-BFGS
+    assert newton_pays(1080, 512, 5, False) and newton_pays(78_000, 2048, 14, False)
+    # multi-label heads while their systems are few and narrow: 3 labels on 512-d features
+    # (within the samples' span the limit is higher), not 14
+    assert newton_pays(5000, 512, 3, True) and not newton_pays(5000, 512, 7, True)
+    assert newton_pays(400, 512, 7, True)
     assert not newton_pays(78_000, 512, 14, True)
-    x = np.random.default_rng(0).normal(size=(1080, 512))
-    y = np.arange(1080)[:, None] % 5
-    head = fit_linear(x, y, 5, l2=1e-1, device="cpu")
+    x = np.random.default_rng(0).normal(size=(400, 256))
+    y = np.random.default_rng(1).random((400, 14)) < 0.3
+    head = fit_linear(x, y.astype(np.int64), 14, multi_label=True, l2=1e-1, device="cpu")
     assert head.n_iter > 12  # L-BFGS iterations, where Newton takes fewer than 10
