@@ -11,8 +11,9 @@
 3. probe: the grid's probe (1/10/100 % of the labels, 5 seeds, 5 L2 strengths) with the
    exact protocols (``newton``, the default, and ``lbfgs``) against the paper's 100-epoch SGD
    protocol on the same embeddings (demo-med, demo-natural and, with --data-root, every
-   MedMNIST file there, embedded by a random-init resnet18): times, speed-up (goal: sgd /
-   newton >= 5) and accuracy differences.
+   MedMNIST file there, embedded by a random-init resnet18; or the datasets of the trained
+   encoder's store given with --store): times, speed-up (goal: sgd / newton >= 5) and
+   accuracy differences.
 4. read: what the read-time checks of ``EmbeddingStore.get`` (shapes, SHA-256 of every
    chunk, labels and indices) cost against reading the same arrays from zarr unchecked, on
    the synthetic store of (2), next to a linear probe of one of its datasets.
@@ -23,6 +24,7 @@
 
 Run: python bench/eval_speed.py [--bank 100000 --queries 20000 --dim 2048] [--scale 1.0]
      [--sections knn,matrix,probe,read,optimum] [--data-root ../shared/data]
+     [--store STORE.zarr]
 """
 
 from __future__ import annotations
@@ -346,6 +348,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, help="matrix: print the N costliest functions"
     )
+    parser.add_argument(
+        "--store", default="", help="probe, optimum: an embedding store to use instead"
+    )
     add_data_root(parser)
     args = parser.parse_args()
     sections = args.sections.split(",")
@@ -360,7 +365,12 @@ def main() -> None:
         bench_read(args.scale, args.dim)
     if "probe" in sections or "optimum" in sections:
         with tempfile.TemporaryDirectory() as tmp:
-            store = probe_store(tmp, args.data_root)
+            if args.store:
+                from embedkit.store import EmbeddingStore
+
+                store = EmbeddingStore(args.store)
+            else:
+                store = probe_store(tmp, args.data_root)
             if "probe" in sections:
                 bench_probe(store)
             if "optimum" in sections:

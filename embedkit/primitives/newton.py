@@ -38,10 +38,14 @@ import torch.nn.functional as F
 # features), where the Hessian's blocks are cheaper to form
 MAX_BLOCK_WIDTH = 2560
 MAX_BLOCK_WIDTH_SPAN = 4096
-# the softmax's preconditioner: the width of its dense block ((K-1) x leading coordinates),
-# and the conjugate-gradient iterations of one Newton direction at most
+# the softmax's preconditioner: the width of its dense block ((K-1) x leading coordinates);
+# the conjugate-gradient iterations of one Newton direction at most; and how many the last
+# direction may have taken for the next to keep the preconditioner (the Hessian changes
+# little between late steps, and a rebuild costs about as much as 16 iterations on 1-2k x 512
+# MedMNIST embeddings: 10-15 % less time than a rebuild at every step, measured)
 TOP_WIDTH = 512
 MAX_CG = 1000
+REBUILD_AFTER = 16
 
 
 def newton_pays(n_samples: int, n_features: int, n_outputs: int, multi_label: bool) -> bool:
@@ -117,19 +121,20 @@ def principal_span(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a weight along them and the penalty sets it to zero, so the optimum is found in the
     remaining coordinates. There are at most ``N - 1``, and embeddings are often of lower
     rank still (a random-weight ResNet-18's 512 features span 206 axes on RetinaMNIST's
-    training split). With fewer samples than features the axes come from a thin SVD, cut
-    where the singular values fall below ``max(N, D) eps`` of the largest. Otherwise they
-    come from the eigenvectors of ``X^T X`` (a ``D``-square problem, 2-3x faster than the
-    SVD), cut where its eigenvalues fall below that fraction: the Gram matrix cannot resolve
-    smaller ones. Measured on MedMNIST embeddings, the optimum's objective moved by at most
-    7e-9 against a fit on all the features (RetinaMNIST at ``l2 = 1e-5``).
+    training split). They come from the eigenvectors of the smaller Gram matrix (``X^T X``,
+    or ``X X^T`` with fewer samples than features: 2-7x faster than a thin SVD), cut where
+    its eigenvalues fall below ``max(N, D) eps`` of the largest, which it cannot resolve.
+    Measured on MedMNIST embeddings, the optimum's objective moved by at most 7e-9 against
+    a fit on all the features (RetinaMNIST at ``l2 = 1e-5``).
     """
     n, d = features.shape
     eps = max(n, d) * torch.finfo(features.dtype).eps
-    if n < d:
-        u, s, vh = torch.linalg.svd(features, full_matrices=False)
-        keep = s > s[0] * eps
-        return u[:, keep] * s[keep], vh[keep]
+    if n < d:  # the samples' Gram matrix: coordinates U sqrt(values), basis U^T X / sqrt(values)
+        values, vectors = torch.linalg.eigh(features @ features.T)
+        values, vectors = values.flip(0), vectors.flip(1)
+        keep = values > values[0] * eps
+        roots, vectors = values[keep].sqrt(), vectors[:, keep]
+        return vectors * roots, (vectors.T @ features) / roots[:, None]
     values, vectors = torch.linalg.eigh(features.T @ features)
     values, vectors = values.flip(0), vectors.flip(1)
     vectors = vectors[:, values > values[0] * eps]
@@ -178,11 +183,13 @@ class _Softmax:
     exactly, and the system is definite without pinning the biases' common shift.
 
     The preconditioner is the Hessian itself on the leading principal coordinates (a dense
-    ``(K-1) top``-square block, ``top`` at most ``TOP_WIDTH / (K-1)``, Cholesky-factored at
-    each step) and its diagonal on the rest. Principal coordinates are uncorrelated, so most
-    of the curvature sits in that block: on MedMNIST embeddings the conjugate gradient takes
-    1-10 iterations a step at strong penalties and tens to a few hundred at ``l2 = 1e-5``,
-    against a dense Newton step whose cost (``N K^2 R^2``) a path pays 30-60 times. The
+    ``(K-1) top``-square block, ``top`` at most ``TOP_WIDTH / (K-1)``, Cholesky-factored)
+    and its diagonal on the rest, formed again at a step whose predecessor's solve took more
+    than ``REBUILD_AFTER`` iterations. The leading principal coordinates carry most of the
+    features' variance, hence most of the curvature: on MedMNIST embeddings the conjugate
+    gradient takes 1-10 iterations a step at strong penalties and tens to a few hundred at
+    ``l2 = 1e-5``, against a dense Newton step whose cost (``N K^2 R^2``) a path pays 30-60
+    times. The
     products, the block and the conjugate gradient run in float32 (half float64's time and
     memory traffic); the gradient, the objective and the stopping test stay in float64, so
     the optimum is float64's (a direction off by float32 rounding still descends).
@@ -200,6 +207,7 @@ class _Softmax:
         self.penalty[0] = 0.0
         self.m, self.d1 = n_classes - 1, self.x.shape[1]
         self.top = min(self.d1, max(16, TOP_WIDTH // self.m))
+        self._precondition, self._last_cg = None, 0
 
     def from_head(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return (self.classes.T @ torch.cat([bias[:, None], weight], 1)).reshape(1, -1)
@@ -238,13 +246,14 @@ class _Softmax:
             j = p32 * (t - (p32 * t).sum(1, keepdim=True))
             return classes.T @ (j.T @ self.x32) / n + penalty * v
 
-        precondition = self._preconditioner(p, classes, penalty)
-        x = torch.zeros_like(rhs)
-        r = rhs.clone()
+        if self._precondition is None or self._last_cg > REBUILD_AFTER:
+            self._precondition = self._preconditioner(p, classes, penalty)
+        precondition = self._precondition
+        x, r = torch.zeros_like(rhs), rhs.clone()
         z = precondition(r)
         d = z.clone()
         rz, target = (r * z).sum(), tolerance * rhs.norm()
-        for _ in range(MAX_CG):
+        for self._last_cg in range(1, MAX_CG + 1):
             hd = hessian_times(d)
             curvature = (d * hd).sum()
             if not curvature > 0:  # float32 rounding on a nearly flat direction
