@@ -189,10 +189,10 @@ class _Softmax:
     features' variance, hence most of the curvature: on MedMNIST embeddings the conjugate
     gradient takes 1-10 iterations a step at strong penalties and tens to a few hundred at
     ``l2 = 1e-5``, against a dense Newton step whose cost (``N K^2 R^2``) a path pays 30-60
-    times. The
-    products, the block and the conjugate gradient run in float32 (half float64's time and
-    memory traffic); the gradient, the objective and the stopping test stay in float64, so
-    the optimum is float64's (a direction off by float32 rounding still descends).
+    times. The products, the block and the conjugate gradient run in float32 (half
+    float64's time and memory traffic); the gradient, the objective and the stopping test
+    stay in float64, so the optimum is float64's (a direction off by float32 rounding still
+    descends).
     """
 
     def __init__(self, features, targets, n_classes: int, l2: float) -> None:
