@@ -292,6 +292,8 @@ class _Softmax:
         factor, info = torch.linalg.cholesky_ex(block)
         diagonal = torch.diagonal(curvature, dim1=1, dim2=2).T @ self.x32[:, top:].square()
         diagonal += penalty[top:]
+        if diagonal.numel():  # no division by zero where nothing curves (l2 = 0)
+            diagonal.clamp_min_(float(diagonal.max()) * torch.finfo(diagonal.dtype).eps)
         if int(info) != 0:  # rounding left the block indefinite: its diagonal instead
             head = block.diagonal().reshape(m, top)
             return lambda r: r / torch.cat([head, diagonal], 1)
