@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from embedkit.eval import ProbeConfig, probe
-from embedkit.primitives import newton
+from embedkit.primitives import truncated_newton
 from embedkit.primitives.linear import fit_linear
 from embedkit.primitives.newton import newton_pays, principal_span
 
@@ -82,7 +82,7 @@ def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2, monkeypatch):
     if case == "low rank":  # 64 features on 12 principal axes: solved in 12 coordinates
         x = x[:, :12] @ np.random.default_rng(1).normal(size=(12, 64))
     if case == "softmax, small block":  # the preconditioner dense on 16 of 65 coordinates
-        monkeypatch.setattr(newton, "TOP_WIDTH", 32)
+        monkeypatch.setattr(truncated_newton, "TOP_WIDTH", 32)
     y = y[: len(x)]
     multi_label, n_outputs = False, int(y.max()) + 1
     if case == "binary":
