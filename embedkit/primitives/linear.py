@@ -57,7 +57,13 @@ class LinearHead:
     n_iter: int = 0
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, dtype=np.float64) @ self.weight.T + self.bias
+        # in torch, not numpy: a numpy product wakes OpenBLAS's own threads, which keep
+        # spinning after it and then compete with torch's for the cores (the probe scores
+        # validation between fits: 30-50 % of its newton time at small label fractions on
+        # 2 cores, BENCHMARKS.md)
+        weight = torch.as_tensor(self.weight, dtype=torch.float64)
+        bias = torch.as_tensor(self.bias, dtype=torch.float64)
+        return (torch.as_tensor(np.asarray(x), dtype=torch.float64) @ weight.T + bias).numpy()
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         z = self.logits(x)

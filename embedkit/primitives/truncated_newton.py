@@ -1,9 +1,10 @@
 """Truncated Newton for the probe's softmax head: Newton directions from preconditioned
 conjugate gradients, so no step forms the ``(K-1) (R+1)``-square Hessian.
 
-Used by ``embedkit.primitives.newton.fit_newton`` for heads of ``K > 2`` classes, on the
-features' principal coordinates (``newton.principal_span``), inside its damped Newton loop
-(``Softmax.value`` and ``Softmax.step``).
+Used by ``embedkit.primitives.newton.fit_newton`` for heads of ``K > 2`` classes, and for
+binary heads on many samples (``K = 2``), on the features' principal coordinates
+(``newton.principal_span``), inside its damped Newton loop (``Softmax.value`` and
+``Softmax.step``).
 """
 
 from __future__ import annotations

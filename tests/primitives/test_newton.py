@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from embedkit.eval import ProbeConfig, probe
-from embedkit.primitives import truncated_newton
+from embedkit.primitives import newton, truncated_newton
 from embedkit.primitives.linear import fit_linear
 from embedkit.primitives.newton import newton_pays, principal_span
 
@@ -74,7 +74,15 @@ def embeddings(demo_store):
 @pytest.mark.parametrize("l2", [1e-1, 1e-3, 1e-5])
 @pytest.mark.parametrize(
     "case",
-    ["binary", "softmax", "multi-label", "few samples", "low rank", "softmax, small block"],
+    [
+        "binary",
+        "binary, truncated",
+        "softmax",
+        "multi-label",
+        "few samples",
+        "low rank",
+        "softmax, small block",
+    ],
 )
 def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2, monkeypatch):
     x, y = embeddings
@@ -83,9 +91,19 @@ def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2, monkeypatch):
         x = x[:, :12] @ np.random.default_rng(1).normal(size=(12, 64))
     if case == "softmax, small block":  # the preconditioner dense on 16 of 65 coordinates
         monkeypatch.setattr(truncated_newton, "TOP_WIDTH", 32)
+    truncated = []  # the K of every head solved by truncated Newton
+
+    class Recorded(truncated_newton.Softmax):
+        def __init__(self, features, targets, n_classes, l2):
+            truncated.append(n_classes)
+            super().__init__(features, targets, n_classes, l2)
+
+    monkeypatch.setattr(newton, "Softmax", Recorded)
+    if case == "binary, truncated":  # as if the dense systems were too large to form
+        monkeypatch.setattr(newton, "DENSE_BINARY_LIMIT", 0)
     y = y[: len(x)]
     multi_label, n_outputs = False, int(y.max()) + 1
-    if case == "binary":
+    if case.startswith("binary"):
         y = (y >= 2).astype(np.int64)
         n_outputs = 2
     elif case == "multi-label":
@@ -94,6 +112,7 @@ def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2, monkeypatch):
     assert newton_pays(*x.shape, n_outputs, multi_label)
     head, ours = _ours(x, y, n_outputs, l2, multi_label)
     assert head.converged and 1 <= head.n_iter <= 30
+    assert truncated == ([] if case in ("binary", "multi-label") else [n_outputs])
     reference = _sklearn(x, y, n_outputs, l2, multi_label)
     assert ours <= reference + 1e-8, (ours, reference)
     # and L-BFGS on the same objective agrees (to its own tolerance)
