@@ -112,7 +112,7 @@ def fit_newton(
         if not multi_label:
             weight, bias = torch.cat([-weight, weight]) / 2, torch.cat([-bias, bias]) / 2
     else:
-        problem = Softmax(features, targets, n_outputs, l2)
+        problem = Softmax(features, targets, n_outputs, l2, settled=tolerance)
         theta = problem.from_head(weight, bias)
         theta, steps, converged = _newton(problem, theta, max_iter, tolerance)
         weight, bias = problem.to_head(theta)

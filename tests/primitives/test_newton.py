@@ -94,9 +94,9 @@ def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2, monkeypatch):
     truncated = []  # the K of every head solved by truncated Newton
 
     class Recorded(truncated_newton.Softmax):
-        def __init__(self, features, targets, n_classes, l2):
+        def __init__(self, features, targets, n_classes, l2, **options):
             truncated.append(n_classes)
-            super().__init__(features, targets, n_classes, l2)
+            super().__init__(features, targets, n_classes, l2, **options)
 
     monkeypatch.setattr(newton, "Softmax", Recorded)
     if case == "binary, truncated":  # as if the dense systems were too large to form
@@ -118,6 +118,35 @@ def test_newton_reaches_scikit_learn_optimum(embeddings, case, l2, monkeypatch):
     # and L-BFGS on the same objective agrees (to its own tolerance)
     _, lbfgs = _ours(x, y, n_outputs, l2, multi_label, protocol="lbfgs")
     assert ours <= lbfgs + 1e-9 and lbfgs - ours < 1e-4
+
+
+def test_the_softmax_solve_ends_once_the_fit_has_settled(embeddings):
+    """The conjugate gradient ends as soon as its estimate of the Newton decrement is far
+    below the stopping threshold (the last solve of a fit only confirms convergence):
+    fewer iterations, the same optimum."""
+    x, y = embeddings
+    coordinates, _ = principal_span(torch.as_tensor(_standardise(x[:, :64])[0]))
+    targets = torch.as_tensor(y)
+
+    class Counted(truncated_newton.Softmax):
+        iterations: list[int]
+
+        def _solve(self, *args):
+            direction = super()._solve(*args)
+            self.iterations = [*getattr(self, "iterations", []), self._last_cg]
+            return direction
+
+    found = {}
+    for settled in (0.0, 1e-12):
+        problem = Counted(coordinates, targets, 5, 1e-4, settled=settled)
+        theta = torch.zeros(1, 4 * (coordinates.shape[1] + 1), dtype=torch.float64)
+        theta, steps, converged = newton._newton(problem, theta, 100, 1e-12)
+        assert converged
+        found[settled] = (float(problem.value(theta)), steps, problem.iterations)
+    (full, steps, every), (early, early_steps, ended) = found[0.0], found[1e-12]
+    assert early_steps == steps and ended[:-1] == every[:-1]
+    assert ended[-1] < every[-1]  # the confirming solve, cut short
+    assert abs(early - full) < 1e-12
 
 
 def test_principal_span_keeps_the_axes_the_features_vary_along():
