@@ -17,7 +17,7 @@ import polars as pl
 from ..configs import ProbeConfig
 from ..data.sampler import check_fraction, label_fraction_indices
 from ..errors import ConfigError, StoreError
-from ..primitives.linear import PROTOCOLS, LinearHead, fit_linear_path
+from ..primitives.linear import PROTOCOLS, LinearHead, fit_linear_paths
 from ..primitives.metrics import accuracy, classification_metrics
 from ..store import EmbeddingStore
 from .results import check_stores, encoder_columns, mean_ci, store_datasets
@@ -42,44 +42,63 @@ def fit_probe(
     same optima in fewer iterations). On equal validation accuracy the stronger penalty wins. The
     setting records ``unconverged``: how many fits of the grid hit the iteration cap.
     """
+    return fit_probes([train_x], [train_y], val_x, val_y, task, n_classes, config, [seed])[0]
+
+
+def fit_probes(
+    train_xs: Sequence[np.ndarray],
+    train_ys: Sequence[np.ndarray],
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    task: str,
+    n_classes: int,
+    config: ProbeConfig,
+    seeds: Sequence[int],
+) -> list[tuple[LinearHead, dict[str, float]]]:
+    """``fit_probe`` for several training subsets (the seeds of a label fraction), one
+    result per subset: the same heads, with the exact protocols' fits of every subset solved
+    side by side (``primitives.linear.fit_linear_paths``)."""
     multi_label = task == "multi-label"
-    if not multi_label and len(np.unique(train_y)) < 2:
+    if not multi_label and any(len(np.unique(y)) < 2 for y in train_ys):
         raise ConfigError("the label subset holds a single class: raise the label fraction")
     l2_path = sorted(config.l2_grid, reverse=True)
     rates = config.lr_grid if config.protocol == "sgd" else (None,)  # one path per lr
     paths = {
-        lr: fit_linear_path(
-            train_x,
-            train_y,
+        lr: fit_linear_paths(
+            train_xs,
+            train_ys,
             n_classes,
             tuple(l2_path),
             multi_label,
             protocol=config.protocol,
             device=config.device,
+            seeds=seeds,
             epochs=config.epochs,
-            seed=seed,
             **({} if lr is None else {"lr": lr}),
         )
         for lr in rates
     }
-    fitted = [  # the grid's order: L2 strongest first, each with every lr
-        ({"l2": l2} if lr is None else {"l2": l2, "lr": lr}, paths[lr][i])
-        for i, l2 in enumerate(l2_path)
-        for lr in rates
-    ]
-    best, unconverged = None, 0
-    for setting, head in fitted:
-        unconverged += not head.converged
-        score = accuracy(val_y, head.probabilities(val_x), task)
-        if best is None or score > best[0]:
-            best = (score, head, setting)
-    if unconverged:
-        log.warning(
-            "%d of %d probe fits stopped at the iteration cap before converging",
-            unconverged,
-            len(fitted),
-        )
-    return best[1], {**best[2], "unconverged": unconverged}
+    chosen = []
+    for subset in range(len(train_xs)):
+        fitted = [  # the grid's order: L2 strongest first, each with every lr
+            ({"l2": l2} if lr is None else {"l2": l2, "lr": lr}, paths[lr][subset][i])
+            for i, l2 in enumerate(l2_path)
+            for lr in rates
+        ]
+        best, unconverged = None, 0
+        for setting, head in fitted:
+            unconverged += not head.converged
+            score = accuracy(val_y, head.probabilities(val_x), task)
+            if best is None or score > best[0]:
+                best = (score, head, setting)
+        if unconverged:
+            log.warning(
+                "%d of %d probe fits stopped at the iteration cap before converging",
+                unconverged,
+                len(fitted),
+            )
+        chosen.append((best[1], {**best[2], "unconverged": unconverged}))
+    return chosen
 
 
 def _require_splits(store: EmbeddingStore, dataset: str) -> None:
@@ -117,20 +136,24 @@ def probe(stores: list[EmbeddingStore], config: ProbeConfig = ProbeConfig()) -> 
             fits = sum(1 if f == 1.0 else len(config.seeds) for f in config.label_fractions)
             log.info("probe %s on %s: %d fits", columns["encoder"], dataset, fits)
             for fraction in config.label_fractions:
-                for seed in config.seeds[:1] if fraction == 1.0 else config.seeds:
-                    subset = label_fraction_indices(
+                seeds = config.seeds[:1] if fraction == 1.0 else config.seeds
+                subsets = [
+                    label_fraction_indices(
                         train.labels, fraction, seed, multi_label=task == "multi-label"
                     )
-                    head, setting = fit_probe(
-                        train.embeddings[subset],
-                        train.labels[subset],
-                        val.embeddings,
-                        val.labels,
-                        task,
-                        n_classes,
-                        config,
-                        seed,
-                    )
+                    for seed in seeds
+                ]
+                fits = fit_probes(
+                    [train.embeddings[subset] for subset in subsets],
+                    [train.labels[subset] for subset in subsets],
+                    val.embeddings,
+                    val.labels,
+                    task,
+                    n_classes,
+                    config,
+                    seeds,
+                )
+                for seed, subset, (head, setting) in zip(seeds, subsets, fits, strict=True):
                     metrics = classification_metrics(
                         test.labels, head.probabilities(test.embeddings), task
                     )

@@ -28,6 +28,7 @@ OOD scorers can use its weight and bias in feature space (ViM, residual).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,10 @@ from ..utils import resolve_device
 from .newton import fit_newton, newton_pays, principal_span
 
 PROTOCOLS = ("newton", "lbfgs", "sgd")
+# feature values (samples x dimensions, summed over the sets) solved as one Newton batch at
+# most: five seeds of 10 % of a 78k-image dataset on 2048-d features, but not 100 % of it
+# twice (the batch holds them in float64 a few times over)
+BATCH_ELEMENTS = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -136,9 +141,9 @@ def fit_linear(
         init: a head fitted on the same ``x`` (e.g. at the previous L2 of a path) to start
             from instead of zeros: warm-starting from the stronger penalty saves iterations.
     """
-    problem = _Problem(x, y, n_outputs, multi_label, protocol, device)
+    problem = _Problem([x], [y], n_outputs, multi_label, protocol, device)
     options = _Options(epochs, lr, batch_size, max_iter, tolerance_grad, tolerance_change, seed)
-    return problem.fit(l2, init, options)
+    return problem.fit(l2, [init], [options])[0]
 
 
 def fit_linear_path(
@@ -158,12 +163,60 @@ def fit_linear_path(
     Newton's principal coordinates) is computed once for the whole path; ``sgd`` fits each
     from zeros. ``options`` are ``fit_linear``'s (``lr``, ``epochs``, ``seed``, ...).
     """
-    problem = _Problem(x, y, n_outputs, multi_label, protocol, device)
-    heads: list[LinearHead] = []
-    for l2 in l2_path:
-        warm = heads[-1] if heads and protocol != "sgd" else None
-        heads.append(problem.fit(l2, warm, _Options(**options)))
-    return heads
+    paths = fit_linear_paths([x], [y], n_outputs, l2_path, multi_label, protocol, device, **options)
+    return paths[0]
+
+
+def fit_linear_paths(
+    xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    n_outputs: int,
+    l2_path: tuple[float, ...],
+    multi_label: bool = False,
+    protocol: str = "newton",
+    device: str = "auto",
+    seeds: Sequence[int] | None = None,
+    **options,
+) -> list[list[LinearHead]]:
+    """``fit_linear_path`` on several training sets (the seeds of a label fraction): one
+    path of heads per set, in their order, each the same as ``fit_linear_path`` would give.
+
+    With ``newton``, sets of the same shape are solved as one batch (``newton.fit_newton``),
+    up to ``BATCH_ELEMENTS`` feature values at a time: small problems are bound by the cost
+    of each call more than by their arithmetic (on MedMNIST embeddings the probe's fits take
+    half the time at 1 % of the labels that they took one seed after another, and 20-50 %
+    less at 10 %). ``seeds`` gives each set its own ``seed`` (``sgd``'s initialisation and batch
+    order; the exact protocols do not depend on it).
+    """
+    if len(xs) != len(ys) or (seeds is not None and len(seeds) != len(xs)):
+        raise ConfigError("fit_linear_paths needs one label array (and seed) per training set")
+    seed = options.pop("seed", 0)  # seeds, when given, replaces it
+    seeds = [seed] * len(xs) if seeds is None else list(seeds)
+    groups: dict[tuple, list[list[int]]] = {}
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        key = (np.shape(x), np.shape(y)) if protocol == "newton" else (i,)
+        batches = groups.setdefault(key, [[]])
+        if (len(batches[-1]) + 1) * np.size(x) > BATCH_ELEMENTS and batches[-1]:
+            batches.append([])
+        batches[-1].append(i)
+    paths: list[list[LinearHead]] = [[] for _ in xs]
+    for members in (batch for batches in groups.values() for batch in batches):
+        problem = _Problem(
+            [xs[i] for i in members],
+            [ys[i] for i in members],
+            n_outputs,
+            multi_label,
+            protocol,
+            device,
+        )
+        settings = [_Options(**options, seed=seeds[i]) for i in members]
+        heads: list[LinearHead | None] = [None] * len(members)
+        for l2 in l2_path:
+            warm = heads if protocol != "sgd" else [None] * len(members)
+            heads = problem.fit(l2, warm, settings)
+            for i, head in zip(members, heads, strict=True):
+                paths[i].append(head)
+    return paths
 
 
 @dataclass(frozen=True)
@@ -180,112 +233,141 @@ class _Options:
 
 
 class _Problem:
-    """The embeddings standardised on the device, ready for fits at any L2."""
+    """Training sets of one shape, standardised on the device, ready for fits at any L2:
+    ``features`` is ``(P, N, D)``, one row of problems per set."""
 
-    def __init__(self, x, y, n_outputs: int, multi_label: bool, protocol: str, device: str):
+    def __init__(self, xs, ys, n_outputs: int, multi_label: bool, protocol: str, device: str):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"unknown probe protocol '{protocol}': use {', '.join(PROTOCOLS)}")
         dev = resolve_device(device)
         if protocol == "newton" and (
-            dev.type == "mps" or not newton_pays(*np.shape(x), n_outputs, multi_label)
+            dev.type == "mps" or not newton_pays(*np.shape(xs[0]), n_outputs, multi_label)
         ):
             protocol = "lbfgs"  # no float64 on MPS; a head L-BFGS solves faster
         dtype = torch.float64 if protocol != "sgd" and dev.type != "mps" else torch.float32
-        features = torch.as_tensor(np.asarray(x), dtype=dtype, device=dev)
-        self.mean, self.std = features.mean(0), features.std(0).clamp_min(1e-6)
-        self.features = (features - self.mean) / self.std
-        self.targets = _targets(y, multi_label, dev, dtype)
+        features = torch.stack([torch.as_tensor(np.asarray(x), dtype=dtype) for x in xs]).to(dev)
+        self.mean, self.std = features.mean(1), features.std(1).clamp_min(1e-6)
+        self.features = (features - self.mean[:, None]) / self.std[:, None]
+        self.targets = torch.stack([_targets(y, multi_label, dev, dtype) for y in ys])
         self.n_outputs, self.multi_label, self.protocol = n_outputs, multi_label, protocol
         self.span = principal_span(self.features) if protocol == "newton" else None
 
-    def fit(self, l2: float, init: LinearHead | None, options: _Options) -> LinearHead:
-        features, targets, multi_label = self.features, self.targets, self.multi_label
-        weight, bias = _initial(init, self.n_outputs, self.mean, self.std)
-        converged, n_iter = True, 0
+    def fit(
+        self, l2: float, inits: Sequence[LinearHead | None], options: Sequence[_Options]
+    ) -> list[LinearHead]:
+        """One head per set, at ``l2``, each from its ``inits`` (or zeros)."""
+        weight, bias = _initial(inits, self.n_outputs, self.mean, self.std)
         if self.protocol == "newton":
             with torch.no_grad():
-                solution = fit_newton(
-                    features,
-                    targets,
+                weight, bias, steps, converged = fit_newton(
+                    self.features,
+                    self.targets,
                     self.n_outputs,
-                    multi_label,
+                    self.multi_label,
                     l2,
                     weight,
                     bias,
-                    min(options.max_iter, 100),
+                    min(options[0].max_iter, 100),
                     span=self.span,
                 )
-            weight, bias, n_iter, converged = solution
-        elif self.protocol == "lbfgs":
-            optimizer = torch.optim.LBFGS(
-                [weight, bias],
-                lr=1,
-                max_iter=options.max_iter,
-                tolerance_grad=options.tolerance_grad,
-                tolerance_change=options.tolerance_change,
-                history_size=50,  # halves the iterations of an ill-conditioned fit vs 20
-                line_search_fn="strong_wolfe",
+            steps, converged = steps.tolist(), converged.tolist()
+        else:
+            steps, converged = [0] * len(weight), [True] * len(weight)
+            fit = _lbfgs if self.protocol == "lbfgs" else _sgd
+            for i, option in enumerate(options):
+                weight[i], bias[i], steps[i], converged[i] = fit(
+                    self.features[i],
+                    self.targets[i],
+                    weight[i],
+                    bias[i],
+                    l2,
+                    self.multi_label,
+                    option,
+                )
+        with torch.no_grad():  # fold the standardisation into the heads
+            raw_weight = weight / self.std[:, None]
+            raw_bias = bias - (raw_weight @ self.mean[..., None])[..., 0]
+        return [
+            LinearHead(
+                raw_weight[i].double().cpu().numpy(),
+                raw_bias[i].double().cpu().numpy(),
+                self.multi_label,
+                converged=bool(converged[i]),
+                n_iter=int(steps[i]),
             )
+            for i in range(len(raw_weight))
+        ]
 
-            def closure():  # the loss and its gradient in closed form: no autograd graph
-                with torch.no_grad():
-                    loss, residual = _loss_and_residual(features @ weight.T + bias, targets)
-                    weight.grad = residual.T @ features + l2 * weight
-                    bias.grad = residual.sum(0)
-                    return loss + 0.5 * l2 * weight.square().sum()
 
-            optimizer.step(closure)
-            state = optimizer.state[weight]
-            n_iter = int(state["n_iter"])
-            # torch stops at a tolerance, or at max_iter iterations / 1.25 * max_iter evaluations
-            converged = (
-                n_iter < options.max_iter and state["func_evals"] < options.max_iter * 5 // 4
-            )
-        else:  # sgd: the penalty falls on the weights only, as with lbfgs
-            generator = torch.Generator().manual_seed(options.seed)
-            optimizer = torch.optim.SGD(
-                [{"params": [weight], "weight_decay": l2}, {"params": [bias], "weight_decay": 0.0}],
-                lr=options.lr,
-                momentum=0.9,
-            )
-            steps = options.epochs * max(1, -(-len(features) // options.batch_size))
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-            for _ in range(options.epochs):
-                order = torch.randperm(len(features), generator=generator).to(features.device)
-                for start in range(0, len(features), options.batch_size):
-                    batch = order[start : start + options.batch_size]
-                    optimizer.zero_grad()
-                    logits = features[batch] @ weight.T + bias
-                    _loss(logits, targets[batch], multi_label).backward()
-                    optimizer.step()
-                    scheduler.step()
-        with torch.no_grad():  # fold the standardisation into the head
-            raw_weight = weight / self.std
-            raw_bias = bias - raw_weight @ self.mean
-        return LinearHead(
-            raw_weight.double().cpu().numpy(),
-            raw_bias.double().cpu().numpy(),
-            multi_label,
-            converged=converged,
-            n_iter=n_iter,
-        )
+def _lbfgs(features, targets, weight, bias, l2, multi_label, options):
+    """Full-batch L-BFGS from ``(weight, bias)``: ``(weight, bias, iterations, converged)``."""
+    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1,
+        max_iter=options.max_iter,
+        tolerance_grad=options.tolerance_grad,
+        tolerance_change=options.tolerance_change,
+        history_size=50,  # halves the iterations of an ill-conditioned fit vs 20
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():  # the loss and its gradient in closed form: no autograd graph
+        with torch.no_grad():
+            loss, residual = _loss_and_residual(features @ weight.T + bias, targets)
+            weight.grad = residual.T @ features + l2 * weight
+            bias.grad = residual.sum(0)
+            return loss + 0.5 * l2 * weight.square().sum()
+
+    optimizer.step(closure)
+    state = optimizer.state[weight]
+    n_iter = int(state["n_iter"])
+    # torch stops at a tolerance, or at max_iter iterations / 1.25 * max_iter evaluations
+    converged = n_iter < options.max_iter and state["func_evals"] < options.max_iter * 5 // 4
+    return weight.detach(), bias.detach(), n_iter, converged
+
+
+def _sgd(features, targets, weight, bias, l2, multi_label, options):
+    """The paper's protocol from ``(weight, bias)`` (the penalty falls on the weights only,
+    as with ``lbfgs``): ``(weight, bias, 0, True)``."""
+    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    generator = torch.Generator().manual_seed(options.seed)
+    optimizer = torch.optim.SGD(
+        [{"params": [weight], "weight_decay": l2}, {"params": [bias], "weight_decay": 0.0}],
+        lr=options.lr,
+        momentum=0.9,
+    )
+    steps = options.epochs * max(1, -(-len(features) // options.batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in range(options.epochs):
+        order = torch.randperm(len(features), generator=generator).to(features.device)
+        for start in range(0, len(features), options.batch_size):
+            batch = order[start : start + options.batch_size]
+            optimizer.zero_grad()
+            logits = features[batch] @ weight.T + bias
+            _loss(logits, targets[batch], multi_label).backward()
+            optimizer.step()
+            scheduler.step()
+    return weight.detach(), bias.detach(), 0, True
 
 
 def _initial(
-    init: LinearHead | None, n_outputs: int, mean: torch.Tensor, std: torch.Tensor
+    inits: Sequence[LinearHead | None], n_outputs: int, mean: torch.Tensor, std: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias in the standardised space: zeros, or ``init`` unfolded."""
+    """``(P, K, D)`` weights and ``(P, K)`` biases in the standardised spaces: zeros, or each
+    set's ``inits`` unfolded."""
     dev, dtype = mean.device, mean.dtype
-    if init is None:
-        weight = torch.zeros(n_outputs, len(mean), device=dev, dtype=dtype)
-        bias = torch.zeros(n_outputs, device=dev, dtype=dtype)
-    else:
-        if init.weight.shape != (n_outputs, len(mean)):
+    weight = torch.zeros(len(mean), n_outputs, mean.shape[1], device=dev, dtype=dtype)
+    bias = torch.zeros(len(mean), n_outputs, device=dev, dtype=dtype)
+    for i, init in enumerate(inits):
+        if init is None:
+            continue
+        if init.weight.shape != weight.shape[1:]:
             raise ConfigError(
                 f"a head of shape {init.weight.shape} cannot start a fit of "
-                f"{n_outputs} outputs on {len(mean)}-d embeddings"
+                f"{n_outputs} outputs on {mean.shape[1]}-d embeddings"
             )
         raw = torch.as_tensor(init.weight, dtype=dtype, device=dev)
-        weight = raw * std
-        bias = torch.as_tensor(init.bias, dtype=dtype, device=dev) + raw @ mean
-    return weight.requires_grad_(), bias.requires_grad_()
+        weight[i] = raw * std[i]
+        bias[i] = torch.as_tensor(init.bias, dtype=dtype, device=dev) + raw @ mean[i]
+    return weight, bias

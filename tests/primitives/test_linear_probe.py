@@ -84,3 +84,29 @@ def test_probe_table_records_convergence(hard_problem, demo_store, caplog):
     )
     assert table["converged"].to_list() == [True]
     assert table["unconverged_fits"].to_list() == [0]
+
+
+def test_the_probe_fits_a_fractions_seeds_together_as_it_would_one_by_one(demo_store):
+    """``probe`` hands each label fraction's seeds to ``fit_probes`` at once: its table
+    chooses the same L2 and scores the same as ``fit_probe`` seed by seed."""
+    from embedkit.data.sampler import label_fraction_indices
+
+    config = ProbeConfig(datasets=("demo-natural",), label_fractions=(0.1,), seeds=(0, 1, 2))
+    table = probe([demo_store], config)
+    train, val = demo_store.get("demo-natural", "train"), demo_store.get("demo-natural", "val")
+    test = demo_store.get("demo-natural", "test")
+    for row in table.iter_rows(named=True):
+        subset = label_fraction_indices(train.labels, 0.1, row["seed"])
+        head, setting = fit_probe(
+            train.embeddings[subset],
+            train.labels[subset],
+            val.embeddings,
+            val.labels,
+            "multi-class",
+            5,
+            config,
+            row["seed"],
+        )
+        assert setting["l2"] == row["l2"]
+        predicted = head.probabilities(test.embeddings).argmax(1)
+        assert np.mean(predicted == test.labels.reshape(-1)) == pytest.approx(row["accuracy"])

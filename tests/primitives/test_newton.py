@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from embedkit.eval import ProbeConfig, probe
-from embedkit.primitives import newton, truncated_newton
-from embedkit.primitives.linear import fit_linear
+from embedkit.primitives import linear, newton, truncated_newton
+from embedkit.primitives.linear import fit_linear, fit_linear_path, fit_linear_paths
 from embedkit.primitives.newton import newton_pays, principal_span
 
 
@@ -133,20 +133,102 @@ def test_the_softmax_solve_ends_once_the_fit_has_settled(embeddings):
 
         def _solve(self, *args):
             direction = super()._solve(*args)
-            self.iterations = [*getattr(self, "iterations", []), self._last_cg]
+            self.iterations = [*getattr(self, "iterations", []), int(self.cg_iterations[0])]
             return direction
 
     found = {}
     for settled in (0.0, 1e-12):
-        problem = Counted(coordinates, targets, 5, 1e-4, settled=settled)
+        problem = Counted(coordinates[None], targets[None], 5, 1e-4, settled=settled)
         theta = torch.zeros(1, 4 * (coordinates.shape[1] + 1), dtype=torch.float64)
         theta, steps, converged = newton._newton(problem, theta, 100, 1e-12)
-        assert converged
-        found[settled] = (float(problem.value(theta)), steps, problem.iterations)
+        assert bool(converged.all())
+        found[settled] = (float(problem.value(theta)), int(steps), problem.iterations)
     (full, steps, every), (early, early_steps, ended) = found[0.0], found[1e-12]
     assert early_steps == steps and ended[:-1] == every[:-1]
     assert ended[-1] < every[-1]  # the confirming solve, cut short
     assert abs(early - full) < 1e-12
+
+
+def _labels(y, case):
+    """``(targets, n_outputs, multi_label)`` of a test case from the demo's 5 classes."""
+    if case.startswith("binary"):
+        return (y >= 2).astype(np.int64)[:, None], 2, False
+    if case == "multi-label":
+        return np.stack([y >= 2, y % 2 == 0, y == 4], 1).astype(np.int64), 3, True
+    return y[:, None], int(y.max()) + 1, False
+
+
+@pytest.mark.parametrize("case", ["softmax", "binary", "binary, truncated", "multi-label"])
+def test_a_batch_of_problems_gives_each_the_optimum_it_has_alone(embeddings, case, monkeypatch):
+    """The seeds of a label fraction are solved side by side (``fit_linear_paths``): each
+    head is the one its training set gives alone, one set of lower rank than the others
+    (its principal coordinates padded) and one of another size (solved on its own)."""
+    x, y = embeddings
+    x = x[:, :64]
+    rng = np.random.default_rng(2)
+    subsets = [rng.choice(len(x), size, replace=False) for size in (150, 150, 150, 120)]
+    xs = [x[s] for s in subsets]
+    xs[1] = xs[1][:, :10] @ rng.normal(size=(10, 64))  # 10 principal axes, not 64
+    targets, n_outputs, multi_label = _labels(y, case)
+    ys = [targets[s] for s in subsets]
+    if case == "binary, truncated":
+        monkeypatch.setattr(newton, "DENSE_BINARY_LIMIT", 0)
+    batches = []
+
+    def recorded(features, *args, **options):
+        batches.append(len(features))
+        return newton.fit_newton(features, *args, **options)
+
+    monkeypatch.setattr(linear, "fit_newton", recorded)
+    path = (1e-1, 1e-3, 1e-5)
+    together = fit_linear_paths(xs, ys, n_outputs, path, multi_label, device="cpu")
+    assert batches == [3] * len(path) + [1] * len(path)  # the three of one shape, then one
+    for xi, yi, heads in zip(xs, ys, together, strict=True):
+        alone = fit_linear_path(xi, yi, n_outputs, path, multi_label, device="cpu")
+        standard, mean, std = _standardise(xi)
+        labels = yi if multi_label else yi[:, 0]
+        for l2, ours, reference in zip(path, heads, alone, strict=True):
+            assert ours.converged and reference.converged
+            value, expected = (
+                _objective(
+                    standard, labels, h.weight * std, h.bias + h.weight @ mean, l2, multi_label
+                )
+                for h in (ours, reference)
+            )
+            assert abs(value - expected) < 1e-10, (l2, value, expected)
+
+
+def test_batches_stay_within_their_size(embeddings, monkeypatch):
+    x, y = embeddings
+    x, y = x[:, :16], y[:, None]
+    batches = []
+
+    def recorded(features, *args, **options):
+        batches.append(len(features))
+        return newton.fit_newton(features, *args, **options)
+
+    monkeypatch.setattr(linear, "fit_newton", recorded)
+    monkeypatch.setattr(linear, "BATCH_ELEMENTS", 2 * 100 * 16)
+    xs, ys = (
+        [x[i * 100 : (i + 1) * 100] for i in range(5)],
+        [y[i * 100 : (i + 1) * 100] for i in range(5)],
+    )
+    fit_linear_paths(xs, ys, 5, (1e-2,), device="cpu")
+    assert batches == [2, 2, 1]
+
+
+def test_sgd_paths_keep_each_set_its_seed(embeddings):
+    x, y = embeddings
+    x, y = x[:200, :32], y[:200, None]
+    together = fit_linear_paths(
+        [x, x], [y, y], 5, (1e-3,), protocol="sgd", device="cpu", seeds=[0, 1], epochs=2
+    )
+    for seed, (head,) in enumerate(together):
+        (alone,) = fit_linear_path(
+            x, y, 5, (1e-3,), protocol="sgd", device="cpu", seed=seed, epochs=2
+        )
+        np.testing.assert_array_equal(head.weight, alone.weight)
+    assert not np.array_equal(together[0][0].weight, together[1][0].weight)
 
 
 def test_principal_span_keeps_the_axes_the_features_vary_along():
@@ -163,6 +245,14 @@ def test_principal_span_keeps_the_axes_the_features_vary_along():
     # fewer samples than features: the samples' span
     coordinates, basis = principal_span(x[:5] - x[:5].mean(0))
     assert coordinates.shape == (5, 4) and basis.shape == (4, 40)
+    # a batch: each set its own axes, the one of lower rank padded with zero axes
+    low = x[:, :3] @ torch.as_tensor(rng.normal(size=(3, 40)))
+    batch = torch.stack([x, low - low.mean(0)])
+    coordinates, basis = principal_span(batch)
+    assert coordinates.shape == (2, 200, 9) and basis.shape == (2, 9, 40)
+    torch.testing.assert_close(coordinates @ basis, batch)
+    assert not coordinates[1, :, 3:].any() and not basis[1, 3:].any()
+    torch.testing.assert_close(basis[0], principal_span(x)[1])
 
 
 def test_newton_warm_start_and_probe_table(embeddings, demo_store):
