@@ -3,7 +3,9 @@
 Which engine searches (``backend="auto"``): FAISS on the GPU when FAISS sees one (faiss-gpu),
 else torch on the GPU when torch sees one (a CUDA torch beside a CPU-only FAISS, e.g. where
 no faiss-gpu wheel matches the CUDA of torch), else FAISS on the CPU. Both are exact, in
-float32: they return the same neighbours up to the order of tied scores.
+float32: they return the same neighbours up to the order of tied scores. FAISS is imported on
+first use: where it is not installed, ``auto`` picks torch (on the CPU too) and ``faiss``
+is refused with a one-line error.
 
 ``knn_predict`` is the kNN vote over such a search (solo-learn's weighted vote, or a majority
 vote), with its settings in ``KNNVote``: kNN classification, the pretraining monitor and
@@ -13,8 +15,8 @@ their tests share it.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 
-import faiss
 import numpy as np
 
 from ..configs import KNNVote
@@ -47,6 +49,16 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+@cache
+def _faiss():
+    """The faiss module, or None where it is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
 def _torch_cuda() -> bool:
     import torch
 
@@ -57,8 +69,16 @@ def resolve_backend(backend: str = "auto") -> str:
     """``faiss`` or ``torch`` for ``backend`` (see the module docstring for ``auto``)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown search backend '{backend}': use {', '.join(BACKENDS)}")
+    faiss = _faiss()
+    if backend == "faiss" and faiss is None:
+        raise ConfigError(
+            "the faiss search backend needs FAISS: pip install faiss-gpu (or faiss-cpu), or "
+            "use the torch backend"
+        )
     if backend != "auto":
         return backend
+    if faiss is None:
+        return "torch"
     if faiss.get_num_gpus() > 0:
         return "faiss"
     return "torch" if _torch_cuda() else "faiss"
@@ -93,6 +113,7 @@ class NeighborIndex:
             return
         if metric == "cosine":
             bank = l2_normalise(bank)
+        faiss = _faiss()
         index = (
             faiss.IndexFlatL2(bank.shape[1]) if metric == "l2" else faiss.IndexFlatIP(bank.shape[1])
         )

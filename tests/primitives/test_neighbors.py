@@ -48,15 +48,33 @@ def test_torch_search_matches_faiss(metric, monkeypatch):
 
 
 def test_the_backend_is_chosen_by_what_sees_a_gpu(monkeypatch):
-    monkeypatch.setattr(neighbors.faiss, "get_num_gpus", lambda: 0)
+    faiss = neighbors._faiss()
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
     monkeypatch.setattr(neighbors, "_torch_cuda", lambda: True)
     assert neighbors.resolve_backend() == "torch"  # CUDA torch, CPU-only FAISS
     monkeypatch.setattr(neighbors, "_torch_cuda", lambda: False)
     assert neighbors.resolve_backend() == "faiss"
-    monkeypatch.setattr(neighbors.faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
     assert neighbors.resolve_backend() == "faiss"
     with pytest.raises(ConfigError, match="unknown search backend 'annoy'"):
         neighbors.resolve_backend("annoy")
+
+
+def test_without_faiss_the_torch_search_serves_and_faiss_is_refused(monkeypatch):
+    # where FAISS is not installed (the GPU machine's copy travels without it) nothing
+    # imports it: auto searches with torch, on the CPU too, and asking for faiss is one line
+    monkeypatch.setattr(neighbors, "_faiss", lambda: None)
+    monkeypatch.setattr(neighbors, "_torch_cuda", lambda: False)
+    assert neighbors.resolve_backend() == "torch"
+    with pytest.raises(ConfigError, match="needs FAISS: pip install faiss-gpu"):
+        neighbors.resolve_backend("faiss")
+    rng = np.random.default_rng(0)
+    bank, queries = rng.standard_normal((50, 8)), rng.standard_normal((5, 8))
+    index = neighbors.NeighborIndex(bank, "l2")
+    assert index.backend == "torch"
+    _, ids = index.search(queries, 3)
+    distances = ((queries[:, None] - bank[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(ids, np.argsort(distances, axis=1)[:, :3])
 
 
 @pytest.mark.slow
