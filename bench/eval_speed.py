@@ -24,7 +24,7 @@
 
 Run: python bench/eval_speed.py [--bank 100000 --queries 20000 --dim 2048] [--scale 1.0]
      [--sections knn,matrix,probe,read,optimum] [--data-root ../shared/data]
-     [--store STORE.zarr] [--repeats 3]
+     [--store STORE.zarr] [--repeats 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 from _data import add_data_root
 
@@ -49,6 +48,7 @@ def timed(fn):
 
 
 def bench_knn(bank_size: int, queries: int, dim: int, k: int, sklearn: bool) -> None:
+    import faiss  # here only: the probe's GPU copy travels without FAISS (gpu_issue30.sh)
     from sklearn.neighbors import NearestNeighbors
 
     from embedkit.ood.knn import KNNScorer
@@ -225,9 +225,9 @@ def bench_read(scale: float, dim: int) -> None:
         )
 
 
-def probe_store(tmp: str, data_root: str | None):
+def probe_store(tmp: str, data_root: str | None, device: str = "cpu"):
     """demo-med, demo-natural and every MedMNIST file in ``data_root`` (when given), embedded
-    by a random resnet18."""
+    by a random resnet18 on ``device``."""
     from embedkit.data import MEDMNIST_2D
     from embedkit.embed import EmbedConfig, embed
 
@@ -238,24 +238,31 @@ def probe_store(tmp: str, data_root: str | None):
                 (Path(tmp) / file).symlink_to((Path(data_root).expanduser() / file).resolve())
                 datasets.append(name)
                 break
-    config = EmbedConfig(dataset=",".join(datasets), init="random", device="cpu", data_root=tmp)
+    config = EmbedConfig(dataset=",".join(datasets), init="random", device=device, data_root=tmp)
     return embed(config, Path(tmp) / "p.zarr", progress=False)
 
 
-def bench_probe(store, repeats: int = 1) -> None:
+def _datasets(store, names: str) -> list[str]:
+    """The store's datasets, or those of ``names`` (comma-separated) in that order."""
+    if not names:
+        return store.datasets()
+    return [n for n in names.split(",") if n in store.datasets()]
+
+
+def bench_probe(store, repeats: int = 1, device: str = "cpu", names: str = "") -> None:
     """The grid's probe (1/10/100 % of the labels, 5 seeds, 5 L2 strengths) per dataset, with
-    each protocol: the time of each (the least of ``repeats`` runs, the protocols taking
-    turns: the machine's load moves single runs by up to a third) and the largest accuracy
-    difference to ``newton``."""
+    each protocol on ``device``: the time of each (the least of ``repeats`` runs, the
+    protocols taking turns: the machine's load moves single runs by up to a third) and the
+    largest accuracy difference to ``newton``."""
     from embedkit.eval import ProbeConfig, probe
 
     totals: dict[str, float] = {}
     study: dict[str, float] = {}  # without the built-in demo datasets: the study's data
-    for dataset in store.datasets():
+    for dataset in _datasets(store, names):
         times, tables = {}, {}
         for _ in range(repeats):
             for protocol in ("newton", "lbfgs", "sgd"):
-                config = ProbeConfig(datasets=(dataset,), protocol=protocol, device="cpu")
+                config = ProbeConfig(datasets=(dataset,), protocol=protocol, device=device)
                 seconds, tables[protocol] = timed(lambda c=config: probe([store], c))
                 times[protocol] = min(times.get(protocol, seconds), seconds)
         for protocol, seconds in times.items():
@@ -272,8 +279,9 @@ def bench_probe(store, repeats: int = 1) -> None:
             f"{exact * 100:.2f}, to sgd {sgd * 100:.2f} points"
         )
     print(
-        f"probe  total: newton {totals['newton']:.1f} s, lbfgs {totals['lbfgs']:.1f} s, sgd "
-        f"{totals['sgd']:.1f} s; sgd/newton {totals['sgd'] / totals['newton']:.1f}x (goal >= 5), "
+        f"probe  total on {device}: newton {totals['newton']:.1f} s, lbfgs "
+        f"{totals['lbfgs']:.1f} s, sgd {totals['sgd']:.1f} s; sgd/newton "
+        f"{totals['sgd'] / totals['newton']:.1f}x (goal >= 5), "
         f"lbfgs/newton {totals['lbfgs'] / totals['newton']:.1f}x"
     )
     if study and study != totals:
@@ -304,7 +312,7 @@ def _sklearn_optimum(xs: np.ndarray, y: np.ndarray, l2: float):
     return clf.coef_, clf.intercept_
 
 
-def bench_optimum(store) -> None:
+def bench_optimum(store, device: str = "cpu", names: str = "") -> None:
     from embedkit.eval import ProbeConfig
     from embedkit.primitives.linear import fit_linear
 
@@ -312,7 +320,7 @@ def bench_optimum(store) -> None:
         "optimum  dataset          l2      gap(newton) steps time   gap(lbfgs) iters time   sklearn"
     )
     worst = 0.0
-    for dataset in store.datasets():
+    for dataset in _datasets(store, names):
         train = store.get(dataset, "train")
         x, y = train.embeddings.astype(np.float64), train.labels[:, 0]
         mean, std = x.mean(0), np.clip(x.std(0, ddof=1), 1e-6, None)
@@ -323,7 +331,13 @@ def bench_optimum(store) -> None:
             for protocol in previous:  # the warm-started path the probe takes
                 start = time.perf_counter()
                 heads[protocol] = fit_linear(
-                    x, y[:, None], k, l2=l2, protocol=protocol, init=previous[protocol]
+                    x,
+                    y[:, None],
+                    k,
+                    l2=l2,
+                    protocol=protocol,
+                    init=previous[protocol],
+                    device=device,
                 )
                 times[protocol] = time.perf_counter() - start
                 previous[protocol] = heads[protocol]
@@ -367,6 +381,14 @@ def main() -> None:
     parser.add_argument(
         "--store", default="", help="probe, optimum: an embedding store to use instead"
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="probe, optimum: where the store is embedded and the heads fit (cpu, cuda)",
+    )
+    parser.add_argument(
+        "--datasets", default="", help="probe, optimum: these of the store, in this order"
+    )
     add_data_root(parser)
     args = parser.parse_args()
     sections = args.sections.split(",")
@@ -386,11 +408,11 @@ def main() -> None:
 
                 store = EmbeddingStore(args.store)
             else:
-                store = probe_store(tmp, args.data_root)
+                store = probe_store(tmp, args.data_root, args.device)
             if "probe" in sections:
-                bench_probe(store, args.repeats)
+                bench_probe(store, args.repeats, args.device, args.datasets)
             if "optimum" in sections:
-                bench_optimum(store)
+                bench_optimum(store, args.device, args.datasets)
 
 
 if __name__ == "__main__":
