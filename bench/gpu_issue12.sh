@@ -9,23 +9,12 @@
 # one runs, and what the cut one printed stays in the log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -f .devcheck/setup.sh ]; then source .devcheck/setup.sh; fi
+small=${SMALL:-0}
+if [ "$small" != 1 ] && [ -f .devcheck/setup.sh ]; then source .devcheck/setup.sh; fi
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 LOG=${OUT:-.}/gpu_issue12.log
-small=${SMALL:-0}
-run() {
-  local step=$1 limit=$2
-  shift 2
-  if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$step,"* ]]; then return; fi
-  echo "+ [$(date +%T), limit ${limit}s] $*" | tee -a "$LOG"
-  local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | grep --line-buffered -v Warning | tee -a "$LOG"
-  echo "= exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$LOG"
-}
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU',
-  'cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$LOG"
+source bench/_gpu_steps.sh
 if [ "$small" = 1 ]; then
   run pretrain 120 $PY bench/pretrain_throughput.py --backbone resnet18 --size 28 --batch-size 16 \
     --steps 1 --rounds 1 --methods simclr,vicreg

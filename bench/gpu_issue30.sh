@@ -31,18 +31,7 @@ export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 LOG=${OUT:-.}/gpu_issue30.log
 WORK=$(mktemp -d)
-run() {
-  local step=$1 limit=$2
-  shift 2
-  if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$step,"* ]]; then return; fi
-  echo "+ [$(date +%T), limit ${limit}s] $*" | tee -a "$LOG"
-  local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | grep --line-buffered -v Warning | tee -a "$LOG"
-  echo "= exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$LOG"
-}
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU',
-  'cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$LOG"
+source bench/_gpu_steps.sh
 if [ "$small" = 1 ]; then
   # toy sizes on the CPU: BreastMNIST alone, one repeat, a one-epoch encoder
   device=cpu repeats=1 epochs=1 fraction=1.0 pretrain_on=breastmnist embed_on=breastmnist
