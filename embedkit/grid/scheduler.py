@@ -67,9 +67,10 @@ def _run(command: list[str]) -> str | None:
 
 def job_states(job_ids: Iterable[str]) -> dict[str, Job] | None:
     """SLURM's view of each job id (``JOB`` or ``JOB_TASK``): ``squeue`` for the jobs in the
-    queue (with its reason), ``sacct`` for the others; a job neither knows is left out (it
-    ended long ago). None where it cannot be known: no ``squeue`` (not a SLURM machine),
-    ``squeue`` failing (its controller out of reach), or nothing to ask."""
+    queue (with its reason), ``sacct`` for the others (which have ended, whatever state the
+    accounting still gives them); a job neither knows is left out (it ended long ago). None
+    where it cannot be known: no ``squeue`` (not a SLURM machine), ``squeue`` failing (its
+    controller out of reach), or nothing to ask."""
     wanted = {str(j) for j in job_ids if j}
     if not wanted or shutil.which("squeue") is None:
         return None
@@ -88,7 +89,12 @@ def job_states(job_ids: Iterable[str]) -> dict[str, Job] | None:
         for line in (listing or "").splitlines():
             job, _, state = line.partition("|")
             if job in wanted and job not in states:
-                states[job] = Job(state.split()[0] if state else "")  # "CANCELLED by 0"
+                state = state.split()[0] if state else ""  # "CANCELLED by 0"
+                # the queue, asked first, no longer holds it: a live state here is the
+                # accounting's lag behind the controller (a pending job just cancelled
+                # still read PENDING in sacct for a moment, seen in CI), so it ended: how,
+                # the accounting does not know yet
+                states[job] = Job("" if state in LIVE else state)
     return states
 
 

@@ -635,6 +635,15 @@ def test_status_asks_slurm_about_cells_their_records_cannot_tell(tmp_path, monke
     assert "its SLURM job 9_2 ended (gone)" in rows[elsewhere.id]["error"]
     assert rows[cancelled.id]["state"] == "cancelled"
 
+    # the accounting lags the queue: jobs squeue no longer lists, which sacct still reads as
+    # live, have ended all the same
+    rows = states("9_0 PENDING\\n", "9_1|PENDING\\n9_2|RUNNING\\n")
+    assert rows[queued.id]["state"] == "queued"
+    assert rows[cancelled.id]["state"] == "cancelled"
+    assert "its SLURM job 9_1 ended (gone) before it started" in rows[cancelled.id]["error"]
+    assert rows[elsewhere.id]["state"] == "interrupted"
+    assert "its SLURM job 9_2 ended (gone)" in rows[elsewhere.id]["error"]
+
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # not a SLURM machine: as written
     rows = {row["cell"]: row for row in status(out).iter_rows(named=True)}
