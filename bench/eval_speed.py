@@ -243,9 +243,13 @@ def probe_store(tmp: str, data_root: str | None, device: str = "cpu"):
 
 
 def _datasets(store, names: str) -> list[str]:
-    """The store's datasets, or those of ``names`` (comma-separated) in that order."""
+    """The store's datasets, or those of ``names`` (comma-separated) in that order; a name
+    the store lacks is said and skipped."""
     if not names:
         return store.datasets()
+    missing = [n for n in names.split(",") if n not in store.datasets()]
+    if missing:
+        print(f"not in the store, skipped: {', '.join(missing)}")
     return [n for n in names.split(",") if n in store.datasets()]
 
 

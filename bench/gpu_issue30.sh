@@ -43,20 +43,12 @@ else
   embed_on=retinamnist,pneumoniamnist,breastmnist
   data=${DATA:-.devcheck/data/medmnist}
 fi
-export PY WORK device repeats epochs fraction pretrain_on embed_on data
-# the random-weight resnet18 store of BENCHMARKS.md: the demo sets and every MedMNIST file in
-# the data root, embedded on the device; then each protocol's probe per dataset (the least
-# of the repeats, the protocols taking turns)
-step_random() {
-  local names
-  names=$(cd "$data" && ls breastmnist.npz pneumoniamnist.npz retinamnist.npz 2>/dev/null |
-    sed 's/.npz$//' | paste -sd,)
-  $PY -m embedkit.cli.main embed --init random --backbone resnet18 --data-root "$data" \
-    --dataset "demo-med,demo-natural${names:+,$names}" --store "$WORK/random.zarr" \
-    --device "$device" --no-progress >/dev/null &&
-    $PY bench/eval_speed.py --sections probe --store "$WORK/random.zarr" \
-      --repeats "$repeats" --device "$device"
-}
+export PY WORK device repeats epochs fraction pretrain_on embed_on data  # for step_trained
+# the random-weight resnet18 store of BENCHMARKS.md (the demo sets and every MedMNIST file in
+# the data root, embedded on the device by the bench itself), then each protocol's probe per
+# dataset (the least of the repeats, the protocols taking turns)
+run random 200 $PY bench/eval_speed.py --sections probe --data-root "$data" \
+  --repeats "$repeats" --device "$device"
 # a trained SimCLR encoder (the small recipe, 3 epochs on RetinaMNIST + PneumoniaMNIST, as on
 # the CPU), its store of the three datasets, and the same probe bench over it
 step_trained() {
@@ -68,18 +60,17 @@ step_trained() {
     $PY bench/eval_speed.py --sections probe --store "$WORK/trained.zarr" \
       --repeats "$repeats" --device "$device"
 }
-export -f step_random step_trained
-run random 200 bash -c step_random
+export -f step_trained
 run trained 170 bash -c step_trained
-# the optimum: newton and L-BFGS fitted on the device along the probe's path, against
-# scikit-learn's objective (on the CPU: most of this step; cut off, the datasets done stay),
-# the MedMNIST datasets first
-run optimum 110 $PY bench/eval_speed.py --sections optimum --store "$WORK/random.zarr" \
+# the optimum over the same random-weight store (embedded again: seconds on the GPU): newton
+# and L-BFGS fitted on the device along the probe's path, against scikit-learn's objective
+# (on the CPU: most of this step; cut off, the datasets done stay), the MedMNIST ones first
+run optimum 110 $PY bench/eval_speed.py --sections optimum --data-root "$data" \
   --device "$device" \
   --datasets breastmnist,retinamnist,pneumoniamnist,demo-med,demo-natural
 # the same random-weight probe on the device machine's CPU cores (ONLY=cpu)
 if [[ ",${ONLY:-}," == *",cpu,"* ]]; then
-  run cpu 240 $PY bench/eval_speed.py --sections probe --store "$WORK/random.zarr" \
-    --repeats 2 --device cpu
+  run cpu 240 $PY bench/eval_speed.py --sections probe --data-root "$data" --repeats 2 \
+    --device cpu
 fi
 rm -rf "$WORK"
