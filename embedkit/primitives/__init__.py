@@ -2,8 +2,10 @@
 
 - ``inference``: batched encoding of uint8 images (prefetched batches, pinned copies,
   autocast), used by extraction and by the pretraining stage's kNN monitor.
-- ``linear``: the L2-regularised linear head fitted to tolerance (probes, logit OOD scorers).
-- ``neighbors``: exact nearest-neighbour search (FAISS, or torch on a GPU) and the kNN vote
+- ``linear``: the L2-regularised linear head fitted to tolerance (probes, logit OOD scorers),
+  by ``newton`` (with ``truncated_newton`` for the softmax) or ``first_order`` (L-BFGS, and
+  the paper's SGD).
+- ``neighbors``: exact nearest-neighbour search (FAISS, or torch) and the kNN vote
   (kNN classification, the kNN monitor, the kNN OOD scorer, maps).
 - ``metrics``: classification and OOD metrics (scikit-learn's and OpenOOD's definitions).
 

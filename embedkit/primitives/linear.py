@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..utils import resolve_device
+from .first_order import fit_lbfgs, fit_sgd
 from .newton import fit_newton, newton_pays, principal_span
 
 PROTOCOLS = ("newton", "lbfgs", "sgd")
@@ -77,26 +77,6 @@ class LinearHead:
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
-
-
-def _loss(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    if multi_label:
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    return F.cross_entropy(logits, targets)
-
-
-def _loss_and_residual(logits: torch.Tensor, targets: torch.Tensor):
-    """``_loss`` and its gradient with respect to the logits: softmax cross-entropy for
-    class indices, binary cross-entropy per label for 0/1 targets (averaged over samples
-    and labels, as ``F.binary_cross_entropy_with_logits``)."""
-    if targets.dtype == torch.long:
-        log_p = torch.log_softmax(logits, 1)
-        loss = -log_p.gather(1, targets[:, None]).mean()
-        residual = log_p.exp()
-        residual[torch.arange(len(targets), device=targets.device), targets] -= 1.0
-        return loss, residual / len(targets)
-    loss = (F.softplus(logits) - targets * logits).mean()
-    return loss, (torch.sigmoid(logits) - targets) / targets.numel()
 
 
 def _targets(y: np.ndarray, multi_label: bool, device, dtype: torch.dtype) -> torch.Tensor:
@@ -273,7 +253,7 @@ class _Problem:
             steps, converged = steps.tolist(), converged.tolist()
         else:
             steps, converged = [0] * len(weight), [True] * len(weight)
-            fit = _lbfgs if self.protocol == "lbfgs" else _sgd
+            fit = fit_lbfgs if self.protocol == "lbfgs" else fit_sgd
             for i, option in enumerate(options):
                 weight[i], bias[i], steps[i], converged[i] = fit(
                     self.features[i],
@@ -297,58 +277,6 @@ class _Problem:
             )
             for i in range(len(raw_weight))
         ]
-
-
-def _lbfgs(features, targets, weight, bias, l2, multi_label, options):
-    """Full-batch L-BFGS from ``(weight, bias)``: ``(weight, bias, iterations, converged)``."""
-    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
-    optimizer = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1,
-        max_iter=options.max_iter,
-        tolerance_grad=options.tolerance_grad,
-        tolerance_change=options.tolerance_change,
-        history_size=50,  # halves the iterations of an ill-conditioned fit vs 20
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():  # the loss and its gradient in closed form: no autograd graph
-        with torch.no_grad():
-            loss, residual = _loss_and_residual(features @ weight.T + bias, targets)
-            weight.grad = residual.T @ features + l2 * weight
-            bias.grad = residual.sum(0)
-            return loss + 0.5 * l2 * weight.square().sum()
-
-    optimizer.step(closure)
-    state = optimizer.state[weight]
-    n_iter = int(state["n_iter"])
-    # torch stops at a tolerance, or at max_iter iterations / 1.25 * max_iter evaluations
-    converged = n_iter < options.max_iter and state["func_evals"] < options.max_iter * 5 // 4
-    return weight.detach(), bias.detach(), n_iter, converged
-
-
-def _sgd(features, targets, weight, bias, l2, multi_label, options):
-    """The paper's protocol from ``(weight, bias)`` (the penalty falls on the weights only,
-    as with ``lbfgs``): ``(weight, bias, 0, True)``."""
-    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
-    generator = torch.Generator().manual_seed(options.seed)
-    optimizer = torch.optim.SGD(
-        [{"params": [weight], "weight_decay": l2}, {"params": [bias], "weight_decay": 0.0}],
-        lr=options.lr,
-        momentum=0.9,
-    )
-    steps = options.epochs * max(1, -(-len(features) // options.batch_size))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    for _ in range(options.epochs):
-        order = torch.randperm(len(features), generator=generator).to(features.device)
-        for start in range(0, len(features), options.batch_size):
-            batch = order[start : start + options.batch_size]
-            optimizer.zero_grad()
-            logits = features[batch] @ weight.T + bias
-            _loss(logits, targets[batch], multi_label).backward()
-            optimizer.step()
-            scheduler.step()
-    return weight.detach(), bias.detach(), 0, True
 
 
 def _initial(
